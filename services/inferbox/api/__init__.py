@@ -1,0 +1,1 @@
+"""The HTTP API (Litestar): the V2 data plane."""

@@ -1,0 +1,246 @@
+"""The KServe V2 / Open Inference Protocol routes (``/v2``)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import msgspec
+from litestar import Controller, Request, Response, get, post
+from litestar.datastructures import State
+from redis.exceptions import RedisError
+
+import inferbox
+from inferbox.api.directory import ModelDirectory
+from inferbox.api.validation import check_request
+from inferbox.config import Settings
+from inferbox.errors import BadRequest, InferboxError, Unavailable
+from inferbox.lanes.client import ClientGone, InteractiveClient
+from inferbox.lanes.wire import CallHeader
+from inferbox.models.spec import PLATFORM, ModelSpec
+from inferbox.protocol.codec import OutputTensor, decode_infer_request, encode_infer_response
+from inferbox.protocol.datatypes import v2_to_triton_config_type
+
+EXTENSIONS = ["binary_tensor_data", "model_configuration"]
+"""Triton protocol extensions this server really implements (and nothing more)."""
+
+JSON = "application/json"
+_encode = msgspec.json.Encoder().encode
+
+# Triton's priority: 0 means "the default", 1 is the highest; larger numbers are lower.
+HIGH_PRIORITY_MAX = 1
+
+
+def _json(payload: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(_encode(payload), status_code=status, media_type=JSON, headers=headers)
+
+
+def _metadata(spec: ModelSpec, versions: list[ModelSpec]) -> dict:
+    return {
+        "name": spec.name,
+        "versions": [str(v.version) for v in versions],
+        "platform": PLATFORM,
+        "inputs": [{"name": t.name, "datatype": t.datatype, "shape": t.shape} for t in spec.inputs],
+        "outputs": [
+            {"name": t.name, "datatype": t.datatype, "shape": t.shape} for t in spec.outputs
+        ],
+    }
+
+
+def _triton_config(spec: ModelSpec) -> dict:
+    config = spec.config
+    batched = config.max_batch_size > 0
+
+    def dims(shape: list[int]) -> list[int]:
+        # Triton leaves the batch dimension out of dims when the model batches.
+        return shape[1:] if batched else shape
+
+    body = {
+        "name": spec.name,
+        "platform": "onnxruntime_onnx",
+        "backend": "onnxruntime",
+        "version_policy": {"specific": {"versions": [spec.version]}},
+        "max_batch_size": config.max_batch_size,
+        "input": [
+            {
+                "name": t.name,
+                "data_type": v2_to_triton_config_type(t.datatype),
+                "dims": dims(t.shape),
+            }
+            for t in spec.inputs
+        ],
+        "output": [
+            {
+                "name": t.name,
+                "data_type": v2_to_triton_config_type(t.datatype),
+                "dims": dims(t.shape),
+            }
+            for t in spec.outputs
+        ],
+        "instance_group": [{"count": config.instance_count, "kind": "KIND_AUTO"}],
+        "parameters": {
+            "execution_providers": {"string_value": ",".join(config.execution_providers)},
+            "graph_optimization_level": {"string_value": config.graph_optimization_level},
+        },
+    }
+    if batched:
+        body["dynamic_batching"] = {
+            "preferred_batch_size": config.preferred_batch_size,
+            "max_queue_delay_microseconds": config.max_queue_delay_microseconds,
+            "default_queue_policy": {"max_queue_size": config.max_queue_size},
+        }
+    return body
+
+
+class V2Controller(Controller):
+    """Health, server and model metadata, model config, and inference."""
+
+    path = "/v2"
+    tags = ["v2"]
+
+    @get("", sync_to_thread=False)
+    def server_metadata(self) -> Response:
+        """Server name, version and the protocol extensions implemented."""
+        return _json(
+            {"name": "inferbox", "version": inferbox.__version__, "extensions": EXTENSIONS}
+        )
+
+    @get("/health/live", sync_to_thread=False)
+    def live(self) -> Response:
+        """The process answers: ``{"live": true}``."""
+        return _json({"live": True})
+
+    @get("/health/ready")
+    async def ready(self, state: State) -> Response:
+        """Ready when Redis answers and at least one worker heartbeats."""
+        directory: ModelDirectory = state.directory
+        try:
+            workers = await directory.workers_alive()
+        except RedisError:
+            return _json(
+                {"ready": False, "error": "redis is unreachable"}, 503, {"Retry-After": "1"}
+            )
+        if workers == 0:
+            return _json(
+                {"ready": False, "error": "no worker is running"}, 503, {"Retry-After": "1"}
+            )
+        return _json({"ready": True})
+
+    @get(["/models/{name:str}", "/models/{name:str}/versions/{version:str}"])
+    async def model_metadata(self, state: State, name: str, version: str | None = None) -> Response:
+        """Name, versions, platform, inputs and outputs (``-1`` marks a dynamic dimension)."""
+        directory: ModelDirectory = state.directory
+        spec = await directory.resolve(name, version)
+        if spec.error:
+            raise Unavailable(f"model {name!r} version {spec.version} is not usable: {spec.error}")
+        return _json(_metadata(spec, await directory.versions(name)))
+
+    @get(["/models/{name:str}/ready", "/models/{name:str}/versions/{version:str}/ready"])
+    async def model_ready(self, state: State, name: str, version: str | None = None) -> Response:
+        """200 ``{"ready": true}`` when a worker serves it, else 503 with the reason."""
+        directory: ModelDirectory = state.directory
+        spec = await directory.resolve(name, version)
+        available = await directory.availability(spec)
+        if available.ready:
+            return _json({"name": name, "version": str(spec.version), "ready": True})
+        return _json(
+            {"name": name, "version": str(spec.version), "ready": False, "error": available.reason},
+            503,
+            {"Retry-After": "1"},
+        )
+
+    @get(["/models/{name:str}/config", "/models/{name:str}/versions/{version:str}/config"])
+    async def model_config(self, state: State, name: str, version: str | None = None) -> Response:
+        """The serving config in Triton's JSON form."""
+        spec = await state.directory.resolve(name, version)
+        if spec.error:
+            raise Unavailable(f"model {name!r} version {spec.version} is not usable: {spec.error}")
+        return _json(_triton_config(spec))
+
+    @post(
+        ["/models/{name:str}/infer", "/models/{name:str}/versions/{version:str}/infer"],
+        status_code=200,
+    )
+    async def infer(
+        self, request: Request, state: State, name: str, version: str | None = None
+    ) -> Response:
+        """Run the model on JSON or binary tensors; answers JSON or binary outputs."""
+        settings: Settings = state.settings
+        directory: ModelDirectory = state.directory
+        lane: InteractiveClient = state.lane
+        spec = await directory.resolve(name, version)
+        available = await directory.availability(spec)
+        if not available.ready:
+            raise Unavailable(
+                f"model {name!r} version {spec.version} is not ready: {available.reason}"
+            )
+        body = await request.body()
+        header_length = request.headers.get("inference-header-content-length")
+        if header_length is not None:
+            try:
+                header_length = int(header_length)
+            except ValueError:
+                raise BadRequest("Inference-Header-Content-Length must be an integer") from None
+        decoded = decode_infer_request(body, header_length, state.limits)
+        metas, raws, outputs = check_request(decoded, spec)
+
+        timeout_s = (
+            decoded.timeout_us / 1e6
+            if decoded.timeout_us
+            else (spec.config.timeout_ms or settings.default_timeout_ms) / 1000
+        )
+        priority = decoded.priority or 0
+        lane_name = "hi" if priority <= HIGH_PRIORITY_MAX else "lo"
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        header = CallHeader(
+            channel="",
+            token="",
+            deadline=time.time() + timeout_s,
+            inputs=metas,
+            outputs=outputs,
+            request_id=request_id,
+        )
+        # After the body, the next ASGI message can only be the client leaving.
+        disconnected = asyncio.ensure_future(request.receive())
+        try:
+            reply, out_raws = await lane.call(
+                state.redis_keys.stream(spec.name, spec.version, lane_name),
+                header,
+                raws,
+                max_queue=spec.config.max_queue_size,
+                timeout_s=timeout_s,
+                disconnected=disconnected,
+            )
+        except ClientGone:
+            return Response(b"", status_code=499)
+        finally:
+            disconnected.cancel()
+        tensors = [
+            OutputTensor(meta.name, meta.datatype, tuple(meta.shape), raw)
+            for meta, raw in zip(reply.outputs, out_raws, strict=True)
+        ]
+        payload, json_length = encode_infer_response(
+            model_name=spec.name,
+            model_version=str(spec.version),
+            request_id=decoded.id,
+            outputs=tensors,
+            requested=decoded.outputs,
+            binary_default=decoded.binary_output_default,
+        )
+        headers = {"X-Request-ID": request_id}
+        if json_length is None:
+            return Response(payload, media_type=JSON, headers=headers)
+        headers["Inference-Header-Content-Length"] = str(json_length)
+        return Response(payload, media_type="application/octet-stream", headers=headers)
+
+
+def error_response(exc: InferboxError) -> Response:
+    """``{"error": ...}`` with the error's status (and ``Retry-After`` where it has one)."""
+    headers = {}
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    return _json({"error": exc.message}, exc.status, headers)
+
+
+__all__ = ["Keys", "V2Controller", "error_response"]

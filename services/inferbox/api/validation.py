@@ -1,0 +1,82 @@
+"""Checking a decoded V2 request against the model it is for, before anything is queued."""
+
+from __future__ import annotations
+
+from inferbox.errors import BadRequest
+from inferbox.lanes.wire import TensorMeta
+from inferbox.models.spec import ModelSpec
+from inferbox.protocol.codec import InferRequest
+from inferbox.protocol.datatypes import deserialize_bytes_tensor
+
+
+def check_request(
+    request: InferRequest, spec: ModelSpec
+) -> tuple[list[TensorMeta], list[bytes], list[str] | None]:
+    """Inputs in the model's order (metadata and raw bytes) and the output names asked for.
+
+    Raises ``BadRequest`` naming the first problem: a missing or unknown input, a datatype,
+    rank or dimension that does not fit, a batch larger than ``max_batch_size``, BYTES that are
+    not UTF-8 (ONNX string tensors), or an unknown output.
+    """
+    given = {tensor.name: tensor for tensor in request.inputs}
+    expected = {tensor.name for tensor in spec.inputs}
+    unknown = [name for name in given if name not in expected]
+    if unknown:
+        raise BadRequest(
+            f"unknown input {unknown[0]!r} for model {spec.name!r}; expected {sorted(expected)}"
+        )
+    max_batch = spec.config.max_batch_size
+    metas: list[TensorMeta] = []
+    raws: list[bytes] = []
+    batch_rows: int | None = None
+    for tensor_spec in spec.inputs:
+        tensor = given.get(tensor_spec.name)
+        if tensor is None:
+            raise BadRequest(f"missing input {tensor_spec.name!r}")
+        name = tensor.name
+        if tensor.datatype != tensor_spec.datatype:
+            raise BadRequest(
+                f"input {name!r} has datatype {tensor.datatype}, "
+                f"the model expects {tensor_spec.datatype}"
+            )
+        shape = list(tensor.shape)
+        if len(shape) != len(tensor_spec.shape):
+            raise BadRequest(
+                f"input {name!r} has shape {shape}, the model expects "
+                f"{len(tensor_spec.shape)} dimensions {tensor_spec.shape}"
+            )
+        for axis, (dim, want) in enumerate(zip(shape, tensor_spec.shape, strict=True)):
+            if want >= 0 and dim != want:
+                raise BadRequest(
+                    f"input {name!r} has shape {shape}, the model expects {tensor_spec.shape} "
+                    f"(dimension {axis} must be {want})"
+                )
+        if max_batch > 0:
+            rows = shape[0]
+            if rows < 1 or rows > max_batch:
+                raise BadRequest(
+                    f"input {name!r} has a batch of {rows}; this model takes 1 to {max_batch}"
+                )
+            if batch_rows is not None and rows != batch_rows:
+                raise BadRequest("inputs disagree on the batch size (dimension 0)")
+            batch_rows = rows
+        if tensor.datatype == "BYTES":
+            try:
+                for item in deserialize_bytes_tensor(tensor.raw):
+                    item.decode("utf-8")
+            except UnicodeDecodeError:
+                raise BadRequest(f"input {name!r}: BYTES elements must be UTF-8 text") from None
+        metas.append(TensorMeta(name, tensor.datatype, shape))
+        raws.append(tensor.raw)
+    outputs = None
+    if request.outputs is not None:
+        known = {tensor.name for tensor in spec.outputs}
+        outputs = []
+        for output in request.outputs:
+            if output.name not in known:
+                raise BadRequest(
+                    f"unknown output {output.name!r} for model {spec.name!r}; "
+                    f"the model has {sorted(known)}"
+                )
+            outputs.append(output.name)
+    return metas, raws, outputs

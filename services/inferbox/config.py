@@ -1,0 +1,103 @@
+"""Settings for every inferbox process, read from ``INFERBOX_*`` environment variables.
+
+One ``Settings`` object is built at a process's entry point and passed down (to
+``create_app(settings)`` and ``Worker(settings)``); nothing reads the environment elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_PROVIDERS = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+class Settings(BaseSettings):
+    """Everything an inferbox process can be told, grouped by concern (field name prefixes)."""
+
+    model_config = SettingsConfigDict(env_prefix="INFERBOX_", extra="ignore")
+
+    # --- shared -------------------------------------------------------------------------------
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    """Redis carrying the interactive lane, the model catalog and worker status."""
+
+    key_prefix: str = "inferbox"
+    """Prefix of every Redis key and channel, so several appliances (or test runs) share one Redis."""
+
+    model_repository: Path | None = None
+    """A Triton-layout folder (``<name>/<version>/model.onnx``) imported by ``inferbox models import``."""
+
+    log_level: str = "INFO"
+    """Minimum level of log lines written (DEBUG, INFO, WARNING, ERROR)."""
+
+    log_format: str = "json"
+    """``json`` (one object per line, for Logstash) or ``console`` (for a person at a terminal)."""
+
+    # --- api ----------------------------------------------------------------------------------
+    api_bind: str = "127.0.0.1:8000"
+    """Address gunicorn listens on (``host:port``); nginx is the only public door."""
+
+    api_workers: int = Field(default=2, ge=1)
+    """Number of gunicorn (uvicorn) worker processes."""
+
+    default_timeout_ms: int = Field(default=30_000, gt=0)
+    """Deadline of a synchronous call when neither the request nor the model config sets one."""
+
+    max_request_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    """Largest request body the API reads; larger bodies get 413."""
+
+    max_tensor_rank: int = Field(default=8, gt=0)
+    """Most dimensions one input tensor may declare."""
+
+    max_tensor_dim: int = Field(default=16_777_216, gt=0)
+    """Largest single dimension an input tensor may declare."""
+
+    max_tensor_elements: int = Field(default=16_777_216, gt=0)
+    """Most elements one input tensor may hold."""
+
+    status_cache_s: float = Field(default=0.5, ge=0)
+    """How long an API process trusts its cached copy of a model's catalog entry and readiness."""
+
+    # --- worker -------------------------------------------------------------------------------
+    worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    """Name of this worker as a Redis consumer and in status; unique per process."""
+
+    worker_providers: list[str] = Field(default_factory=lambda: list(DEFAULT_PROVIDERS))
+    """Execution providers in preference order, intersected with what ONNX Runtime offers."""
+
+    worker_cache_dir: Path = Path("/tmp/inferbox-cache")
+    """Where a worker keeps local copies of model files."""
+
+    worker_metrics_port: int = Field(default=0, ge=0)
+    """Port of the worker's Prometheus ``/metrics`` endpoint (0 turns it off)."""
+
+    worker_block_ms: int = Field(default=1000, gt=0)
+    """Longest a worker thread blocks on an empty queue before checking for shutdown and claims."""
+
+    worker_claim_idle_ms: int = Field(default=5000, gt=0)
+    """A queued entry delivered to a worker and not acknowledged for this long is claimed by another."""
+
+    worker_heartbeat_s: float = Field(default=2.0, gt=0)
+    """How often a worker refreshes its liveness and model status in Redis."""
+
+    worker_status_ttl_s: float = Field(default=10.0, gt=0)
+    """After this long without a heartbeat a worker's models count as not ready."""
+
+    worker_sync_s: float = Field(default=1.0, gt=0)
+    """How often a worker compares the catalog with what it has loaded."""
+
+    # --- model defaults (a model's own config overrides these) -------------------------------
+    default_max_batch_size: int = Field(default=64, ge=0)
+    """Batch size limit given to models whose dimension 0 is dynamic."""
+
+    default_max_queue_size: int = Field(default=2048, gt=0)
+    """Queued plus running requests a model accepts before answering 503."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings from the environment, with explicit overrides (tests pass these)."""
+    return Settings(**overrides)  # type: ignore[arg-type]

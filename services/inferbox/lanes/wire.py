@@ -1,0 +1,86 @@
+"""How a queued call and its reply are laid out in Redis.
+
+A call is one stream entry: field ``h`` holds a small JSON header, fields ``0..n-1`` hold each
+input's raw bytes (never pickle, never JSON lists). A reply is one pub/sub message: a 4-byte
+little-endian header length, a JSON header, then each output's raw bytes back to back.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import msgspec
+
+HEADER_FIELD = b"h"
+_LENGTH = struct.Struct("<I")
+
+
+class TensorMeta(msgspec.Struct, array_like=True):
+    """Name, V2 datatype and shape of a tensor travelling as raw bytes."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class CallHeader(msgspec.Struct, omit_defaults=True):
+    """Everything about a queued call except its tensor bytes."""
+
+    channel: str
+    """Reply channel of the API process waiting for the answer."""
+    token: str
+    """Correlates the reply with the waiting request inside that process."""
+    deadline: float
+    """Unix time (seconds) after which nobody waits for the answer: drop instead of running."""
+    inputs: list[TensorMeta]
+    outputs: list[str] | None = None
+    request_id: str | None = None
+
+
+class ReplyHeader(msgspec.Struct, omit_defaults=True):
+    """The answer to one call: outputs (with byte sizes) or an error."""
+
+    token: str
+    outputs: list[TensorMeta] = msgspec.field(default_factory=list)
+    sizes: list[int] = msgspec.field(default_factory=list)
+    error: str | None = None
+    status: int = 200
+
+
+_encode = msgspec.json.Encoder().encode
+_decode_call = msgspec.json.Decoder(CallHeader).decode
+_decode_reply = msgspec.json.Decoder(ReplyHeader).decode
+
+
+def encode_call(header: CallHeader, raws: list[bytes]) -> dict[bytes, bytes]:
+    """Stream entry fields for a call."""
+    fields = {HEADER_FIELD: _encode(header)}
+    for index, raw in enumerate(raws):
+        fields[str(index).encode()] = raw
+    return fields
+
+
+def decode_call(fields: dict[bytes, bytes]) -> tuple[CallHeader, list[bytes]]:
+    """Header and input bytes of a stream entry (raises on a malformed entry)."""
+    header = _decode_call(fields[HEADER_FIELD])
+    raws = [fields[str(index).encode()] for index in range(len(header.inputs))]
+    return header, raws
+
+
+def encode_reply(header: ReplyHeader, raws: list[bytes] = ()) -> bytes:
+    """One pub/sub message carrying a reply."""
+    head = _encode(header)
+    return b"".join([_LENGTH.pack(len(head)), head, *raws])
+
+
+def decode_reply(message: bytes) -> tuple[ReplyHeader, list[memoryview]]:
+    """Header and output bytes (views into ``message``, no copies) of a reply."""
+    (length,) = _LENGTH.unpack_from(message)
+    view = memoryview(message)
+    header = _decode_reply(view[4 : 4 + length])
+    raws = []
+    offset = 4 + length
+    for size in header.sizes:
+        raws.append(view[offset : offset + size])
+        offset += size
+    return header, raws

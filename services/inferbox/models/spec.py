@@ -1,0 +1,159 @@
+"""A model version's description: its tensors, its serving config, and where its file lives.
+
+Specs are msgspec structs: they cross Redis as JSON and are read on every request, so decoding
+them must be cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import msgspec
+
+from inferbox.config import DEFAULT_PROVIDERS
+
+PLATFORM = "onnx_onnxv1"
+"""The platform name the V2 metadata reports (KServe's name for ONNX)."""
+
+GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+
+
+class TensorSpec(msgspec.Struct, frozen=True):
+    """One input or output: V2 datatype and full shape (``-1`` for a dynamic dimension)."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """How a model version is served; defaults come from its ONNX graph."""
+
+    max_batch_size: int = 0
+    """Rows one batch may hold; 0 turns batching off (dimension 0 is then not a batch)."""
+    max_queue_delay_microseconds: int = 0
+    """How long a worker may wait for more requests to fill a batch (0: take what is queued)."""
+    preferred_batch_size: list[int] = msgspec.field(default_factory=list)
+    """Batch sizes worth waiting for; a batch reaching one runs at once."""
+    max_queue_size: int = 2048
+    """Queued plus running requests accepted before answering 503."""
+    instance_count: int = 1
+    """Threads (each with its own batch loop) serving this model in each worker."""
+    execution_providers: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_PROVIDERS))
+    """ONNX Runtime execution providers in preference order."""
+    graph_optimization_level: str = "all"
+    """ONNX Runtime graph optimizations: disable, basic, extended or all."""
+    timeout_ms: int | None = None
+    """Default deadline of a call to this model (the request's ``timeout`` wins)."""
+    warmup: bool = True
+    """Run one synthetic request after loading, before reporting ready."""
+
+
+class ModelSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """One version of one model as the catalog holds it."""
+
+    name: str
+    version: int
+    path: str
+    sha256: str
+    size: int
+    inputs: list[TensorSpec] = msgspec.field(default_factory=list)
+    outputs: list[TensorSpec] = msgspec.field(default_factory=list)
+    config: ModelConfig = msgspec.field(default_factory=ModelConfig)
+    error: str | None = None
+    """Why the file could not be read as ONNX; such a version is never ready."""
+
+    def input(self, name: str) -> TensorSpec | None:
+        """The input called ``name``, if the model has one."""
+        for tensor in self.inputs:
+            if tensor.name == name:
+                return tensor
+        return None
+
+
+def file_sha256(path: Path) -> tuple[str, int]:
+    """sha256 hex digest and size of a file, read in chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def _tensor_specs(values) -> list[TensorSpec]:
+    from inferbox.protocol.datatypes import ONNX_ELEM_TO_V2
+
+    specs = []
+    for value in values:
+        tensor_type = value.type.tensor_type
+        datatype = ONNX_ELEM_TO_V2.get(tensor_type.elem_type)
+        if datatype is None:
+            raise ValueError(f"tensor {value.name!r} has an unsupported element type")
+        shape = [
+            dim.dim_value if dim.HasField("dim_value") else -1 for dim in tensor_type.shape.dim
+        ]
+        specs.append(TensorSpec(name=value.name, datatype=datatype, shape=shape))
+    return specs
+
+
+def default_config(
+    inputs: list[TensorSpec], outputs: list[TensorSpec], *, max_batch_size: int, max_queue_size: int
+) -> ModelConfig:
+    """Batch along dimension 0 only where every input and output has it dynamic."""
+    tensors = [*inputs, *outputs]
+    batchable = bool(tensors) and all(t.shape and t.shape[0] == -1 for t in tensors)
+    return ModelConfig(
+        max_batch_size=max_batch_size if batchable else 0, max_queue_size=max_queue_size
+    )
+
+
+def spec_from_onnx(
+    name: str,
+    version: int,
+    path: Path,
+    *,
+    max_batch_size: int = 64,
+    max_queue_size: int = 2048,
+    config: ModelConfig | None = None,
+) -> ModelSpec:
+    """Describe a model file; an unreadable file yields a spec with ``error`` set, not an exception."""
+    import onnx
+
+    sha256, size = file_sha256(path)
+    try:
+        # Weights are not needed to describe the graph's interface.
+        model = onnx.load(str(path), load_external_data=False)
+        initializers = {init.name for init in model.graph.initializer}
+        inputs = _tensor_specs(v for v in model.graph.input if v.name not in initializers)
+        outputs = _tensor_specs(model.graph.output)
+        if not inputs or not outputs:
+            raise ValueError("the graph declares no inputs or no outputs")
+    except Exception as exc:  # onnx raises many types for a hostile or truncated file
+        return ModelSpec(
+            name=name,
+            version=version,
+            path=str(path),
+            sha256=sha256,
+            size=size,
+            error=f"not a valid ONNX model: {exc}",
+        )
+    return ModelSpec(
+        name=name,
+        version=version,
+        path=str(path),
+        sha256=sha256,
+        size=size,
+        inputs=inputs,
+        outputs=outputs,
+        config=config
+        or default_config(
+            inputs, outputs, max_batch_size=max_batch_size, max_queue_size=max_queue_size
+        ),
+    )
+
+
+encode_spec = msgspec.json.Encoder().encode
+decode_spec = msgspec.json.Decoder(ModelSpec).decode

@@ -1,0 +1,1 @@
+"""The worker: resident ONNX Runtime sessions serving the queues in batches."""

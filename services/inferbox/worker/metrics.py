@@ -1,0 +1,36 @@
+"""Prometheus metrics a worker exports on its own ``/metrics`` port."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+BATCH_SIZE = Histogram(
+    "inferbox_batch_size",
+    "Rows per batch a worker ran.",
+    ["model", "version"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+COMPUTE_SECONDS = Histogram(
+    "inferbox_compute_seconds",
+    "ONNX Runtime time per batch.",
+    ["model", "version"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+QUEUE_WAIT_SECONDS = Histogram(
+    "inferbox_queue_wait_seconds",
+    "Time a call waited in the queue before its batch ran.",
+    ["model", "version", "lane"],
+    buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
+)
+CALLS = Counter(
+    "inferbox_worker_calls_total",
+    "Calls a worker finished, by outcome (ok, error, expired).",
+    ["model", "version", "outcome"],
+)
+LOAD_SECONDS = Histogram(
+    "inferbox_model_load_seconds",
+    "Time to create and warm up a session.",
+    ["model", "version"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+MODELS_RESIDENT = Gauge("inferbox_models_resident", "Model versions loaded in this worker.")

@@ -1,0 +1,129 @@
+"""ONNX Runtime sessions: provider choice, session options, warmup, and running a batch."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnxruntime as ort
+import structlog
+
+from inferbox.models.spec import ModelSpec, TensorSpec
+from inferbox.protocol.datatypes import V2_TO_NUMPY
+
+log = structlog.get_logger(__name__)
+
+_OPTIMIZATION = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+def choose_providers(preferred: list[str], available: list[str]) -> list[str]:
+    """Preferred providers that this ONNX Runtime build offers, in preference order.
+
+    The CPU provider is always appended last so a model can load on a machine without a GPU.
+    What a session really uses is read back from ``session.get_providers()`` after creation:
+    the GPU build lists CUDA as available even where its libraries cannot load.
+    """
+    chosen = [p for p in preferred if p in available]
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+def _provider_options(provider: str) -> dict[str, str]:
+    match provider:
+        case "CUDAExecutionProvider":
+            # Grow the arena only by what is asked: the default power-of-two growth strands
+            # GPU memory that other resident models could use, and the arena never shrinks.
+            return {"arena_extend_strategy": "kSameAsRequested"}
+        case _:
+            return {}
+
+
+def _warmup_array(tensor: TensorSpec) -> np.ndarray:
+    shape = [1 if dim < 0 else dim for dim in tensor.shape]
+    if tensor.datatype == "BYTES":
+        return np.full(shape, "", dtype=object)
+    return np.zeros(shape, dtype=V2_TO_NUMPY[tensor.datatype])
+
+
+@dataclass
+class LoadedModel:
+    """A resident session for one model version."""
+
+    spec: ModelSpec
+    session: ort.InferenceSession
+    providers: list[str]
+    load_seconds: float
+    output_names: list[str] = field(default_factory=list)
+
+    def run(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None):
+        """Run once; ``outputs`` None means all outputs, in the model's order."""
+        names = outputs or self.output_names
+        return names, self.session.run(names, feeds)
+
+
+def probe_device(preferred: list[str]) -> str:
+    """``cuda`` if a session on a one-node graph really runs on CUDA here, else ``cpu``."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    wanted = choose_providers(preferred, ort.get_available_providers())
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), providers=wanted)
+        used = session.get_providers()
+    except Exception as exc:  # a broken CUDA install raises here rather than falling back
+        log.warning("execution provider probe failed", error=str(exc))
+        used = ["CPUExecutionProvider"]
+    device = "cuda" if used and used[0] == "CUDAExecutionProvider" else "cpu"
+    if device == "cpu" and "CUDAExecutionProvider" in preferred:
+        log.warning("no usable CUDA device: models run on the CPU", providers=used)
+    return device
+
+
+def load_model(spec: ModelSpec, available: list[str] | None = None) -> LoadedModel:
+    """Create the session for ``spec``, then warm it up; raises on a file that will not load."""
+    if spec.error:
+        raise ValueError(spec.error)
+    started = time.perf_counter()
+    config = spec.config
+    options = ort.SessionOptions()
+    options.graph_optimization_level = _OPTIMIZATION[config.graph_optimization_level]
+    available = ort.get_available_providers() if available is None else available
+    wanted = choose_providers(config.execution_providers, available)
+    session = ort.InferenceSession(
+        spec.path,
+        sess_options=options,
+        providers=[(p, _provider_options(p)) for p in wanted],
+    )
+    model = LoadedModel(
+        spec=spec,
+        session=session,
+        providers=session.get_providers(),
+        load_seconds=0.0,
+        output_names=[o.name for o in session.get_outputs()],
+    )
+    if config.warmup:
+        model.run({t.name: _warmup_array(t) for t in spec.inputs})
+    model.load_seconds = time.perf_counter() - started
+    log.info(
+        "model loaded",
+        model=spec.name,
+        version=spec.version,
+        providers=model.providers,
+        requested_providers=wanted,
+        duration_ms=round(model.load_seconds * 1000, 1),
+    )
+    return model

@@ -1,0 +1,192 @@
+"""The batch loop of one model version: read queued calls, run them in batches, reply."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+
+import redis
+import structlog
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+
+from inferbox.keys import Keys
+from inferbox.lanes.consumer import LaneConsumer
+from inferbox.lanes.wire import ReplyHeader, encode_reply
+from inferbox.worker import metrics
+from inferbox.worker.batcher import Batch, Call, assemble, split
+from inferbox.worker.runtime import LoadedModel
+
+log = structlog.get_logger(__name__)
+
+
+class ModelServer:
+    """Serves one loaded model version with ``instance_count`` batch-loop threads."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        client: redis.Redis,
+        keys: Keys,
+        consumer_name: str,
+        *,
+        block_ms: int,
+        claim_idle_ms: int,
+    ):
+        self.model = model
+        self.spec = model.spec
+        self.client = client
+        self.keys = keys
+        self.consumer_name = consumer_name
+        self.block_ms = block_ms
+        self.claim_idle_ms = claim_idle_ms
+        self.stopping = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.labels = (self.spec.name, str(self.spec.version))
+        self.datatypes = {t.name: t.datatype for t in self.spec.outputs}
+
+    def start(self) -> None:
+        """Create the consumer group and start the loop threads."""
+        LaneConsumer(
+            self.client, self.keys, self.spec.name, self.spec.version, self.consumer_name
+        ).ensure_groups()
+        for index in range(max(1, self.spec.config.instance_count)):
+            thread = threading.Thread(
+                target=self._loop,
+                name=f"serve-{self.spec.name}-{self.spec.version}-{index}",
+                daemon=True,
+            )
+            thread.start()
+            self.threads.append(thread)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish the batch in hand, then stop reading."""
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(timeout)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        consumer = LaneConsumer(
+            self.client, self.keys, self.spec.name, self.spec.version, self.consumer_name
+        )
+        backlog: deque[Call] = deque()
+        next_claim = 0.0
+        while not self.stopping.is_set():
+            try:
+                calls = self._gather(consumer, backlog)
+                if time.monotonic() >= next_claim:
+                    calls.extend(consumer.claim(self.claim_idle_ms, 64))
+                    next_claim = time.monotonic() + self.claim_idle_ms / 2000
+                if calls:
+                    self._process(consumer, calls)
+            except redis.ConnectionError as exc:
+                log.warning("redis unreachable; retrying", error=str(exc), model=self.spec.name)
+                time.sleep(0.5)
+            except Exception:
+                log.exception("batch loop error", model=self.spec.name)
+                time.sleep(0.1)
+
+    def _gather(self, consumer: LaneConsumer, backlog: deque[Call]) -> list[Call]:
+        """High-priority calls first, then the low lane's backlog, waiting per the config."""
+        config = self.spec.config
+        limit = max(1, config.max_batch_size)
+        high, low = consumer.read(limit, None if backlog else self.block_ms)
+        backlog.extend(low)
+        calls = high
+        while len(calls) < limit and backlog:
+            calls.append(backlog.popleft())
+        delay = config.max_queue_delay_microseconds / 1e6
+        if not calls or delay <= 0:
+            return calls
+        # Dynamic batching: wait (from the first call's arrival here) for a fuller batch.
+        deadline = time.monotonic() + delay
+        preferred = set(config.preferred_batch_size)
+        while len(calls) < limit and len(calls) not in preferred:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self.stopping.is_set():
+                break
+            high, low = consumer.read(limit - len(calls), max(1, math.ceil(remaining * 1000)))
+            backlog.extend(low)
+            calls.extend(high)
+            while len(calls) < limit and backlog:
+                calls.append(backlog.popleft())
+        return calls
+
+    def _process(self, consumer: LaneConsumer, calls: list[Call]) -> None:
+        now = time.time()
+        live, expired = [], []
+        for call in calls:
+            (live if call.header.deadline > now else expired).append(call)
+        if expired:
+            # Nobody waits for these any more (the API answered 504): drop before running.
+            consumer.done([(c.stream, c.entry_id) for c in expired])
+            metrics.CALLS.labels(*self.labels, "expired").inc(len(expired))
+        for call in live:
+            lane = call.stream.rsplit(":", 1)[-1]
+            metrics.QUEUE_WAIT_SECONDS.labels(*self.labels, lane).observe(
+                max(0.0, now - call.enqueued)
+            )
+        try:
+            batches = assemble(live, self.spec)
+        except Exception:
+            # One malformed call must not sink the others: run them one by one.
+            batches = []
+            for call in live:
+                try:
+                    batches.extend(assemble([call], self.spec))
+                except Exception as exc:
+                    self._reply_error(consumer, [call], f"invalid input: {exc}", 400)
+        for batch in batches:
+            self._run(consumer, batch)
+
+    def _run(self, consumer: LaneConsumer, batch: Batch) -> None:
+        wanted = self._outputs_for(batch.calls)
+        started = time.perf_counter()
+        try:
+            names, results = self.model.run(batch.feeds, wanted)
+            replies = split(batch, names, results, self.datatypes)
+        except Exception as exc:
+            if len(batch.calls) > 1:
+                # Find the call at fault instead of failing every request of the batch.
+                for call in batch.calls:
+                    self._run(consumer, assemble([call], self.spec)[0])
+                return
+            status = 400 if isinstance(exc, InvalidArgument) else 500
+            self._reply_error(consumer, batch.calls, f"inference failed: {exc}", status)
+            return
+        elapsed = time.perf_counter() - started
+        metrics.COMPUTE_SECONDS.labels(*self.labels).observe(elapsed)
+        metrics.BATCH_SIZE.labels(*self.labels).observe(max(1, sum(batch.rows)))
+        metrics.CALLS.labels(*self.labels, "ok").inc(len(batch.calls))
+        messages = []
+        for call, (metas, raws) in zip(batch.calls, replies, strict=True):
+            header = ReplyHeader(
+                token=call.header.token, outputs=metas, sizes=[len(r) for r in raws]
+            )
+            messages.append((call.header.channel, encode_reply(header, raws)))
+        consumer.finish(messages, [(c.stream, c.entry_id) for c in batch.calls])
+
+    def _outputs_for(self, calls: list[Call]) -> list[str] | None:
+        wanted: set[str] = set()
+        for call in calls:
+            if call.header.outputs is None:
+                return None
+            wanted.update(call.header.outputs)
+        return [name for name in self.model.output_names if name in wanted]
+
+    def _reply_error(self, consumer: LaneConsumer, calls: list[Call], message: str, status: int):
+        metrics.CALLS.labels(*self.labels, "error").inc(len(calls))
+        log.warning("call failed", model=self.spec.name, version=self.spec.version, error=message)
+        consumer.finish(
+            [
+                (
+                    c.header.channel,
+                    encode_reply(ReplyHeader(token=c.header.token, error=message, status=status)),
+                )
+                for c in calls
+            ],
+            [(c.stream, c.entry_id) for c in calls],
+        )
