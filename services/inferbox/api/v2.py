@@ -241,6 +241,3 @@ def error_response(exc: InferboxError) -> Response:
     if exc.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
     return _json({"error": exc.message}, exc.status, headers)
-
-
-__all__ = ["Keys", "V2Controller", "error_response"]

@@ -116,10 +116,12 @@ IDENTITY_TYPES: dict[str, int] = {
 }
 
 
-def identity_all_types(path: Path) -> Path:
+def identity_all_types(path: Path, types: list[str] | None = None) -> Path:
     """One ``Identity`` per datatype: input ``in_<TYPE>[N, -1]`` echoes to ``out_<TYPE>``."""
     nodes, inputs, outputs = [], [], []
     for name, elem in IDENTITY_TYPES.items():
+        if types is not None and name not in types:
+            continue
         nodes.append(helper.make_node("Identity", [f"in_{name}"], [f"out_{name}"]))
         inputs.append(helper.make_tensor_value_info(f"in_{name}", elem, ["batch", "n"]))
         outputs.append(helper.make_tensor_value_info(f"out_{name}", elem, ["batch", "n"]))

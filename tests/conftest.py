@@ -1,0 +1,189 @@
+"""Fixtures that start the real thing: Redis keys under a fresh prefix, a worker and the API.
+
+Every test run uses its own key prefix on the machine's Redis, so runs never see each other's
+queues or catalogs; the processes are the same commands the appliance runs.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from inferbox.config import Settings
+from inferbox.keys import Keys
+from inferbox.models.catalog import put_specs
+from inferbox.models.repository import scan_repository
+from inferbox.testing import onnx_models
+
+REDIS_URL = os.environ.get("INFERBOX_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+INFERBOX = str(Path(sys.executable).with_name("inferbox"))
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def delete_prefix(client: redis.Redis, prefix: str) -> None:
+    """Remove every key of one test run."""
+    keys = list(client.scan_iter(f"{prefix}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
+    """Poll ``predicate`` until it returns something truthy, or fail the test."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def redis_client() -> redis.Redis:
+    client = redis.Redis.from_url(REDIS_URL)
+    client.ping()
+    return client
+
+
+@pytest.fixture(scope="session")
+def model_repo(tmp_path_factory) -> Path:
+    """The demo models, a slow one, a broken file, and configured variants."""
+    root = onnx_models.write_demo_repository(tmp_path_factory.mktemp("models"))
+    onnx_models.slow(root / "slow" / "1" / "model.onnx")
+    # Big batches of the slow model keep the worker busy for about a second.
+    (root / "slow" / "inferbox.json").write_text('{"max_batch_size": 1024}')
+    # A tiny queue, to see 503 when it is full.
+    onnx_models.slow(root / "slow_queue" / "1" / "model.onnx")
+    (root / "slow_queue" / "inferbox.json").write_text('{"max_queue_size": 1}')
+    # Batching that waits for company, to see batches form.
+    onnx_models.mlp(root / "mlp_delay" / "1" / "model.onnx")
+    (root / "mlp_delay" / "inferbox.json").write_text(
+        '{"max_queue_delay_microseconds": 200000, "preferred_batch_size": [8]}'
+    )
+    # Two versions of one model: the newest ready one serves unversioned calls.
+    onnx_models.mlp(root / "versions" / "1" / "model.onnx", seed=1)
+    onnx_models.mlp(root / "versions" / "2" / "model.onnx", seed=2)
+    onnx_models.identity_all_types(root / "strings" / "1" / "model.onnx", types=["BYTES"])
+    broken = root / "broken" / "1" / "model.onnx"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(os.urandom(2048))
+    return root
+
+
+@dataclass
+class Appliance:
+    """A running API and worker on 127.0.0.1, and how to reach them."""
+
+    url: str
+    settings: Settings
+    keys: Keys
+    redis: redis.Redis
+    metrics_url: str
+    model_repo: Path
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of a worker metric's samples matching ``labels`` (0 if absent)."""
+        text = httpx.get(self.metrics_url).text
+        total = 0.0
+        for line in text.splitlines():
+            if not line.startswith(name + "{") and not line.startswith(name + " "):
+                continue
+            if all(f'{k}="{v}"' in line for k, v in labels.items()):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+
+def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [INFERBOX, *args], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+@pytest.fixture(scope="session")
+def appliance(redis_client, model_repo, tmp_path_factory) -> Appliance:
+    """The API (gunicorn, 2 workers) and one worker, serving ``model_repo``."""
+    prefix = f"ibtest-{uuid.uuid4().hex[:8]}"
+    api_port, metrics_port = free_port(), free_port()
+    logs = tmp_path_factory.mktemp("logs")
+    env = {
+        **os.environ,
+        "INFERBOX_REDIS_URL": REDIS_URL,
+        "INFERBOX_KEY_PREFIX": prefix,
+        "INFERBOX_API_BIND": f"127.0.0.1:{api_port}",
+        "INFERBOX_WORKER_METRICS_PORT": str(metrics_port),
+        "INFERBOX_WORKER_CLAIM_IDLE_MS": "3000",
+        "INFERBOX_STATUS_CACHE_S": "0.2",
+    }
+    settings = Settings(redis_url=REDIS_URL, key_prefix=prefix, api_bind=f"127.0.0.1:{api_port}")
+    keys = Keys(prefix)
+    put_specs(redis_client, keys, scan_repository(model_repo))
+    processes = [
+        _start(["worker"], env, logs / "worker.log"),
+        _start(["api"], env, logs / "api.log"),
+    ]
+    url = f"http://127.0.0.1:{api_port}"
+
+    def all_ready():
+        for proc in processes:
+            if proc.poll() is not None:
+                raise AssertionError(f"a process exited early; logs in {logs}")
+        try:
+            return all(
+                httpx.get(f"{url}/v2/models/{name}/ready").status_code == 200
+                for name in (
+                    "mlp",
+                    "conv",
+                    "add_sub",
+                    "identity",
+                    "fixed",
+                    "slow",
+                    "versions",
+                    "strings",
+                )
+            )
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(all_ready, 60, "the appliance to be ready", interval=0.2)
+        yield Appliance(
+            url=url,
+            settings=settings,
+            keys=keys,
+            redis=redis_client,
+            metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
+            model_repo=model_repo,
+        )
+    finally:
+        for proc in processes:
+            proc.terminate()
+        for proc in processes:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        delete_prefix(redis_client, prefix)
+
+
+@pytest.fixture(scope="session")
+def http(appliance) -> httpx.Client:
+    """One keep-alive HTTP client to the API (so tests also see the connection stay usable)."""
+    with httpx.Client(base_url=appliance.url, timeout=30) as client:
+        yield client

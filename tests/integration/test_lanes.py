@@ -1,0 +1,77 @@
+"""The interactive lane against a real Redis: priorities, claiming orphans, acknowledging."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from inferbox.keys import CONSUMER_GROUP, Keys
+from inferbox.lanes.consumer import LaneConsumer
+from inferbox.lanes.wire import CallHeader, TensorMeta, encode_call
+from inferbox.models.spec import spec_from_onnx
+from inferbox.testing import onnx_models
+from inferbox.worker.runtime import load_model
+from inferbox.worker.serving import ModelServer
+from tests.conftest import delete_prefix
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def keys(redis_client):
+    keys = Keys(f"iblane-{uuid.uuid4().hex[:8]}")
+    yield keys
+    delete_prefix(redis_client, keys.prefix)
+
+
+def _queue(redis_client, keys: Keys, lane: str, token: str) -> None:
+    header = CallHeader(
+        channel=keys.reply_channel("test"),
+        token=token,
+        deadline=time.time() + 60,
+        inputs=[TensorMeta("x", "FP32", [1, 64])],
+    )
+    redis_client.xadd(
+        keys.stream("mlp", 1, lane), encode_call(header, [np.zeros((1, 64), np.float32).tobytes()])
+    )
+
+
+def test_high_priority_calls_come_first_and_low_ones_wait_in_the_backlog(
+    redis_client, keys, tmp_path
+):
+    spec = spec_from_onnx("mlp", 1, onnx_models.mlp(tmp_path / "mlp.onnx"), max_batch_size=3)
+    server = ModelServer(
+        load_model(spec), redis_client, keys, "w1", block_ms=100, claim_idle_ms=1000
+    )
+    consumer = LaneConsumer(redis_client, keys, "mlp", 1, "w1")
+    consumer.ensure_groups()
+    for token in ("lo-1", "lo-2"):
+        _queue(redis_client, keys, "lo", token)
+    for token in ("hi-1", "hi-2"):
+        _queue(redis_client, keys, "hi", token)
+    backlog = __import__("collections").deque()
+    first = server._gather(consumer, backlog)
+    assert [c.header.token for c in first] == ["hi-1", "hi-2", "lo-1"]
+    assert [c.header.token for c in backlog] == ["lo-2"]
+    second = server._gather(consumer, backlog)
+    assert [c.header.token for c in second] == ["lo-2"]
+
+
+def test_calls_of_a_dead_consumer_are_claimed_by_a_live_one(redis_client, keys):
+    dead = LaneConsumer(redis_client, keys, "mlp", 1, "dead")
+    live = LaneConsumer(redis_client, keys, "mlp", 1, "live")
+    dead.ensure_groups()
+    _queue(redis_client, keys, "hi", "orphan")
+    high, _ = dead.read(10, None)
+    assert [c.header.token for c in high] == ["orphan"]
+    assert live.claim(min_idle_ms=10_000, count=10) == []
+    time.sleep(0.06)
+    claimed = live.claim(min_idle_ms=50, count=10)
+    assert [c.header.token for c in claimed] == ["orphan"]
+    stream = keys.stream("mlp", 1, "hi")
+    live.finish([], [(c.stream, c.entry_id) for c in claimed])
+    assert redis_client.xpending(stream, CONSUMER_GROUP)["pending"] == 0
+    assert redis_client.xlen(stream) == 0

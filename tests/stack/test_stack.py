@@ -1,0 +1,214 @@
+"""The local stack as a user runs it: ``scripts/stack up``, ``status``, ``up`` again, ``down``.
+
+Each run gets its own stack folder (INFERBOX_STACK_DIR), key prefix and free ports, so it never
+meets a developer's own ``.stack`` or another test run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(300)]
+
+ROOT = Path(__file__).resolve().parents[2]
+STACK = ROOT / "scripts" / "stack"
+REDIS_URL = os.environ.get("INFERBOX_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+PARTS = ("worker", "api")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is no zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def stack_env(stack_dir: Path, **overrides: str) -> dict[str, str]:
+    """The caller's environment without its INFERBOX_* settings, plus this run's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INFERBOX_")}
+    env.update(INFERBOX_STACK_DIR=str(stack_dir), INFERBOX_REDIS_URL=REDIS_URL, **overrides)
+    return env
+
+
+def run_stack(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(STACK), *args], env=env, capture_output=True, text=True, timeout=180, check=False
+    )
+
+
+@dataclass
+class Stack:
+    dir: Path
+    env: dict[str, str]
+    prefix: str
+    url: str
+    metrics_url: str
+    up_output: str
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return run_stack(self.env, *args)
+
+    def pids(self) -> dict[str, int]:
+        return {
+            name: int((self.dir / "pids" / f"{name}.pid").read_text().strip()) for name in PARTS
+        }
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory) -> Iterator[Stack]:
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        client.close()
+        pytest.skip(f"no Redis at {REDIS_URL} (scripts/test starts one)")
+    prefix = f"ibstack-{uuid.uuid4().hex[:8]}"
+    api_port, metrics_port = free_port(), free_port()
+    stack_dir = tmp_path_factory.mktemp("stack")
+    env = stack_env(
+        stack_dir,
+        INFERBOX_KEY_PREFIX=prefix,
+        INFERBOX_API_BIND=f"127.0.0.1:{api_port}",
+        INFERBOX_WORKER_METRICS_PORT=str(metrics_port),
+    )
+    try:
+        up = run_stack(env, "up")
+        assert up.returncode == 0, f"stack up failed:\n{up.stdout}\n{up.stderr}"
+        yield Stack(
+            dir=stack_dir,
+            env=env,
+            prefix=prefix,
+            url=f"http://127.0.0.1:{api_port}",
+            metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
+            up_output=up.stdout,
+        )
+    finally:
+        down = run_stack(env, "down")
+        assert down.returncode == 0, f"stack down failed:\n{down.stdout}\n{down.stderr}"
+        keys = list(client.scan_iter(f"{prefix}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+def test_up_writes_and_prints_the_env_file(stack: Stack) -> None:
+    text = (stack.dir / "env").read_text()
+    env = dict(line.split("=", 1) for line in text.splitlines())
+    assert env == {
+        "INFERBOX_URL": stack.url,
+        "INFERBOX_REDIS_URL": REDIS_URL,
+        "INFERBOX_KEY_PREFIX": stack.prefix,
+        "INFERBOX_WORKER_METRICS_URL": stack.metrics_url,
+    }
+    assert text in stack.up_output
+    for name in PARTS:
+        assert (stack.dir / "logs" / f"{name}.log").is_file()
+    assert (stack.dir / "models" / "mlp" / "1" / "model.onnx").is_file()
+
+
+def test_the_stack_serves_the_demo_models(stack: Stack) -> None:
+    with httpx.Client(base_url=stack.url, timeout=30) as http:
+        assert http.get("/v2/health/ready").status_code == 200
+        wait_until(
+            lambda: http.get("/v2/models/mlp/ready").status_code == 200, 30, "mlp to be ready"
+        )
+        body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 64], "data": [0.0] * 64}]}
+        response = http.post("/v2/models/mlp/infer", json=body)
+        assert response.status_code == 200, response.text
+        (output,) = response.json()["outputs"]
+        assert output["shape"] == [1, 10]
+        assert len(output["data"]) == 10
+    metrics = httpx.get(stack.metrics_url, timeout=10)
+    assert metrics.status_code == 200
+    assert "# TYPE" in metrics.text
+
+
+def test_status_reports_running(stack: Stack) -> None:
+    status = stack.run("status")
+    assert status.returncode == 0, status.stdout + status.stderr
+    for name, pid in stack.pids().items():
+        assert re.search(rf"^{name}\s+running \(pid {pid}\)$", status.stdout, re.M), status.stdout
+    assert re.search(r"^api\s+ready", status.stdout, re.M), status.stdout
+
+
+def test_up_again_is_idempotent(stack: Stack) -> None:
+    before = stack.pids()
+    again = stack.run("up")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert stack.pids() == before
+    assert "already running" in again.stdout
+    assert again.stdout.endswith((stack.dir / "env").read_text())
+
+
+def test_down_stops_exactly_its_processes(stack: Stack) -> None:
+    pids = stack.pids()
+    assert all(alive(pid) for pid in pids.values())
+    api_workers = children(pids["api"])
+    assert api_workers, "gunicorn should run worker processes"
+
+    down = stack.run("down")
+
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert not [pid for pid in pids.values() if alive(pid)]
+    wait_until(lambda: not any(alive(pid) for pid in api_workers), 10, "gunicorn's workers")
+    assert not list((stack.dir / "pids").iterdir())
+    assert not (stack.dir / "env").exists()
+    status = stack.run("status")
+    assert status.returncode == 3
+    assert re.search(r"^worker\s+stopped$", status.stdout, re.M), status.stdout
+
+
+def test_down_leaves_a_reused_pid_alone(tmp_path: Path) -> None:
+    """A pid file whose pid now runs something else is stale: removed, its process untouched."""
+    (tmp_path / "pids").mkdir()
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as other:
+        try:
+            (tmp_path / "pids" / "worker.pid").write_text(f"{other.pid}\n")
+            down = run_stack(stack_env(tmp_path), "down")
+            assert down.returncode == 0, down.stdout + down.stderr
+            assert "stale pid file" in down.stdout
+            assert other.poll() is None
+            assert not (tmp_path / "pids" / "worker.pid").exists()
+        finally:
+            other.kill()
