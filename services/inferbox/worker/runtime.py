@@ -101,6 +101,10 @@ def load_model(spec: ModelSpec, available: list[str] | None = None) -> LoadedMod
     config = spec.config
     options = ort.SessionOptions()
     options.graph_optimization_level = _OPTIMIZATION[config.graph_optimization_level]
+    # Idle intra-op threads spin by default, burning the cores the API and Redis need on the
+    # same host; batches are long enough that waking a sleeping thread costs nothing visible.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     available = ort.get_available_providers() if available is None else available
     wanted = choose_providers(config.execution_providers, available)
     session = ort.InferenceSession(
