@@ -13,6 +13,7 @@ from litestar.openapi import OpenAPIConfig
 
 import inferbox
 from inferbox.api.directory import ModelDirectory
+from inferbox.api.infer import InferenceFastPath
 from inferbox.api.v2 import V2Controller, error_response
 from inferbox.config import Settings
 from inferbox.errors import InferboxError
@@ -84,8 +85,13 @@ def create_app(settings: Settings) -> Litestar:
     )
 
 
-def create_app_from_env() -> Litestar:
+def create_asgi(settings: Settings) -> InferenceFastPath:
+    """What the server runs: the inference fast path in front of the Litestar app."""
+    return InferenceFastPath(create_app(settings))
+
+
+def create_asgi_from_env() -> InferenceFastPath:
     """Entry point for ASGI servers: settings from the environment, JSON logs."""
     settings = Settings()
     configure_logging("api", settings.log_level, settings.log_format)
-    return create_app(settings)
+    return create_asgi(settings)

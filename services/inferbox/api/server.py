@@ -48,7 +48,7 @@ class ApiServer(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self):
-        from inferbox.api.app import create_app
+        from inferbox.api.app import create_asgi
 
         configure_logging("api", self.settings.log_level, self.settings.log_format)
-        return create_app(self.settings)
+        return create_asgi(self.settings)

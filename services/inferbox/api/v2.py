@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-import uuid
-
 import msgspec
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Response, get
 from litestar.datastructures import State
 from redis.exceptions import RedisError
 
 import inferbox
 from inferbox.api.directory import ModelDirectory
-from inferbox.api.validation import check_request
-from inferbox.config import Settings
-from inferbox.errors import BadRequest, InferboxError, Unavailable
-from inferbox.lanes.client import ClientGone, InteractiveClient
-from inferbox.lanes.wire import CallHeader
+from inferbox.errors import InferboxError, Unavailable
 from inferbox.models.spec import PLATFORM, ModelSpec
-from inferbox.protocol.codec import OutputTensor, decode_infer_request, encode_infer_response
 from inferbox.protocol.datatypes import v2_to_triton_config_type
 
 EXTENSIONS = ["binary_tensor_data", "model_configuration"]
@@ -27,9 +18,6 @@ EXTENSIONS = ["binary_tensor_data", "model_configuration"]
 
 JSON = "application/json"
 _encode = msgspec.json.Encoder().encode
-
-# Triton's priority: 0 means "the default", 1 is the highest; larger numbers are lower.
-HIGH_PRIORITY_MAX = 1
 
 
 def _json(payload: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -157,82 +145,6 @@ class V2Controller(Controller):
         if spec.error:
             raise Unavailable(f"model {name!r} version {spec.version} is not usable: {spec.error}")
         return _json(_triton_config(spec))
-
-    @post(
-        ["/models/{name:str}/infer", "/models/{name:str}/versions/{version:str}/infer"],
-        status_code=200,
-    )
-    async def infer(
-        self, request: Request, state: State, name: str, version: str | None = None
-    ) -> Response:
-        """Run the model on JSON or binary tensors; answers JSON or binary outputs."""
-        settings: Settings = state.settings
-        directory: ModelDirectory = state.directory
-        lane: InteractiveClient = state.lane
-        spec = await directory.resolve(name, version)
-        available = await directory.availability(spec)
-        if not available.ready:
-            raise Unavailable(
-                f"model {name!r} version {spec.version} is not ready: {available.reason}"
-            )
-        body = await request.body()
-        header_length = request.headers.get("inference-header-content-length")
-        if header_length is not None:
-            try:
-                header_length = int(header_length)
-            except ValueError:
-                raise BadRequest("Inference-Header-Content-Length must be an integer") from None
-        decoded = decode_infer_request(body, header_length, state.limits)
-        metas, raws, outputs = check_request(decoded, spec)
-
-        timeout_s = (
-            decoded.timeout_us / 1e6
-            if decoded.timeout_us
-            else (spec.config.timeout_ms or settings.default_timeout_ms) / 1000
-        )
-        priority = decoded.priority or 0
-        lane_name = "hi" if priority <= HIGH_PRIORITY_MAX else "lo"
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        header = CallHeader(
-            channel="",
-            token="",
-            deadline=time.time() + timeout_s,
-            inputs=metas,
-            outputs=outputs,
-            request_id=request_id,
-        )
-        # After the body, the next ASGI message can only be the client leaving.
-        disconnected = asyncio.ensure_future(request.receive())
-        try:
-            reply, out_raws = await lane.call(
-                state.redis_keys.stream(spec.name, spec.version, lane_name),
-                header,
-                raws,
-                max_queue=spec.config.max_queue_size,
-                timeout_s=timeout_s,
-                disconnected=disconnected,
-            )
-        except ClientGone:
-            return Response(b"", status_code=499)
-        finally:
-            disconnected.cancel()
-        tensors = [
-            OutputTensor(meta.name, meta.datatype, tuple(meta.shape), raw)
-            for meta, raw in zip(reply.outputs, out_raws, strict=True)
-        ]
-        payload, json_length = encode_infer_response(
-            model_name=spec.name,
-            model_version=str(spec.version),
-            request_id=decoded.id,
-            outputs=tensors,
-            requested=decoded.outputs,
-            binary_default=decoded.binary_output_default,
-        )
-        headers = {"X-Request-ID": request_id}
-        if json_length is None:
-            return Response(payload, media_type=JSON, headers=headers)
-        headers["Inference-Header-Content-Length"] = str(json_length)
-        return Response(payload, media_type="application/octet-stream", headers=headers)
 
 
 def error_response(exc: InferboxError) -> Response:

@@ -6,7 +6,7 @@ import redis
 import structlog
 
 from inferbox.keys import CONSUMER_GROUP, LANES, Keys
-from inferbox.lanes.wire import decode_call
+from inferbox.lanes.wire import bundle_replies, decode_call
 from inferbox.worker.batcher import Call
 
 log = structlog.get_logger(__name__)
@@ -89,11 +89,15 @@ class LaneConsumer:
     def finish(self, replies: list[tuple[str, bytes]], done: list[tuple[str, bytes]]) -> None:
         """Publish replies, then acknowledge and delete the entries, in one round trip.
 
-        Replying before acknowledging means a crash in between repeats work, never loses it.
+        Replies bound for the same API process travel as one message. Replying before
+        acknowledging means a crash in between repeats work, never loses it.
         """
-        pipe = self.client.pipeline(transaction=False)
+        by_channel: dict[str, list[bytes]] = {}
         for channel, message in replies:
-            pipe.publish(channel, message)
+            by_channel.setdefault(channel, []).append(message)
+        pipe = self.client.pipeline(transaction=False)
+        for channel, messages in by_channel.items():
+            pipe.publish(channel, bundle_replies(messages))
         self._ack(pipe, done)
         pipe.execute()
 

@@ -1,8 +1,10 @@
 """How a queued call and its reply are laid out in Redis.
 
 A call is one stream entry: field ``h`` holds a small JSON header, fields ``0..n-1`` hold each
-input's raw bytes (never pickle, never JSON lists). A reply is one pub/sub message: a 4-byte
-little-endian header length, a JSON header, then each output's raw bytes back to back.
+input's raw bytes (never pickle, never JSON lists). A reply is a 4-byte little-endian header
+length, a JSON header, then each output's raw bytes back to back. A worker sends all the
+replies of one batch bound for the same API process as one pub/sub message: each reply
+preceded by its 4-byte length, so a batch costs one PUBLISH per API process, not per call.
 """
 
 from __future__ import annotations
@@ -73,10 +75,10 @@ def encode_reply(header: ReplyHeader, raws: list[bytes] = ()) -> bytes:
     return b"".join([_LENGTH.pack(len(head)), head, *raws])
 
 
-def decode_reply(message: bytes) -> tuple[ReplyHeader, list[memoryview]]:
+def decode_reply(message: bytes | memoryview) -> tuple[ReplyHeader, list[memoryview]]:
     """Header and output bytes (views into ``message``, no copies) of a reply."""
-    (length,) = _LENGTH.unpack_from(message)
     view = memoryview(message)
+    (length,) = _LENGTH.unpack_from(view)
     header = _decode_reply(view[4 : 4 + length])
     raws = []
     offset = 4 + length
@@ -84,3 +86,23 @@ def decode_reply(message: bytes) -> tuple[ReplyHeader, list[memoryview]]:
         raws.append(view[offset : offset + size])
         offset += size
     return header, raws
+
+
+def bundle_replies(replies: list[bytes]) -> bytes:
+    """One pub/sub message carrying several encoded replies."""
+    parts = []
+    for reply in replies:
+        parts += (_LENGTH.pack(len(reply)), reply)
+    return b"".join(parts)
+
+
+def unbundle_replies(message: bytes) -> list[memoryview]:
+    """The encoded replies inside one pub/sub message (views, no copies)."""
+    view = memoryview(message)
+    replies = []
+    offset = 0
+    while offset < len(view):
+        (length,) = _LENGTH.unpack_from(view, offset)
+        replies.append(view[offset + 4 : offset + 4 + length])
+        offset += 4 + length
+    return replies
