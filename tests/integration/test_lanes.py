@@ -73,5 +73,6 @@ def test_calls_of_a_dead_consumer_are_claimed_by_a_live_one(redis_client, keys):
     assert [c.header.token for c in claimed] == ["orphan"]
     stream = keys.stream("mlp", 1, "hi")
     live.finish([], [(c.stream, c.entry_id) for c in claimed])
+    live.flush()
     assert redis_client.xpending(stream, CONSUMER_GROUP)["pending"] == 0
     assert redis_client.xlen(stream) == 0

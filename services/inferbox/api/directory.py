@@ -7,7 +7,7 @@ and trusted for ``Settings.status_cache_s`` so the hot path usually makes no tri
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -29,6 +29,14 @@ class _Cached:
     fetched: float
     entry: CatalogEntry | None
     statuses: dict[bytes, bytes]
+    # Availability per version, computed at most once per fetch (it decodes JSON).
+    available: dict[int, ModelAvailability] = field(default_factory=dict)
+
+    def availability(self, version: int) -> ModelAvailability:
+        result = self.available.get(version)
+        if result is None:
+            result = self.available[version] = summarize(self.statuses, version, time.time())
+        return result
 
 
 class ModelDirectory:
@@ -64,12 +72,10 @@ class ModelDirectory:
         if cached.entry is None or not cached.entry.versions:
             raise NotFound(f"unknown model {name!r}")
         if version is None:
-            now = time.time()
-            newest = cached.entry.versions[-1]
             for spec in reversed(cached.entry.versions):
-                if summarize(cached.statuses, spec.version, now).ready:
+                if cached.availability(spec.version).ready:
                     return spec
-            return newest
+            return cached.entry.versions[-1]
         if not version.isdigit():
             raise NotFound(f"unknown version {version!r} of model {name!r}")
         spec = cached.entry.get(int(version))
@@ -89,7 +95,7 @@ class ModelDirectory:
         if spec.error:
             return ModelAvailability(ready=False, reason=spec.error)
         cached = await self._fetch(spec.name)
-        return summarize(cached.statuses, spec.version, time.time())
+        return cached.availability(spec.version)
 
     async def workers_alive(self) -> int:
         """How many workers heartbeat now (uncached: used by readiness probes only)."""

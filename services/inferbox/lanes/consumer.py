@@ -20,6 +20,9 @@ class LaneConsumer:
         self.consumer = consumer
         self.streams = [keys.stream(model, version, lane) for lane in LANES]
         self._claim_cursor = {stream: b"0-0" for stream in self.streams}
+        # Replies and acknowledgements not sent yet: they travel with the next read, so a busy
+        # worker spends one round trip per batch instead of two.
+        self._outbox = client.pipeline(transaction=False)
 
     def ensure_groups(self) -> None:
         """Create the consumer group on each stream (and the stream), reading from the start."""
@@ -35,13 +38,15 @@ class LaneConsumer:
 
         ``block_ms`` None returns at once; otherwise waits that long for the first entry.
         """
-        response = self.client.xreadgroup(
+        pipe, self._outbox = self._outbox, self.client.pipeline(transaction=False)
+        pipe.xreadgroup(
             CONSUMER_GROUP,
             self.consumer,
             {stream: ">" for stream in self.streams},
             count=count,
             block=block_ms,
         )
+        response = pipe.execute()[-1]
         high: list[Call] = []
         low: list[Call] = []
         for stream, entries in response or ():
@@ -87,25 +92,28 @@ class LaneConsumer:
         return calls
 
     def finish(self, replies: list[tuple[str, bytes]], done: list[tuple[str, bytes]]) -> None:
-        """Publish replies, then acknowledge and delete the entries, in one round trip.
+        """Queue replies, then the acknowledgement and deletion of their entries.
 
-        Replies bound for the same API process travel as one message. Replying before
-        acknowledging means a crash in between repeats work, never loses it.
+        They are sent with the next ``read`` or ``flush``. Replies bound for the same API
+        process travel as one message. Replying before acknowledging means a crash in between
+        repeats work, never loses it.
         """
         by_channel: dict[str, list[bytes]] = {}
         for channel, message in replies:
             by_channel.setdefault(channel, []).append(message)
-        pipe = self.client.pipeline(transaction=False)
         for channel, messages in by_channel.items():
-            pipe.publish(channel, bundle_replies(messages))
-        self._ack(pipe, done)
-        pipe.execute()
+            self._outbox.publish(channel, bundle_replies(messages))
+        self._ack(self._outbox, done)
 
     def done(self, entries: list[tuple[str, bytes]]) -> None:
-        """Acknowledge and delete entries without replying (expired or malformed)."""
-        pipe = self.client.pipeline(transaction=False)
-        self._ack(pipe, entries)
-        pipe.execute()
+        """Queue the acknowledgement and deletion of entries without replying."""
+        self._ack(self._outbox, entries)
+
+    def flush(self) -> None:
+        """Send what ``finish`` and ``done`` queued, now."""
+        if len(self._outbox):
+            pipe, self._outbox = self._outbox, self.client.pipeline(transaction=False)
+            pipe.execute()
 
     @staticmethod
     def _ack(pipe, entries: list[tuple[str, bytes]]) -> None:

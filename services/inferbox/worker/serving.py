@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -88,6 +89,9 @@ class ModelServer:
             except Exception:
                 log.exception("batch loop error", model=self.spec.name)
                 time.sleep(0.1)
+        # Calls still in the backlog stay pending in Redis: another worker claims them.
+        with contextlib.suppress(redis.RedisError):
+            consumer.flush()
 
     def _gather(self, consumer: LaneConsumer, backlog: deque[Call]) -> list[Call]:
         """High-priority calls first, then the low lane's backlog, waiting per the config."""
@@ -143,6 +147,8 @@ class ModelServer:
             self._run(consumer, batch)
 
     def _run(self, consumer: LaneConsumer, batch: Batch) -> None:
+        # Answers of an earlier batch go out before this one computes.
+        consumer.flush()
         wanted = self._outputs_for(batch.calls)
         started = time.perf_counter()
         try:
