@@ -74,6 +74,17 @@ def _occupy(appliance, rows: int = 512, model: str = "slow") -> threading.Thread
     return thread
 
 
+def _ok_calls(appliance) -> float:
+    return appliance.metric("inferbox_worker_calls_total", model="slow", outcome="ok")
+
+
+def _only_one_more_computed(appliance, before: float) -> None:
+    """The big call finishes, and nothing else ran after it."""
+    wait_for(lambda: _ok_calls(appliance) == before + 1, 5, "the big call to finish")
+    time.sleep(0.3)
+    assert _ok_calls(appliance) == before + 1
+
+
 def test_deadline_passes_gives_504_in_time(appliance, http):
     body, headers = _slow_body(512, timeout_us=100_000)
     started = time.monotonic()
@@ -86,20 +97,12 @@ def test_deadline_passes_gives_504_in_time(appliance, http):
 
 def test_a_call_that_timed_out_in_the_queue_is_never_computed(appliance, http):
     _settled(appliance)
-    ok = appliance.metric("inferbox_worker_calls_total", model="slow", outcome="ok")
+    ok = _ok_calls(appliance)
     busy = _occupy(appliance)
     body, headers = _slow_body(1, timeout_us=50_000)
     assert http.post("/v2/models/slow/infer", content=body, headers=headers).status_code == 504
     busy.join()
-    wait_for(
-        lambda: (
-            appliance.metric("inferbox_worker_calls_total", model="slow", outcome="ok") == ok + 1
-        ),
-        5,
-        "the big call to finish",
-    )
-    time.sleep(0.3)
-    assert appliance.metric("inferbox_worker_calls_total", model="slow", outcome="ok") == ok + 1
+    _only_one_more_computed(appliance, ok)
     assert appliance.redis.xlen(appliance.keys.stream("slow", 1, "hi")) == 0
 
 
@@ -141,7 +144,7 @@ def test_full_queue_answers_503_with_retry_after(appliance, http):
 
 def test_a_departed_client_has_its_queued_call_dropped(appliance):
     _settled(appliance)
-    ok = appliance.metric("inferbox_worker_calls_total", model="slow", outcome="ok")
+    ok = _ok_calls(appliance)
     expired = appliance.metric("inferbox_worker_calls_total", model="slow", outcome="expired")
     busy = _occupy(appliance)
     stream = appliance.keys.stream("slow", 1, "hi")
@@ -153,15 +156,7 @@ def test_a_departed_client_has_its_queued_call_dropped(appliance):
     # The API withdraws the call as soon as it sees the client leave.
     wait_for(lambda: appliance.redis.xlen(stream) == 1, 5, "the call to be withdrawn", 0.01)
     busy.join()
-    wait_for(
-        lambda: (
-            appliance.metric("inferbox_worker_calls_total", model="slow", outcome="ok") == ok + 1
-        ),
-        5,
-        "the big call to finish",
-    )
-    time.sleep(0.3)
-    assert appliance.metric("inferbox_worker_calls_total", model="slow", outcome="ok") == ok + 1
+    _only_one_more_computed(appliance, ok)
     assert (
         appliance.metric("inferbox_worker_calls_total", model="slow", outcome="expired") == expired
     )
