@@ -21,9 +21,13 @@ FAILED = "failed"
 
 
 class CatalogEntry(msgspec.Struct):
-    """Every known version of one model."""
+    """Every known version of one model, its aliases and its traffic split."""
 
     versions: list[ModelSpec]
+    aliases: dict[str, int] = msgspec.field(default_factory=dict)
+    """Alias name -> version (``production``, ``canary``, any name)."""
+    split: dict[int, int] = msgspec.field(default_factory=dict)
+    """Version -> weight for unversioned calls; empty: ``production``, else the newest ready."""
 
     def get(self, version: int) -> ModelSpec | None:
         """The spec of ``version``, if present."""

@@ -48,6 +48,8 @@ class ModelConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Default deadline of a call to this model (the request's ``timeout`` wins)."""
     warmup: bool = True
     """Run one synthetic request after loading, before reporting ready."""
+    pinned: bool = False
+    """Never evicted to make room for other models."""
 
 
 class ModelSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -63,6 +65,10 @@ class ModelSpec(msgspec.Struct, frozen=True, kw_only=True):
     config: ModelConfig = msgspec.field(default_factory=ModelConfig)
     error: str | None = None
     """Why the file could not be read as ONNX; such a version is never ready."""
+    object_key: str | None = None
+    """Key of the file in the object store; ``path`` is then only where it was uploaded from."""
+    loaded: bool = True
+    """Desired state: workers serve it (``load``) or drop it (``unload``)."""
 
     def input(self, name: str) -> TensorSpec | None:
         """The input called ``name``, if the model has one."""

@@ -34,6 +34,17 @@ V2_TO_NUMPY: dict[str, np.dtype] = {
 
 SUPPORTED_DATATYPES: tuple[str, ...] = tuple(V2_TO_NUMPY)
 
+
+def numpy_to_v2(dtype: np.dtype) -> str:
+    """The V2 datatype of a numpy dtype (any byte order; strings and objects are BYTES)."""
+    if dtype.kind in "OSU":
+        return "BYTES"
+    for name, candidate in V2_TO_NUMPY.items():
+        if candidate.kind == dtype.kind and candidate.itemsize == dtype.itemsize:
+            return name
+    raise ValueError(f"no V2 datatype for numpy dtype {dtype}")
+
+
 # onnxruntime's NodeArg.type strings.
 ONNX_TO_V2: dict[str, str] = {
     "tensor(bool)": "BOOL",

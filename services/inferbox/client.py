@@ -1,0 +1,177 @@
+"""A small HTTP client for the control plane (``/v1``) and inference (``/v2``), used by the CLI."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+CHUNK = 1 << 20
+
+
+class ApiError(Exception):
+    """An error answer of the API, with its status and message."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:500]
+    if isinstance(body, dict):
+        return str(body.get("detail") or body.get("error") or body.get("title") or body)
+    return str(body)
+
+
+class InferboxClient:
+    """Calls one inferbox API (directly or through nginx) with an optional API key."""
+
+    def __init__(
+        self,
+        url: str,
+        api_key: str | None = None,
+        ca_cert: str | None = None,
+        timeout: float = 120.0,
+    ):
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(
+            base_url=url.rstrip("/"), headers=headers, verify=ca_cert or True, timeout=timeout
+        )
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self.http.close()
+
+    def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
+        response = self.http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            raise ApiError(response.status_code, _message(response))
+        return response
+
+    # -- models ---------------------------------------------------------------------------------
+
+    def push(
+        self,
+        path: Path,
+        name: str,
+        alias: str | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> dict:
+        """Upload a model file as a new version (streamed, never read whole into memory)."""
+
+        def chunks() -> Iterator[bytes]:
+            with path.open("rb") as handle:
+                while chunk := handle.read(CHUNK):
+                    if progress:
+                        progress(len(chunk))
+                    yield chunk
+
+        params = {"alias": alias} if alias else {}
+        return self._request(
+            "POST",
+            f"/v1/models/{name}/versions",
+            content=chunks(),
+            params=params,
+            headers={
+                "Content-Type": "application/octet-stream",
+                "Content-Length": str(path.stat().st_size),
+            },
+        ).json()
+
+    def models(self) -> list[dict]:
+        """Every model with its versions and aliases."""
+        return self._request("GET", "/v1/models").json()["models"]
+
+    def model(self, name: str) -> dict:
+        """One model with each version's details and state per worker."""
+        return self._request("GET", f"/v1/models/{name}").json()
+
+    def version(self, name: str, version: int) -> dict:
+        """One version, with its capacity card when measured."""
+        return self._request("GET", f"/v1/models/{name}/versions/{version}").json()
+
+    def delete_version(self, name: str, version: int, force: bool = False) -> None:
+        """Delete a version (refused while an alias points at it unless ``force``)."""
+        self._request(
+            "DELETE", f"/v1/models/{name}/versions/{version}", params={"force": str(force).lower()}
+        )
+
+    def set_alias(self, name: str, alias: str, version: int) -> dict:
+        """Point ``alias`` at ``version`` (creating or moving it)."""
+        return self._request(
+            "PUT", f"/v1/models/{name}/aliases/{alias}", json={"version": version}
+        ).json()
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        """Remove an alias."""
+        self._request("DELETE", f"/v1/models/{name}/aliases/{alias}")
+
+    # -- inference -------------------------------------------------------------------------------
+
+    def infer(self, name: str, inputs: dict[str, np.ndarray], version: str | None = None) -> dict:
+        """Run a model with binary tensors; returns output name -> array."""
+        from inferbox.protocol.datatypes import numpy_to_v2, serialize_bytes_tensor
+
+        header = {"inputs": [], "outputs": []}
+        raws = []
+        for input_name, array in inputs.items():
+            datatype = numpy_to_v2(array.dtype)
+            if datatype == "BYTES":
+                raw = serialize_bytes_tensor(array)
+            else:
+                array = np.ascontiguousarray(array)
+                raw = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+            header["inputs"].append(
+                {
+                    "name": input_name,
+                    "datatype": datatype,
+                    "shape": list(array.shape),
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            )
+            raws.append(raw)
+        header["parameters"] = {"binary_data_output": True}
+        head = json.dumps(header).encode()
+        path = f"/v2/models/{name}" + (f"/versions/{version}" if version else "") + "/infer"
+        response = self._request(
+            "POST",
+            path,
+            content=head + b"".join(raws),
+            headers={"Inference-Header-Content-Length": str(len(head))},
+        )
+        return decode_outputs(response)
+
+
+def decode_outputs(response: httpx.Response) -> dict[str, np.ndarray]:
+    """Output arrays of a V2 response, JSON or binary."""
+    from inferbox.protocol.datatypes import V2_TO_NUMPY, deserialize_bytes_tensor
+
+    length = response.headers.get("inference-header-content-length")
+    body = response.content
+    header = json.loads(body[: int(length)] if length else body)
+    offset = int(length) if length else 0
+    outputs = {}
+    for output in header["outputs"]:
+        size = output.get("parameters", {}).get("binary_data_size")
+        if size is None:
+            dtype = V2_TO_NUMPY[output["datatype"]]
+            outputs[output["name"]] = np.array(output["data"], dtype=dtype).reshape(output["shape"])
+            continue
+        raw = body[offset : offset + size]
+        offset += size
+        if output["datatype"] == "BYTES":
+            outputs[output["name"]] = np.array(deserialize_bytes_tensor(raw), dtype=object).reshape(
+                output["shape"]
+            )
+        else:
+            dtype = V2_TO_NUMPY[output["datatype"]]
+            outputs[output["name"]] = np.frombuffer(raw, dtype=dtype).reshape(output["shape"])
+    return outputs
