@@ -62,6 +62,10 @@ class BenchError(RuntimeError):
     """A check failed: the run stops and says why."""
 
 
+class SocketErrors(BenchError):
+    """wrk saw socket errors (no non-2xx): the point is retried once, then the run stops."""
+
+
 # --- models and request bodies --------------------------------------------------------------
 
 
@@ -178,6 +182,22 @@ def raw_ort(path: Path, model: Model, seconds: float) -> dict[str, float]:
     return result
 
 
+def measure_raw(
+    path: Path, model: Model, args: argparse.Namespace, earlier: dict[str, float] | None
+) -> dict[str, float]:
+    r = raw_ort(path, model, max(1.0, min(args.duration / 2, 4.0)))
+    log(
+        f"raw ORT {model.name}: batch 1 {r['b1_rows_s']:.0f} rows/s "
+        f"(p50 {r['b1_p50_ms']:.3f} ms), batch 64 {r['b64_rows_s']:.0f} rows/s"
+    )
+    if earlier is None:
+        return r
+    best = {k: max(r[k], earlier[k]) for k in r}
+    best["b1_p50_ms"] = min(r["b1_p50_ms"], earlier["b1_p50_ms"])
+    best["runs"] = [earlier["best_rows_s"], r["best_rows_s"]]
+    return best
+
+
 # --- wrk --------------------------------------------------------------------------------------
 
 
@@ -221,8 +241,10 @@ def run_wrk(wrk: str, port: int, model: Model, body: Body, conns: int, seconds: 
     fields = {k: float(v) for k, v in (kv.split("=") for kv in line.group(1).split())}
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = {k: int(fields[k]) for k in ("connect", "read", "write", "status", "timeout")}
-    if non2xx or any(errors.values()):
-        raise BenchError(
+    if non2xx or errors["status"]:
+        raise BenchError(f"{url} c={conns}: non-2xx answers: {non2xx and non2xx.group(1)}\n{out}")
+    if any(errors.values()):
+        raise SocketErrors(
             f"{url} c={conns}: errors {errors}, non-2xx {non2xx and non2xx.group(1)}\n{out}"
         )
     requests = int(fields["requests"])
@@ -484,6 +506,7 @@ class InferboxServer(Server):
 
 
 def measure(
+    retries: list[str],
     server: Server,
     wrk: str,
     bodies: dict[tuple[str, str], Body],
@@ -497,12 +520,20 @@ def measure(
             body = bodies[model.name, encoding]
             verify(server.port, model, encoding, body, expected[model.name])
             for conns in concurrency:
-                if args.warmup > 0:
-                    run_wrk(wrk, server.port, model, body, conns, args.warmup)
-                server.before()
-                cpu_before = server.cpu()
-                result = run_wrk(wrk, server.port, model, body, conns, args.duration)
-                cpu_after = server.cpu()
+                for attempt in (1, 2):
+                    try:
+                        if args.warmup > 0:
+                            run_wrk(wrk, server.port, model, body, conns, args.warmup)
+                        server.before()
+                        cpu_before = server.cpu()
+                        result = run_wrk(wrk, server.port, model, body, conns, args.duration)
+                        cpu_after = server.cpu()
+                        break
+                    except SocketErrors as exc:
+                        if attempt == 2:
+                            raise
+                        log(f"RETRYING after socket errors: {str(exc).splitlines()[0]}")
+                        retries.append(f"{server.name} {model.name}/{encoding} c={conns}")
                 cpu_us = {
                     k: (cpu_after[k] - cpu_before[k]) / result.requests * 1e6 for k in cpu_after
                 }
@@ -636,16 +667,20 @@ def report(
         "",
         *targets(points, raw, concurrency),
         "",
-        "### Raw ONNX Runtime in-process (the ceiling; nothing else running)",
+        "### Raw ONNX Runtime in-process (the ceiling; nothing else of ours running)",
         "",
-        "| model | batch 1 rows/s | batch 1 p50 ms | batch 64 rows/s |",
-        "|---|--:|--:|--:|",
+        "Measured before and after the servers; the better of the two runs is shown.",
+        "",
+        "| model | batch 1 rows/s | batch 1 p50 ms | batch 64 rows/s | best rows/s, run 1 / run 2 |",
+        "|---|--:|--:|--:|--:|",
     ]
     for model in MODELS:
         r = raw[model.name]
         out.append(
             f"| {model.name} ({model.kind}) | {r['b1_rows_s']:.0f} | {r['b1_p50_ms']:.3f} "
-            f"| {r['b64_rows_s']:.0f} |"
+            f"| {r['b64_rows_s']:.0f} | "
+            + " / ".join(f"{x:.0f}" for x in r.get("runs", [r["best_rows_s"]]))
+            + " |"
         )
     out += [
         "",
@@ -785,15 +820,10 @@ def main(argv: list[str] | None = None) -> int:
             expected[model.name] = session.run([model.output], {model.input: row})[0]
             for encoding in ENCODINGS:
                 bodies[model.name, encoding] = build_body(model, encoding, row, folder)
-            raw_seconds = max(1.0, min(args.duration / 2, 4.0))
-            raw[model.name] = raw_ort(path, model, raw_seconds)
-            r = raw[model.name]
-            log(
-                f"raw ORT {model.name}: batch 1 {r['b1_rows_s']:.0f} rows/s "
-                f"(p50 {r['b1_p50_ms']:.3f} ms), batch 64 {r['b64_rows_s']:.0f} rows/s"
-            )
+            raw[model.name] = measure_raw(path, model, args, None)
 
         points: list[Point] = []
+        retries: list[str] = []
         servers: list[Server] = [
             PlainServer(repo),
             InferboxServer(repo, client, args.redis_url, folder / "cache"),
@@ -801,14 +831,22 @@ def main(argv: list[str] | None = None) -> int:
         for server in servers:
             try:
                 server.start()
-                points += measure(server, wrk, bodies, expected, concurrency, args)
+                points += measure(retries, server, wrk, bodies, expected, concurrency, args)
             except BaseException:
                 print(server.log_tail(), file=sys.stderr)
                 raise
             finally:
                 server.stop()
 
+        # The ceiling is measured again at the end and the better run kept: on a shared machine a
+        # burst of someone else's load during one of the two would otherwise set it too low.
+        for model in MODELS:
+            path = repo / model.name / "1" / "model.onnx"
+            raw[model.name] = measure_raw(path, model, args, raw[model.name])
+
     table = report(points, raw, concurrency, args, machine(client, wrk), started)
+    if retries:
+        table += "\nPoints measured again after wrk socket errors: " + ", ".join(retries) + "\n"
     print(table)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(f"# Latest benchmark results\n\n{table}")
