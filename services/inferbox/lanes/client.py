@@ -12,13 +12,13 @@ import contextlib
 import itertools
 import uuid
 
-import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from inferbox.errors import DeadlineExceeded, InferboxError, Unavailable
 from inferbox.keys import Keys
+from inferbox.lanes.resp import RespConnection
 from inferbox.lanes.wire import (
     CallHeader,
     ReplyHeader,
@@ -36,64 +36,6 @@ return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
 """
 
 
-class _EnqueueBatcher:
-    """Sends the enqueues of all requests that arrive in one event-loop turn as one pipeline.
-
-    Under load many requests of one API process queue their calls within the same turn;
-    one round trip (and one pass through the client library) then serves all of them.
-    """
-
-    def __init__(self, client: aioredis.Redis, script: str):
-        self.client = client
-        self.script = script
-        self.sha: str | None = None
-        self._pending: list[tuple[str, list, asyncio.Future]] = []
-
-    async def enqueue(self, stream: str, args: list) -> bytes | None:
-        """The new entry's id, or None when the queue is full."""
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        if not self._pending:
-            loop.call_soon(self._start_flush)
-        self._pending.append((stream, args, future))
-        return await future
-
-    def _start_flush(self) -> None:
-        batch, self._pending = self._pending, []
-        task = asyncio.ensure_future(self._flush(batch))
-        # Keep a reference until done so the task is not collected mid-flight.
-        _FLUSHES.add(task)
-        task.add_done_callback(_FLUSHES.discard)
-
-    async def _flush(self, batch: list[tuple[str, list, asyncio.Future]]) -> None:
-        try:
-            if self.sha is None:
-                self.sha = await self.client.script_load(self.script)
-            results = await self._run(batch)
-            if any(isinstance(r, NoScriptError) for r in results):
-                # Redis restarted or was flushed: load the script again, once.
-                self.sha = await self.client.script_load(self.script)
-                results = await self._run(batch)
-        except Exception as exc:
-            results = [exc] * len(batch)
-        for (_, _, future), result in zip(batch, results, strict=True):
-            if future.done():
-                continue
-            if isinstance(result, Exception):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
-
-    async def _run(self, batch) -> list:
-        pipe = self.client.pipeline(transaction=False)
-        for stream, args, _ in batch:
-            pipe.evalsha(self.sha, 1, stream, *args)
-        return await pipe.execute(raise_on_error=False)
-
-
-_FLUSHES: set[asyncio.Task] = set()
-
-
 class ClientGone(Exception):
     """The HTTP client disconnected before its answer; its queued call was withdrawn."""
 
@@ -101,11 +43,12 @@ class ClientGone(Exception):
 class InteractiveClient:
     """Queues synchronous calls and routes their replies back to the waiting requests."""
 
-    def __init__(self, client: aioredis.Redis, keys: Keys):
-        self.client = client
+    def __init__(self, redis_url: str, keys: Keys):
         self.process_id = uuid.uuid4().hex
         self.channel = keys.reply_channel(self.process_id)
-        self._batcher = _EnqueueBatcher(client, _ENQUEUE)
+        self.commands = RespConnection(redis_url)
+        self.replies = RespConnection(redis_url, on_push=self._on_push)
+        self._script_sha: str | None = None
         self._waiting: dict[str, asyncio.Future] = {}
         self._tokens = itertools.count()
         self._reader: asyncio.Task | None = None
@@ -121,27 +64,39 @@ class InteractiveClient:
         if self._reader:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
+        self.commands.close()
+        self.replies.close()
         for future in self._waiting.values():
             if not future.done():
                 future.set_exception(Unavailable("the API is shutting down"))
 
     async def _read_replies(self) -> None:
         while True:
-            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(self.channel)
+                await self.replies.execute("SUBSCRIBE", self.channel)
                 self._subscribed.set()
-                async for message in pubsub.listen():
-                    self._resolve(message["data"])
-            except asyncio.CancelledError:
-                await pubsub.aclose()
-                raise
+                await self.replies.lost
+                log.warning("reply channel lost; resubscribing")
             except RedisError as exc:
                 # Replies published while we were away are lost; their callers time out (504).
-                log.warning("reply channel lost; resubscribing", error=str(exc))
-                await pubsub.aclose()
-                await asyncio.sleep(0.5)
+                log.warning("reply channel unavailable; retrying", error=str(exc))
+            await asyncio.sleep(0.5)
 
+    def _on_push(self, message: list) -> None:
+        if len(message) == 3 and message[0] == b"message":
+            self._resolve(message[2])
+
+    async def _enqueue(self, stream: str, args: list) -> bytes | None:
+        if self._script_sha is None:
+            self._script_sha = (await self.commands.execute("SCRIPT", "LOAD", _ENQUEUE)).decode()
+        try:
+            return await self.commands.execute("EVALSHA", self._script_sha, 1, stream, *args)
+        except ResponseError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+            # Redis restarted or was flushed: load the script again.
+            self._script_sha = None
+            return await self._enqueue(stream, args)
     def _resolve(self, message: bytes) -> None:
         try:
             replies = [decode_reply(reply) for reply in unbundle_replies(message)]
@@ -185,7 +140,7 @@ class InteractiveClient:
             for key, value in fields.items():
                 args += (key, value)
             try:
-                entry_id = await self._batcher.enqueue(stream, args)
+                entry_id = await self._enqueue(stream, args)
             except RedisConnectionError as exc:
                 raise Unavailable("the queue is unreachable") from exc
             if entry_id is None:
@@ -205,7 +160,7 @@ class InteractiveClient:
             if entry_id is not None:
                 # Not answered: withdraw the call so no worker computes it for nobody.
                 with contextlib.suppress(RedisError):
-                    await self.client.xdel(stream, entry_id)
+                    await self.commands.execute("XDEL", stream, entry_id)
 
 
 def _fail(future: asyncio.Future, error: Exception) -> None:

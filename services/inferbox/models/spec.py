@@ -38,8 +38,17 @@ class ModelConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Batch sizes worth waiting for; a batch reaching one runs at once."""
     max_queue_size: int = 2048
     """Queued plus running requests accepted before answering 503."""
-    instance_count: int = 1
-    """Threads (each with its own batch loop) serving this model in each worker."""
+    instance_count: int = 0
+    """Threads (each with its own batch loop) serving this model in each worker; 0 picks one
+    on a GPU and two on a CPU worker, as Triton does."""
+    intra_op_threads: int = 0
+    """ONNX Runtime threads per run; 0 divides the CPU cores among the instances (on a CPU
+    worker, instances that each keep a core busy beat one instance whose threads wait for
+    each other while the API and Redis share the cores)."""
+
+    def instances(self, device: str) -> int:
+        """How many batch loops serve this model on a worker running on ``device``."""
+        return self.instance_count or (1 if device == "cuda" else 2)
     execution_providers: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_PROVIDERS))
     """ONNX Runtime execution providers in preference order."""
     graph_optimization_level: str = "all"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -93,8 +94,14 @@ def probe_device(preferred: list[str]) -> str:
     return device
 
 
-def load_model(spec: ModelSpec, available: list[str] | None = None) -> LoadedModel:
-    """Create the session for ``spec``, then warm it up; raises on a file that will not load."""
+def load_model(
+    spec: ModelSpec, available: list[str] | None = None, device: str = "cpu"
+) -> LoadedModel:
+    """Create the session for ``spec``, then warm it up; raises on a file that will not load.
+
+    ``device`` is what the worker's probe found (``cuda`` or ``cpu``): it decides how many
+    instances share the CPU cores.
+    """
     if spec.error:
         raise ValueError(spec.error)
     started = time.perf_counter()
@@ -105,6 +112,9 @@ def load_model(spec: ModelSpec, available: list[str] | None = None) -> LoadedMod
     # same host; batches are long enough that waking a sleeping thread costs nothing visible.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.intra_op_num_threads = config.intra_op_threads or max(
+        1, (os.cpu_count() or 1) // config.instances(device)
+    )
     available = ort.get_available_providers() if available is None else available
     wanted = choose_providers(config.execution_providers, available)
     session = ort.InferenceSession(
