@@ -1,0 +1,216 @@
+"""The validator's child process: checks one ONNX file and prints one JSON line.
+
+Run only by ``inferbox.registry.validate`` as ``python -I -c ... LIMITS_JSON PATH``. It limits
+itself first (CPU time, open files, no core dumps), imports onnx, then caps its address space
+before it reads a byte of the untrusted file. Whatever happens, the parent reads the last line
+of stdout: ``{"ok": true, "inputs": [...], "outputs": [...], "ir_version": N, "opsets": {...}}``
+or ``{"ok": false, "reason": "..."}``; no line at all means the process was killed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+
+ALLOWED = {"", "ai.onnx", "ai.onnx.ml"}
+
+
+def _limit(kind: int, soft: int, hard: int | None = None) -> None:
+    resource.setrlimit(kind, (soft, soft if hard is None else hard))
+
+
+def _walk_graph(graph, where: str):
+    """Yield (tensor, where) for every tensor in a graph, its nodes and its subgraphs."""
+    for tensor in graph.initializer:
+        yield tensor, f"initializer {tensor.name!r}"
+    for sparse in graph.sparse_initializer:
+        yield sparse.values, f"sparse initializer {sparse.values.name!r}"
+        yield sparse.indices, f"sparse initializer {sparse.values.name!r}"
+    yield from _walk_nodes(graph.node, where)
+
+
+def _walk_nodes(nodes, where: str):
+    for node in nodes:
+        for attr in node.attribute:
+            label = f"attribute {attr.name!r} of node {node.name or node.op_type!r}"
+            if attr.HasField("t"):
+                yield attr.t, label
+            for tensor in attr.tensors:
+                yield tensor, label
+            if attr.HasField("sparse_tensor"):
+                yield attr.sparse_tensor.values, label
+                yield attr.sparse_tensor.indices, label
+            for sparse in attr.sparse_tensors:
+                yield sparse.values, label
+                yield sparse.indices, label
+            if attr.HasField("g"):
+                yield from _walk_graph(attr.g, where)
+            for graph in attr.graphs:
+                yield from _walk_graph(graph, where)
+
+
+def _all_tensors(model):
+    yield from _walk_graph(model.graph, "graph")
+    for function in model.functions:
+        yield from _walk_nodes(function.node, f"function {function.name!r}")
+
+
+def _dims(value_info):
+    tensor_type = value_info.type.tensor_type
+    for dim in tensor_type.shape.dim:
+        if dim.HasField("dim_value"):
+            yield dim.dim_value
+
+
+def check(path: str, limits: dict) -> dict:
+    """Validate the model file at ``path``; the result dict the parent expects."""
+    import onnx
+    import onnx.checker
+    import onnx.helper
+    import onnx.shape_inference
+    from google.protobuf.message import DecodeError
+
+    from inferbox.protocol.datatypes import ONNX_ELEM_TO_V2
+
+    def reject(reason: str) -> dict:
+        return {"ok": False, "reason": reason}
+
+    with open(path, "rb") as handle:
+        if os.fstat(handle.fileno()).st_size > limits["max_bytes"]:
+            return reject(f"the file is larger than {limits['max_bytes']} bytes")
+        data = handle.read()
+    try:
+        model = onnx.ModelProto.FromString(data)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        return reject(f"not an ONNX protobuf (truncated or corrupt): {exc}")
+    finally:
+        del data  # the only reference: parsing must not keep two copies alive
+
+    for tensor, where in _all_tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data):
+            location = next(
+                (e.value for e in tensor.external_data if e.key == "location"), "<unnamed>"
+            )
+            return reject(
+                f"{where} references external data at {location!r}; external data is not"
+                " accepted, upload one self-contained .onnx file"
+            )
+
+    ir_min, ir_max = limits["min_ir_version"], limits["max_ir_version"]
+    if not ir_min <= model.ir_version <= ir_max:
+        return reject(f"IR version {model.ir_version} is outside the accepted {ir_min}..{ir_max}")
+    allowed = set(limits["allowed_domains"])
+    opsets: dict[str, int] = {}
+    for opset in model.opset_import:
+        domain = "" if opset.domain == "ai.onnx" else opset.domain
+        if domain not in allowed:
+            return reject(f"operator domain {opset.domain!r} is not accepted (custom operators)")
+        opsets[domain] = opset.version
+    if "" not in opsets:
+        return reject("the model imports no default ONNX opset")
+    op_min = limits["min_opset"]
+    op_max = limits["max_opset"] or onnx.defs.onnx_opset_version()
+    if not op_min <= opsets[""] <= op_max:
+        return reject(f"opset {opsets['']} is outside the accepted {op_min}..{op_max}")
+    ml_max = max(row[3] for row in onnx.helper.VERSION_TABLE)
+    if opsets.get("ai.onnx.ml", 1) > ml_max:
+        return reject(f"ai.onnx.ml opset {opsets['ai.onnx.ml']} is newer than {ml_max}")
+    if model.functions:
+        function = model.functions[0]
+        return reject(f"model-local function {function.domain}.{function.name} is not accepted")
+    nodes_domains = {node.domain for node in model.graph.node} - allowed - {"ai.onnx"}
+    if nodes_domains:
+        return reject(f"operator domains {sorted(nodes_domains)} are not accepted")
+
+    graph = model.graph
+    if not graph.node:
+        return reject("the graph has no nodes")
+    initializers = {init.name for init in graph.initializer}
+    inputs = [v for v in graph.input if v.name not in initializers]
+    if not inputs or not graph.output:
+        return reject("the graph declares no inputs or no outputs")
+
+    max_dim = limits["max_dim"]
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        for dim in _dims(value):
+            if not 0 <= dim <= max_dim:
+                return reject(f"tensor {value.name!r} declares dimension {dim} (limit {max_dim})")
+    for tensor, where in _all_tensors(model):
+        if any(not 0 <= d <= max_dim for d in tensor.dims):
+            return reject(f"{where} declares dimensions {list(tensor.dims)} (limit {max_dim})")
+
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.shape_inference.InferenceError as exc:  # full_check runs shape inference too
+        return reject(f"shape inference failed: {_first_line(exc)}")
+    except onnx.checker.ValidationError as exc:
+        return reject(f"onnx.checker: {_first_line(exc)}")
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except (onnx.shape_inference.InferenceError, RuntimeError) as exc:
+        return reject(f"shape inference failed: {_first_line(exc)}")
+    for value in inferred.graph.value_info:
+        for dim in _dims(value):
+            if not 0 <= dim <= max_dim:
+                return reject(f"tensor {value.name!r} infers dimension {dim} (limit {max_dim})")
+
+    def specs(values):
+        out = []
+        for value in values:
+            tensor_type = value.type.tensor_type
+            datatype = ONNX_ELEM_TO_V2.get(tensor_type.elem_type)
+            if not value.type.HasField("tensor_type") or datatype is None:
+                raise ValueError(f"tensor {value.name!r} has a type inferbox cannot serve")
+            shape = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor_type.shape.dim]
+            out.append({"name": value.name, "datatype": datatype, "shape": shape})
+        return out
+
+    try:
+        return {
+            "ok": True,
+            "inputs": specs(inputs),
+            "outputs": specs(graph.output),
+            "ir_version": model.ir_version,
+            "opsets": opsets,
+        }
+    except ValueError as exc:
+        return reject(str(exc))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:500] if text else type(exc).__name__
+
+
+def main() -> None:
+    """Entry point: ``argv[1]`` is the limits JSON, ``argv[2]`` the model path."""
+    limits = json.loads(sys.argv[1])
+    _limit(resource.RLIMIT_CORE, 0)
+    # SIGXCPU at the soft limit, SIGKILL a second later should it be caught.
+    _limit(resource.RLIMIT_CPU, limits["cpu_seconds"], limits["cpu_seconds"] + 1)
+    _limit(resource.RLIMIT_NOFILE, 64)
+    # Trusted imports happen before the memory cap.
+    import onnx.checker
+    import onnx.shape_inference  # noqa: F401
+    from google.protobuf.message import EncodeError
+
+    import inferbox.protocol.datatypes  # noqa: F401
+
+    reason = f"validation exceeded the memory limit of {limits['memory_bytes'] >> 20} MiB"
+    out_of_memory = (json.dumps({"ok": False, "reason": reason}) + "\n").encode()
+    _limit(resource.RLIMIT_AS, limits["memory_bytes"])
+    try:
+        result = check(sys.argv[2], limits)
+    except (MemoryError, EncodeError):  # onnx.checker reports a failed allocation as EncodeError
+        os.write(1, out_of_memory)
+        os._exit(3)
+    except Exception as exc:  # an unexpected failure inside onnx is a rejection, not a crash
+        result = {"ok": False, "reason": f"validation failed: {type(exc).__name__}: {exc}"[:600]}
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

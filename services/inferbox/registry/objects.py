@@ -1,0 +1,135 @@
+"""Model files in an S3 bucket, addressed by their sha256 (``ObjectStore``).
+
+Written for MinIO through the ``minio`` SDK but S3-generic: endpoint, keys, TLS flag, region
+and bucket are all there is to configure. A file's key is ``models/sha256/<hex digest>``, so
+two versions with the same bytes share one object, and a fetched file is checked against the
+digest it is named after.
+
+The SDK is synchronous (blocking HTTP): async callers run these methods in a thread, e.g.
+``await asyncio.to_thread(objects.put_file, path, sha256, size)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+from minio import Minio
+from minio.error import S3Error
+
+from inferbox.registry.errors import ChecksumMismatch
+
+PREFIX = "models/sha256/"
+_MISSING = ("NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound")
+_PART_SIZE = 64 << 20
+_CHUNK = 1 << 20
+
+
+def object_key(sha256: str) -> str:
+    """The key of the file whose sha256 hex digest is ``sha256``."""
+    return PREFIX + sha256
+
+
+class ObjectStore:
+    """One bucket of model files on an S3-compatible server."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        access_key: str,
+        secret_key: str,
+        bucket: str,
+        *,
+        secure: bool = True,
+        region: str | None = None,
+    ) -> None:
+        """``endpoint`` is ``host:port`` without a scheme; ``secure`` picks https."""
+        self.bucket = bucket
+        self.client = Minio(
+            endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region
+        )
+        self._region = region
+
+    def ensure_bucket(self) -> None:
+        """Create the bucket if it does not exist yet (safe to call at every start)."""
+        if self.client.bucket_exists(self.bucket):
+            return
+        try:
+            self.client.make_bucket(self.bucket, location=self._region)
+        except S3Error as exc:  # another process created it in between
+            if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise
+
+    def size(self, key: str) -> int | None:
+        """The stored object's size, or None when there is no such object."""
+        try:
+            return self.client.stat_object(self.bucket, key).size
+        except S3Error as exc:
+            if exc.code in _MISSING:
+                return None
+            raise
+
+    def exists(self, key: str) -> bool:
+        """Whether an object is stored under ``key``."""
+        return self.size(key) is not None
+
+    def put_file(self, path: Path, sha256: str, size: int) -> str:
+        """Store a local file under its content address and return the key.
+
+        ``sha256`` and ``size`` are what the caller measured while receiving the file (see
+        ``upload.spool``). An object already stored under that key with that size is kept: the
+        upload is skipped.
+        """
+        key = object_key(sha256)
+        if self.size(key) == size:
+            return key
+        self.client.fput_object(
+            self.bucket,
+            key,
+            str(path),
+            content_type="application/octet-stream",
+            metadata={"sha256": sha256},
+            part_size=_PART_SIZE,
+        )
+        return key
+
+    def fetch(self, key: str, dest: Path, expected_sha256: str) -> Path:
+        """Download ``key`` to ``dest`` atomically, verified against ``expected_sha256``.
+
+        The bytes go to a temporary file in ``dest``'s folder, which is renamed onto ``dest``
+        only when its sha256 matches; otherwise it is removed and ``ChecksumMismatch`` raised.
+        ``dest`` never holds a partial or wrong file.
+        """
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+        tmp = Path(tmp_name)
+        try:
+            digest = hashlib.sha256()
+            with os.fdopen(fd, "wb") as out:
+                response = self.client.get_object(self.bucket, key)
+                try:
+                    for chunk in response.stream(_CHUNK):
+                        digest.update(chunk)
+                        out.write(chunk)
+                finally:
+                    response.close()
+                    response.release_conn()
+                out.flush()
+                os.fsync(out.fileno())
+            if digest.hexdigest() != expected_sha256:
+                raise ChecksumMismatch(
+                    f"object {key!r} has sha256 {digest.hexdigest()}, expected {expected_sha256}"
+                )
+            os.replace(tmp, dest)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
+        return dest
+
+    def delete(self, key: str) -> None:
+        """Remove an object (no error if it is already gone)."""
+        self.client.remove_object(self.bucket, key)
