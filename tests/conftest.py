@@ -67,7 +67,7 @@ def model_repo(tmp_path_factory) -> Path:
     root = onnx_models.write_demo_repository(tmp_path_factory.mktemp("models"))
     onnx_models.slow(root / "slow" / "1" / "model.onnx")
     # Big batches of the slow model keep the worker busy for about a second.
-    (root / "slow" / "inferbox.json").write_text('{"max_batch_size": 1024}')
+    (root / "slow" / "inferbox.json").write_text('{"max_batch_size": 1024, "instance_count": 1}')
     # A tiny queue, to see 503 when it is full.
     onnx_models.slow(root / "slow_queue" / "1" / "model.onnx")
     (root / "slow_queue" / "inferbox.json").write_text('{"max_queue_size": 1}')
@@ -96,6 +96,8 @@ class Appliance:
     redis: redis.Redis
     metrics_url: str
     model_repo: Path
+    logs: Path | None = None
+    """Folder holding ``api.log`` and ``worker.log`` (what the processes wrote)."""
 
     def metric(self, name: str, **labels: str) -> float:
         """Sum of a worker metric's samples matching ``labels`` (0 if absent)."""
@@ -170,6 +172,7 @@ def appliance(redis_client, model_repo, tmp_path_factory) -> Appliance:
             redis=redis_client,
             metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
             model_repo=model_repo,
+            logs=logs,
         )
     finally:
         for proc in processes:

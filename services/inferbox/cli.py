@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -36,11 +37,22 @@ def worker(settings: Settings) -> None:
     from inferbox.worker.main import Worker
 
     configure_logging("worker", settings.log_level, settings.log_format)
+    # A worker is one process: its metrics live in memory even if the API's multiprocess
+    # directory is set in a shared environment.
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    worker = Worker(settings)
     if settings.worker_metrics_port:
-        from prometheus_client import start_http_server
+        from prometheus_client import REGISTRY, start_http_server
 
-        start_http_server(settings.worker_metrics_port, addr="127.0.0.1")
-    Worker(settings).run()
+        from inferbox.observability.collectors import WorkerCollector
+        from inferbox.observability.gpu import gpu_collector
+
+        REGISTRY.register(WorkerCollector(worker))
+        gpu = gpu_collector()
+        if gpu is not None:
+            REGISTRY.register(gpu)
+        start_http_server(settings.worker_metrics_port, addr=settings.worker_metrics_host)
+    worker.run()
 
 
 @main.group()

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     status_cache_s: float = Field(default=0.5, ge=0)
     """How long an API process trusts its cached copy of a model's catalog entry and readiness."""
 
+    slow_request_ms: float = Field(default=1000.0, ge=0)
+    """An inference request slower than this is logged ("slow request", with ``duration_ms``); 0: never."""
+
     # --- worker -------------------------------------------------------------------------------
     worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     """Name of this worker as a Redis consumer and in status; unique per process."""
@@ -74,6 +77,9 @@ class Settings(BaseSettings):
 
     worker_metrics_port: int = Field(default=0, ge=0)
     """Port of the worker's Prometheus ``/metrics`` endpoint (0 turns it off)."""
+
+    worker_metrics_host: str = "127.0.0.1"
+    """Address the worker's ``/metrics`` endpoint listens on (``0.0.0.0`` inside a container)."""
 
     worker_block_ms: int = Field(default=1000, gt=0)
     """Longest a worker thread blocks on an empty queue before checking for shutdown and claims."""

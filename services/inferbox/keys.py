@@ -34,6 +34,11 @@ class Keys:
         """Pub/sub channel announcing catalog changes to workers."""
         return f"{self.prefix}:events"
 
+    @property
+    def capacity(self) -> str:
+        """Hash: ``<model>/<version>`` -> JSON capacity card measured by a worker."""
+        return f"{self.prefix}:capacity"
+
     def status(self, model: str) -> str:
         """Hash: ``<version>/<worker id>`` -> JSON ``VersionStatus``."""
         return f"{self.prefix}:status:{model}"

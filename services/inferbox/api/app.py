@@ -48,7 +48,7 @@ def create_app(settings: Settings) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         client = aioredis.Redis.from_url(settings.redis_url, max_connections=256)
         keys = Keys(settings.key_prefix)
-        lane = InteractiveClient(client, keys)
+        lane = InteractiveClient(settings.redis_url, keys)
         await lane.start()
         app.state.redis_keys = keys
         app.state.lane = lane
@@ -87,7 +87,7 @@ def create_app(settings: Settings) -> Litestar:
 
 def create_asgi(settings: Settings) -> InferenceFastPath:
     """What the server runs: the inference fast path in front of the Litestar app."""
-    return InferenceFastPath(create_app(settings))
+    return InferenceFastPath(create_app(settings), slow_request_ms=settings.slow_request_ms)
 
 
 def create_asgi_from_env() -> InferenceFastPath:

@@ -6,6 +6,7 @@ and trusted for ``Settings.status_cache_s`` so the hot path usually makes no tri
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass, field
 
@@ -22,6 +23,8 @@ from inferbox.models.catalog import (
     summarize,
 )
 from inferbox.models.spec import ModelSpec
+
+PRODUCTION = "production"
 
 
 @dataclass(slots=True)
@@ -47,6 +50,9 @@ class ModelDirectory:
         self.keys = keys
         self.ttl_s = ttl_s
         self._cache: dict[str, _Cached] = {}
+        self._asked: dict[tuple[str, int], float] = {}
+        self._workers = 0
+        self._workers_checked = -1e9
 
     async def _fetch(self, name: str) -> _Cached:
         now = time.monotonic()
@@ -67,21 +73,69 @@ class ModelDirectory:
         return cached
 
     async def resolve(self, name: str, version: str | None = None) -> ModelSpec:
-        """The spec for a version number, or for the newest ready version when none is given."""
+        """The spec a call is for.
+
+        ``version`` may be a number or an alias. Without one: the traffic split when set (a
+        weighted draw), else the ``production`` alias, else the newest version a worker has
+        ready (else the newest).
+        """
         cached = await self._fetch(name)
-        if cached.entry is None or not cached.entry.versions:
+        entry = cached.entry
+        if entry is None or not entry.versions:
             raise NotFound(f"unknown model {name!r}")
         if version is None:
-            for spec in reversed(cached.entry.versions):
-                if cached.availability(spec.version).ready:
-                    return spec
-            return cached.entry.versions[-1]
-        if not version.isdigit():
-            raise NotFound(f"unknown version {version!r} of model {name!r}")
-        spec = cached.entry.get(int(version))
+            number = self._unversioned(entry, cached)
+        elif version.isdigit():
+            number = int(version)
+        else:
+            number = entry.aliases.get(version)
+            if number is None:
+                raise NotFound(f"unknown version or alias {version!r} of model {name!r}")
+        spec = entry.get(number)
         if spec is None:
-            raise NotFound(f"unknown version {version!r} of model {name!r}")
+            raise NotFound(f"unknown version {number} of model {name!r}")
         return spec
+
+    @staticmethod
+    def _unversioned(entry: CatalogEntry, cached: _Cached) -> int:
+        if entry.split:
+            versions = list(entry.split)
+            return random.choices(versions, weights=[entry.split[v] for v in versions])[0]
+        production = entry.aliases.get(PRODUCTION)
+        if production is not None:
+            return production
+        for spec in reversed(entry.versions):
+            if cached.availability(spec.version).ready:
+                return spec.version
+        return entry.versions[-1].version
+
+    async def admit(self, spec: ModelSpec) -> None:
+        """Raise ``Unavailable`` unless calls to ``spec`` can be queued now.
+
+        A version no worker holds (never loaded, or evicted to make room) is asked for: the
+        workers load it, and the call waits in the queue meanwhile instead of failing.
+        """
+        label = f"model {spec.name!r} version {spec.version}"
+        if spec.error:
+            raise Unavailable(f"{label} is not usable: {spec.error}")
+        if not spec.loaded:
+            raise Unavailable(f"{label} is unloaded (POST /v2/repository/models/{spec.name}/load)")
+        cached = await self._fetch(spec.name)
+        available = cached.availability(spec.version)
+        if available.ready:
+            return
+        if available.reason and available.reason.startswith("failed"):
+            raise Unavailable(f"{label} is not ready: {available.reason}")
+        now = time.monotonic()
+        if now - self._workers_checked > self.ttl_s:
+            self._workers = await self.workers_alive()
+            self._workers_checked = now
+        if self._workers == 0:
+            raise Unavailable("no worker is running")
+        key = (spec.name, spec.version)
+        if now - self._asked.get(key, 0.0) > 1.0:
+            self._asked[key] = now
+            await self.client.publish(self.keys.events, f"want:{spec.name}:{spec.version}")
 
     async def versions(self, name: str) -> list[ModelSpec]:
         """Every version of a model, oldest first."""

@@ -5,6 +5,11 @@ Litestar application rather than a Litestar route: it skips routing, the signatu
 kwargs and response objects, and reads the body, validates, queues, waits and writes the
 answer itself. Everything else goes to Litestar unchanged. Errors are ``InferboxError``s
 rendered in the same ``{"error": ...}`` shape as the V2 routes.
+
+Observability on the hot path costs one counter increment, one histogram observation and an
+integer in-flight count per request. Log lines (with ``request_id`` bound in structlog's
+context) are written only for failures and requests slower than ``slow_request_ms``.
+``/metrics`` (all API processes merged) is answered here too, never by Litestar.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from inferbox.api.validation import check_request
 from inferbox.errors import BadRequest, InferboxError, PayloadTooLarge, Unavailable
 from inferbox.lanes.client import ClientGone
 from inferbox.lanes.wire import CallHeader
+from inferbox.observability import api_metrics
+from inferbox.observability.exposition import render
 from inferbox.protocol.codec import OutputTensor, decode_infer_request, encode_infer_response
 
 # Triton's priority: 0 means "the default", 1 is the highest; larger numbers are lower.
@@ -58,54 +65,147 @@ async def _read_body(receive: Receive, limit: int, declared: bytes | None) -> by
 class InferenceFastPath:
     """ASGI app: serves inference calls itself and passes every other request to Litestar."""
 
-    def __init__(self, app: Litestar):
+    def __init__(self, app: Litestar, slow_request_ms: float = 0.0):
         self.app = app
+        self.slow_s = slow_request_ms / 1000 if slow_request_ms > 0 else float("inf")
+        self.in_flight = 0
+        self.metrics = api_metrics.InferMetrics()
+        self.sampler = api_metrics.InflightSampler(lambda: self.in_flight)
+        app.on_startup.append(self.sampler.start)
+        app.on_shutdown.append(self.sampler.stop)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].endswith("/infer"):
-            match = INFER_PATH.fullmatch(scope["path"])
-            if match is not None:
-                await self._serve(scope, receive, send, match["name"], match["version"])
+        if scope["type"] == "http":
+            if scope["path"].endswith("/infer"):
+                match = INFER_PATH.fullmatch(scope["path"])
+                if match is not None:
+                    await self._serve(scope, receive, send, match["name"], match["version"])
+                    return
+            elif scope["path"] == "/metrics":
+                await _send_metrics(send)
                 return
+            await self._other(scope, receive, send)
+            return
         await self.app(scope, receive, send)
 
+    async def _other(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Litestar's routes, counted by path template (not on the inference hot path)."""
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_note(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            route = scope.get("path_template") or "unmatched"
+            api_metrics.record_route(route, status, time.perf_counter() - started)
+
     async def _serve(self, scope, receive, send, name: str, version: str | None) -> None:
+        started = time.perf_counter()
+        self.in_flight += 1
+        headers = dict(scope["headers"])
+        request_id = headers.get(b"x-request-id")
+        request_id = request_id.decode("latin-1") if request_id else uuid.uuid4().hex
+        state = self.app.state
+        spec = None
+        status = 500
         try:
             if scope["method"] != "POST":
                 error = InferboxError("use POST for inference")
                 error.status = 405
                 raise error
-            await infer(self.app.state, scope, receive, send, name, version)
+            spec = await state.directory.resolve(name, version)
+            status = await infer(state, spec, headers, request_id, receive, send)
         except InferboxError as exc:
-            await send_error(send, exc)
+            status = exc.status
+            self._log_failure(exc, spec, name, request_id, time.perf_counter() - started)
+            await send_error(send, exc, request_id)
         except Exception:
-            log.exception("unhandled error", path=scope["path"])
-            await send_error(send, InferboxError("internal error"))
+            with structlog.contextvars.bound_contextvars(request_id=request_id):
+                log.exception("unhandled error", path=scope["path"])
+            await send_error(send, InferboxError("internal error"), request_id)
+        finally:
+            self.in_flight -= 1
+            elapsed = time.perf_counter() - started
+            if spec is None:
+                self.metrics.record("", "", status, elapsed)
+            else:
+                self.metrics.record(spec.name, str(spec.version), status, elapsed)
+        if elapsed > self.slow_s and spec is not None and status < 400:
+            with structlog.contextvars.bound_contextvars(request_id=request_id):
+                log.info(
+                    "slow request",
+                    model=spec.name,
+                    version=spec.version,
+                    status=status,
+                    duration_ms=round(elapsed * 1000, 3),
+                )
+
+    @staticmethod
+    def _log_failure(exc, spec, name: str, request_id: str, elapsed: float) -> None:
+        """Count a rejection and log the failed request (with its id bound in the context)."""
+        reason = api_metrics.rejection_reason(exc)
+        if reason is not None:
+            api_metrics.REJECTIONS.labels(reason).inc()
+        fields = (
+            {"model": name[:128]} if spec is None else {"model": spec.name, "version": spec.version}
+        )
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            (log.warning if exc.status >= 500 else log.info)(
+                "request failed",
+                status=exc.status,
+                reason=reason,
+                error=exc.message,
+                duration_ms=round(elapsed * 1000, 3),
+                **fields,
+            )
 
 
-async def send_error(send: Send, exc: InferboxError) -> None:
+async def _send_metrics(send: Send) -> None:
+    body, content_type = await asyncio.to_thread(render)
+    headers = [
+        (b"content-type", content_type.encode()),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_error(send: Send, exc: InferboxError, request_id: str | None = None) -> None:
     """Answer ``{"error": ...}`` with the error's status (and ``Retry-After`` where set)."""
     body = msgspec.json.encode({"error": exc.message})
     headers = [(b"content-type", _JSON), (b"content-length", str(len(body)).encode())]
+    if request_id is not None:
+        headers.append((b"x-request-id", request_id.encode("latin-1")))
     if exc.retry_after is not None:
         headers.append((b"retry-after", str(max(1, round(exc.retry_after))).encode()))
     await send({"type": "http.response.start", "status": exc.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
-async def infer(state, scope: Scope, receive: Receive, send: Send, name: str, version: str | None):
-    """Run a model on JSON or binary tensors; answer JSON or binary outputs."""
-    headers = dict(scope["headers"])
-    spec = await state.directory.resolve(name, version)
+async def infer(
+    state, spec, headers: dict[bytes, bytes], request_id: str, receive: Receive, send: Send
+) -> int:
+    """Run a model on JSON or binary tensors; answer JSON or binary outputs.
+
+    Returns the status answered: 200, or 499 when the client left before its answer.
+    """
     available = await state.directory.availability(spec)
     if not available.ready:
-        raise Unavailable(f"model {name!r} version {spec.version} is not ready: {available.reason}")
+        raise Unavailable(
+            f"model {spec.name!r} version {spec.version} is not ready: {available.reason}"
+        )
     try:
         body = await _read_body(
             receive, state.settings.max_request_bytes, headers.get(b"content-length")
         )
     except ClientGone:
-        return
+        return 499
     header_length = headers.get(b"inference-header-content-length")
     if header_length is not None:
         if not header_length.isdigit():
@@ -119,8 +219,6 @@ async def infer(state, scope: Scope, receive: Receive, send: Send, name: str, ve
     else:
         timeout_s = (spec.config.timeout_ms or state.settings.default_timeout_ms) / 1000
     lane = "hi" if (decoded.priority or 0) <= HIGH_PRIORITY_MAX else "lo"
-    request_id = headers.get(b"x-request-id")
-    request_id = request_id.decode("latin-1") if request_id else uuid.uuid4().hex
     call = CallHeader(
         channel="",
         token="",
@@ -141,7 +239,7 @@ async def infer(state, scope: Scope, receive: Receive, send: Send, name: str, ve
             disconnected=disconnected,
         )
     except ClientGone:
-        return
+        return 499
     finally:
         disconnected.cancel()
     tensors = [
@@ -165,3 +263,4 @@ async def infer(state, scope: Scope, receive: Receive, send: Send, name: str, ve
         response_headers.append((b"inference-header-content-length", str(json_length).encode()))
     await send({"type": "http.response.start", "status": 200, "headers": response_headers})
     await send({"type": "http.response.body", "body": payload})
+    return 200

@@ -9,6 +9,7 @@ from gunicorn.app.base import BaseApplication
 
 from inferbox.config import Settings
 from inferbox.logs import configure_logging
+from inferbox.observability.exposition import child_exit, prepare_multiprocess_dir
 
 
 class JsonGunicornLogger(glogging.Logger):
@@ -23,10 +24,15 @@ class JsonGunicornLogger(glogging.Logger):
 
 
 class ApiServer(BaseApplication):
-    """gunicorn with uvicorn workers; each worker process builds its own app after the fork."""
+    """gunicorn with uvicorn workers; each worker process builds its own app after the fork.
+
+    Metrics: every worker writes to one ``PROMETHEUS_MULTIPROC_DIR`` (prepared here, before
+    any worker imports prometheus-client) and ``/metrics`` on the API port merges them all.
+    """
 
     def __init__(self, settings: Settings, extra: dict[str, object] | None = None):
         self.settings = settings
+        self.metrics_dir = prepare_multiprocess_dir()
         self.extra = extra or {}
         super().__init__()
 
@@ -42,6 +48,7 @@ class ApiServer(BaseApplication):
             "control_socket_disable": True,
             "logger_class": JsonGunicornLogger,
             "accesslog": None,
+            "child_exit": child_exit,
             **self.extra,
         }
         for key, value in options.items():

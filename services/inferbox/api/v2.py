@@ -66,7 +66,7 @@ def _triton_config(spec: ModelSpec) -> dict:
             }
             for t in spec.outputs
         ],
-        "instance_group": [{"count": config.instance_count, "kind": "KIND_AUTO"}],
+        "instance_group": [{"count": config.instance_count, "kind": "KIND_AUTO"}],  # 0: auto
         "parameters": {
             "execution_providers": {"string_value": ",".join(config.execution_providers)},
             "graph_optimization_level": {"string_value": config.graph_optimization_level},

@@ -97,6 +97,7 @@ class InteractiveClient:
             # Redis restarted or was flushed: load the script again.
             self._script_sha = None
             return await self._enqueue(stream, args)
+
     def _resolve(self, message: bytes) -> None:
         try:
             replies = [decode_reply(reply) for reply in unbundle_replies(message)]

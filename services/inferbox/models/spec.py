@@ -49,6 +49,7 @@ class ModelConfig(msgspec.Struct, frozen=True, kw_only=True):
     def instances(self, device: str) -> int:
         """How many batch loops serve this model on a worker running on ``device``."""
         return self.instance_count or (1 if device == "cuda" else 2)
+
     execution_providers: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_PROVIDERS))
     """ONNX Runtime execution providers in preference order."""
     graph_optimization_level: str = "all"

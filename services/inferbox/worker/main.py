@@ -24,7 +24,7 @@ from inferbox.models.catalog import (
     read_catalog,
 )
 from inferbox.models.spec import ModelSpec
-from inferbox.worker import metrics
+from inferbox.observability import worker_metrics as metrics
 from inferbox.worker.runtime import load_model, probe_device
 from inferbox.worker.serving import ModelServer
 
@@ -99,7 +99,7 @@ class Worker:
         self.specs[key] = spec
         self._set_state(key, LOADING)
         try:
-            model = load_model(spec)
+            model = load_model(spec, device=self.device)
         except Exception as exc:
             reason = str(exc).strip().splitlines()[0][:500] if str(exc).strip() else repr(exc)
             log.error("model failed to load", model=spec.name, version=spec.version, error=reason)
@@ -113,6 +113,7 @@ class Worker:
             self.id,
             block_ms=self.settings.worker_block_ms,
             claim_idle_ms=self.settings.worker_claim_idle_ms,
+            device=self.device,
         )
         server.start()
         self.servers[key] = server

@@ -15,7 +15,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 from inferbox.keys import Keys
 from inferbox.lanes.consumer import LaneConsumer
 from inferbox.lanes.wire import ReplyHeader, encode_reply
-from inferbox.worker import metrics
+from inferbox.observability import worker_metrics as metrics
 from inferbox.worker.batcher import Batch, Call, assemble, split
 from inferbox.worker.runtime import LoadedModel
 
@@ -34,6 +34,7 @@ class ModelServer:
         *,
         block_ms: int,
         claim_idle_ms: int,
+        device: str = "cpu",
     ):
         self.model = model
         self.spec = model.spec
@@ -42,17 +43,19 @@ class ModelServer:
         self.consumer_name = consumer_name
         self.block_ms = block_ms
         self.claim_idle_ms = claim_idle_ms
+        self.device = device
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
         self.labels = (self.spec.name, str(self.spec.version))
         self.datatypes = {t.name: t.datatype for t in self.spec.outputs}
+        metrics.init_model(*self.labels)
 
     def start(self) -> None:
         """Create the consumer group and start the loop threads."""
         LaneConsumer(
             self.client, self.keys, self.spec.name, self.spec.version, self.consumer_name
         ).ensure_groups()
-        for index in range(max(1, self.spec.config.instance_count)):
+        for index in range(self.spec.config.instances(self.device)):
             thread = threading.Thread(
                 target=self._loop,
                 name=f"serve-{self.spec.name}-{self.spec.version}-{index}",
@@ -128,6 +131,13 @@ class ModelServer:
             # Nobody waits for these any more (the API answered 504): drop before running.
             consumer.done([(c.stream, c.entry_id) for c in expired])
             metrics.CALLS.labels(*self.labels, "expired").inc(len(expired))
+            for call in expired:
+                log.warning(
+                    "call expired before running",
+                    request_id=call.header.request_id,
+                    model=self.spec.name,
+                    version=self.spec.version,
+                )
         for call in live:
             lane = call.stream.rsplit(":", 1)[-1]
             metrics.QUEUE_WAIT_SECONDS.labels(*self.labels, lane).observe(
@@ -167,6 +177,18 @@ class ModelServer:
         metrics.COMPUTE_SECONDS.labels(*self.labels).observe(elapsed)
         metrics.BATCH_SIZE.labels(*self.labels).observe(max(1, sum(batch.rows)))
         metrics.CALLS.labels(*self.labels, "ok").inc(len(batch.calls))
+        finished = time.time()
+        for call in batch.calls:
+            if call.header.deadline < finished:
+                # Its caller already had a 504: the compute was wasted (the model is too slow).
+                log.warning(
+                    "call answered after its deadline",
+                    request_id=call.header.request_id,
+                    model=self.spec.name,
+                    version=self.spec.version,
+                    duration_ms=round((finished - call.enqueued) * 1000, 3),
+                    compute_ms=round(elapsed * 1000, 3),
+                )
         messages = []
         for call, (metas, raws) in zip(batch.calls, replies, strict=True):
             header = ReplyHeader(
@@ -185,7 +207,17 @@ class ModelServer:
 
     def _reply_error(self, consumer: LaneConsumer, calls: list[Call], message: str, status: int):
         metrics.CALLS.labels(*self.labels, "error").inc(len(calls))
-        log.warning("call failed", model=self.spec.name, version=self.spec.version, error=message)
+        error_class = "invalid_input" if status == 400 else "inference_failed"
+        metrics.ERRORS.labels(*self.labels, error_class).inc(len(calls))
+        for call in calls:
+            log.warning(
+                "call failed",
+                request_id=call.header.request_id,
+                model=self.spec.name,
+                version=self.spec.version,
+                status=status,
+                error=message,
+            )
         consumer.finish(
             [
                 (

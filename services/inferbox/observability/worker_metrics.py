@@ -1,4 +1,4 @@
-"""Prometheus metrics a worker exports on its own ``/metrics`` port."""
+"""Prometheus metrics a worker exports on its own ``/metrics`` port (one process, no aggregation)."""
 
 from __future__ import annotations
 
@@ -8,24 +8,31 @@ BATCH_SIZE = Histogram(
     "inferbox_batch_size",
     "Rows per batch a worker ran.",
     ["model", "version"],
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
 )
 COMPUTE_SECONDS = Histogram(
     "inferbox_compute_seconds",
-    "ONNX Runtime time per batch.",
+    "ONNX Runtime time per batch (its sum's rate is how busy the worker is).",
     ["model", "version"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 QUEUE_WAIT_SECONDS = Histogram(
     "inferbox_queue_wait_seconds",
-    "Time a call waited in the queue before its batch ran.",
+    "Time a call waited in the queue before its batch ran, by lane (hi, lo: the priority).",
     ["model", "version", "lane"],
     buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
 )
+CALL_OUTCOMES = ("ok", "error", "expired")
 CALLS = Counter(
     "inferbox_worker_calls_total",
     "Calls a worker finished, by outcome (ok, error, expired).",
     ["model", "version", "outcome"],
+)
+ERROR_CLASSES = ("invalid_input", "inference_failed")
+ERRORS = Counter(
+    "inferbox_worker_errors_total",
+    "Calls a worker answered with an error, by class (invalid_input, inference_failed).",
+    ["model", "version", "error_class"],
 )
 LOAD_SECONDS = Histogram(
     "inferbox_model_load_seconds",
@@ -34,3 +41,11 @@ LOAD_SECONDS = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 MODELS_RESIDENT = Gauge("inferbox_models_resident", "Model versions loaded in this worker.")
+
+
+def init_model(model: str, version: str) -> None:
+    """Create a served version's outcome and error series at zero, so they exist before use."""
+    for outcome in CALL_OUTCOMES:
+        CALLS.labels(model, version, outcome)
+    for error_class in ERROR_CLASSES:
+        ERRORS.labels(model, version, error_class)

@@ -1,0 +1,153 @@
+#!/usr/bin/env python3
+"""Writes grafana/dashboards/*.json from the panel lists below (run after editing them).
+
+    python grafana/build_dashboards.py
+
+Each panel is (title, description, unit, [(legend, PromQL), ...]); a panel's description says
+what it means (the README's Observability section repeats it). Panels tagged ``gpu`` have data
+only on a machine with a GPU. tests/observability checks the JSON is up to date and that every
+query parses and returns data against a real Prometheus scraping a real API and worker.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DS = {"type": "prometheus", "uid": "prometheus"}
+R = "$__rate_interval"
+INFER = 'route="infer"'
+
+
+def q(expr: str, legend: str = "") -> tuple[str, str]:
+    return (legend, expr)
+
+
+OVERVIEW = [
+    ("Throughput", "Inference requests answered per second, by HTTP status.", "reqps",
+     [q(f'sum by (status) (rate(inferbox_requests_total{{{INFER}}}[{R}]))', "{{status}}")]),
+    ("Error ratio", "Share of inference requests answered 5xx (alert above 5%).", "percentunit",
+     [q(f'(sum(rate(inferbox_requests_total{{{INFER},status=~"5.."}}[{R}])) or vector(0))'
+        f" / sum(rate(inferbox_requests_total{{{INFER}}}[{R}]))", "5xx")]),
+    ("Latency p50 / p95 / p99", "End-to-end time in the API, arrival to answer (alert: p99 > 1s).", "s",
+     [q(f"histogram_quantile({p}, sum by (le) (rate(inferbox_request_duration_seconds_bucket{{{INFER}}}[{R}])))", f"p{int(p * 100)}")
+      for p in (0.5, 0.95, 0.99)]),
+    ("In flight", "Inference requests inside the API right now.", "short",
+     [q("sum(inferbox_requests_in_flight)", "in flight")]),
+    ("Rejections", "Requests refused or timed out per second, by reason (queue_full, deadline, ...).", "reqps",
+     [q(f"sum by (reason) (rate(inferbox_rejections_total[{R}]))", "{{reason}}")]),
+    ("Queue depth", "Calls queued or running per model version and lane (alert: growing backlog).", "short",
+     [q("max by (model, version, lane) (inferbox_queue_depth)", "{{model}} v{{version}} {{lane}}")]),
+    ("Queue wait p95", "Time calls wait before their batch runs, per lane (hi, lo priority).", "s",
+     [q(f"histogram_quantile(0.95, sum by (le, lane) (rate(inferbox_queue_wait_seconds_bucket[{R}])))", "{{lane}}")]),
+    ("Batch size (mean)", "Rows per batch the workers ran; grows with load when batching works.", "short",
+     [q(f"sum by (model) (rate(inferbox_batch_size_sum[{R}])) / sum by (model) (rate(inferbox_batch_size_count[{R}]))", "{{model}}")]),
+    ("Compute p95", "ONNX Runtime time per batch.", "s",
+     [q(f"histogram_quantile(0.95, sum by (le, model) (rate(inferbox_compute_seconds_bucket[{R}])))", "{{model}}")]),
+    ("Worker busy", "Fraction of time each worker spends computing (1 = always busy).", "percentunit",
+     [q(f"sum by (instance) (rate(inferbox_compute_seconds_sum[{R}]))", "{{instance}}")]),
+    ("Workers up", "Workers answering their /metrics (alert at 0).", "short",
+     [q('sum(up{job="inferbox-worker"})', "workers")]),
+    ("Resident models", "Model versions loaded per worker, and their model file bytes.", "short",
+     [q("sum by (instance) (inferbox_models_resident)", "{{instance}} versions"),
+      q("sum by (instance) (inferbox_model_bytes)", "{{instance}} bytes")]),
+    ("Worker calls", "Calls workers finished per second: ok, error, expired (deadline passed in queue).", "reqps",
+     [q(f"sum by (outcome) (rate(inferbox_worker_calls_total[{R}]))", "{{outcome}}")]),
+    ("Model cache disk free", "Free share of the disk holding the workers' model cache (alert below 10%).", "percentunit",
+     [q("min by (instance) (inferbox_disk_free_bytes / inferbox_disk_size_bytes)", "{{instance}}")]),
+    ("GPU utilization", "Busy fraction per GPU (no data without a GPU).", "percentunit",
+     [q("inferbox_gpu_utilization_ratio", "gpu {{gpu}}")], "gpu"),
+    ("GPU memory", "Memory used per GPU against its total (alert above 95%).", "bytes",
+     [q("inferbox_gpu_memory_used_bytes", "gpu {{gpu}} used"),
+      q("inferbox_gpu_memory_total_bytes", "gpu {{gpu}} total")], "gpu"),
+    ("GPU temperature", "Core temperature per GPU.", "celsius",
+     [q("inferbox_gpu_temperature_celsius", "gpu {{gpu}}")], "gpu"),
+]
+
+M = 'model=~"$model"'
+PER_MODEL = [
+    ("Throughput by version and status", "Inference requests per second.", "reqps",
+     [q(f'sum by (version, status) (rate(inferbox_requests_total{{{INFER},{M}}}[{R}]))', "v{{version}} {{status}}")]),
+    ("Latency p50 / p99", "End-to-end API time per version.", "s",
+     [q(f"histogram_quantile({p}, sum by (le, version) (rate(inferbox_request_duration_seconds_bucket{{{INFER},{M}}}[{R}])))", f"v{{{{version}}}} p{int(p * 100)}")
+      for p in (0.5, 0.99)]),
+    ("Queue depth", "Calls queued or running per version and lane.", "short",
+     [q(f"max by (version, lane) (inferbox_queue_depth{{{M}}})", "v{{version}} {{lane}}")]),
+    ("Queue wait p95", "Wait before the batch runs, per lane.", "s",
+     [q(f"histogram_quantile(0.95, sum by (le, lane) (rate(inferbox_queue_wait_seconds_bucket{{{M}}}[{R}])))", "{{lane}}")]),
+    ("Batch size (mean)", "Rows per batch.", "short",
+     [q(f"sum by (version) (rate(inferbox_batch_size_sum{{{M}}}[{R}])) / sum by (version) (rate(inferbox_batch_size_count{{{M}}}[{R}]))", "v{{version}}")]),
+    ("Compute p50 / p99", "ONNX Runtime time per batch.", "s",
+     [q(f"histogram_quantile({p}, sum by (le, version) (rate(inferbox_compute_seconds_bucket{{{M}}}[{R}])))", f"v{{{{version}}}} p{int(p * 100)}")
+      for p in (0.5, 0.99)]),
+    ("Worker errors by class", "Calls the worker answered with an error: invalid_input, inference_failed.", "reqps",
+     [q(f"sum by (error_class) (rate(inferbox_worker_errors_total{{{M}}}[{R}]))", "{{error_class}}")]),
+    ("Model load time", "Seconds to create and warm up the session at the last loads.", "s",
+     [q(f"max by (version) (inferbox_model_load_seconds_sum{{{M}}} / inferbox_model_load_seconds_count{{{M}}})", "v{{version}}")]),
+    ("Model file bytes", "Size of each loaded version's model file.", "bytes",
+     [q(f"max by (version) (inferbox_model_bytes{{{M}}})", "v{{version}}")]),
+]
+
+
+def dashboard(uid: str, title: str, panels: list, variables: list | None = None) -> dict:
+    built = []
+    for index, (name, description, unit, targets, *tags) in enumerate(panels):
+        built.append({
+            "id": index + 1,
+            "type": "timeseries",
+            "title": name,
+            "description": description,
+            "datasource": DS,
+            "gridPos": {"h": 8, "w": 12, "x": 12 * (index % 2), "y": 8 * (index // 2)},
+            "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+            "options": {"legend": {"displayMode": "list", "placement": "bottom"}},
+            "targets": [
+                {"refId": chr(65 + i), "datasource": DS, "expr": expr, "legendFormat": legend}
+                for i, (legend, expr) in enumerate(targets)
+            ],
+            **({"tags": tags} if tags else {}),
+        })
+    return {
+        "uid": uid,
+        "title": title,
+        "tags": ["inferbox"],
+        "timezone": "browser",
+        "schemaVersion": 39,
+        "version": 1,
+        "refresh": "10s",
+        "time": {"from": "now-1h", "to": "now"},
+        "templating": {"list": variables or []},
+        "panels": built,
+    }
+
+
+MODEL_VARIABLE = {
+    "name": "model",
+    "label": "model",
+    "type": "query",
+    "datasource": DS,
+    "query": {"query": 'label_values(inferbox_requests_total{route="infer"}, model)', "refId": "model"},
+    "definition": 'label_values(inferbox_requests_total{route="infer"}, model)',
+    "includeAll": True,
+    "multi": True,
+    "refresh": 2,
+}
+
+DASHBOARDS = {
+    "overview": dashboard("inferbox-overview", "inferbox overview", OVERVIEW),
+    "per-model": dashboard("inferbox-model", "inferbox per model", PER_MODEL, [MODEL_VARIABLE]),
+}
+
+
+def render(board: dict) -> str:
+    return json.dumps(board, indent=2) + "\n"
+
+
+def main() -> None:
+    for name, board in DASHBOARDS.items():
+        (HERE / "dashboards" / f"{name}.json").write_text(render(board))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""The control plane (``/v1``): models, versions, aliases, traffic split and config.
+
+Errors are RFC 9457 problem details (rendered in ``inferbox.api.app``).
+"""
+
+from __future__ import annotations
+
+import msgspec
+from litestar import Controller, Request, Response, delete, get, patch, post, put
+from litestar.datastructures import State
+from litestar.params import Parameter
+
+from inferbox.api.uploads import upload_chunks
+from inferbox.errors import BadRequest
+from inferbox.models.catalog import decode_status
+from inferbox.registry.store import ModelVersion
+from inferbox.worker.capacity import CapacityCard, propose
+
+_encode = msgspec.json.Encoder().encode
+
+
+class AliasTarget(msgspec.Struct):
+    """Body of ``PUT /v1/models/{name}/aliases/{alias}``."""
+
+    version: int
+
+
+class TrafficSplit(msgspec.Struct):
+    """Body of ``PUT /v1/models/{name}/traffic``: version -> weight (empty clears the split)."""
+
+    weights: dict[int, int]
+
+
+def _json(payload: object, status: int = 200) -> Response:
+    return Response(_encode(payload), status_code=status, media_type="application/json")
+
+
+async def _workers(state: State, name: str) -> dict[int, dict[str, dict]]:
+    """Per version, each worker's state (``ready``, ``loading``, ``failed``) as it reports it."""
+    raw = await state.redis.hgetall(state.redis_keys.status(name))
+    result: dict[int, dict[str, dict]] = {}
+    for field, value in raw.items():
+        version, _, worker = field.decode().partition("/")
+        status = decode_status(value)
+        result.setdefault(int(version), {})[worker] = msgspec.structs.asdict(status)
+    return result
+
+
+async def _capacity(state: State, version: ModelVersion) -> dict | None:
+    """The stored card, or the one a worker just measured (then stored)."""
+    if version.capacity is not None:
+        return version.capacity
+    raw = await state.redis.hget(state.redis_keys.capacity, f"{version.model}/{version.version}")
+    if raw is None:
+        return None
+    card = msgspec.json.decode(raw)
+    await state.registry.store.set_capacity(version.model, version.version, card)
+    return card
+
+
+def _version_view(version: ModelVersion, workers: dict, capacity: dict | None) -> dict:
+    view = msgspec.to_builtins(version)
+    view["name"] = view.pop("model")
+    view["workers"] = workers.get(version.version, {})
+    view["capacity"] = capacity
+    return view
+
+
+class ModelsController(Controller):
+    """Models and their versions, aliases, traffic split and config."""
+
+    path = "/v1/models"
+    tags = ["models"]
+
+    @get("")
+    async def list_models(self, state: State) -> Response:
+        """Every model: versions, aliases and the newest ready version."""
+        models = []
+        for summary in await state.registry.store.list_models():
+            model = await state.registry.store.get_model(summary.name)
+            models.append(
+                {
+                    "name": summary.name,
+                    "versions": [v.version for v in model.versions if v.state != "deleted"],
+                    "latest_ready": summary.latest_ready,
+                    "aliases": summary.aliases,
+                    "created_at": summary.created_at.isoformat(),
+                }
+            )
+        return _json({"models": models})
+
+    @get("/{name:str}")
+    async def show_model(self, state: State, name: str) -> Response:
+        """A model with every version, its state on each worker, aliases and traffic split."""
+        model = await state.registry.store.get_model(name)
+        workers = await _workers(state, name)
+        return _json(
+            {
+                "name": model.name,
+                "created_at": model.created_at.isoformat(),
+                "aliases": {a.name: a.version for a in model.aliases},
+                "traffic": {t.version: t.weight for t in model.traffic},
+                "versions": [
+                    _version_view(v, workers, v.capacity)
+                    for v in model.versions
+                    if v.state != "deleted"
+                ],
+            }
+        )
+
+    @post("/{name:str}/versions", status_code=201)
+    async def push(
+        self,
+        request: Request,
+        state: State,
+        name: str,
+        alias: str | None = None,
+        config: str | None = Parameter(
+            default=None, description="JSON object of serving config fields"
+        ),
+    ) -> Response:
+        """Upload a new version (raw body, or multipart with a ``file`` part); 201 when stored."""
+        overrides = None
+        if config:
+            try:
+                overrides = msgspec.json.decode(config)
+            except msgspec.DecodeError as exc:
+                raise BadRequest(f"config is not JSON: {exc}") from None
+            if not isinstance(overrides, dict):
+                raise BadRequest("config must be a JSON object")
+        version = await state.registry.push(
+            name, upload_chunks(request), alias=alias, config=overrides
+        )
+        response = _json(_version_view(version, {}, None), 201)
+        response.headers["Location"] = f"/v1/models/{name}/versions/{version.version}"
+        return response
+
+    @get("/{name:str}/versions/{version:int}")
+    async def show_version(self, state: State, name: str, version: int) -> Response:
+        """One version with its state on each worker and its capacity card."""
+        found = await state.registry.store.get_version(name, version)
+        return _json(
+            _version_view(found, await _workers(state, name), await _capacity(state, found))
+        )
+
+    @get("/{name:str}/versions/{version:int}/capacity")
+    async def capacity(
+        self,
+        state: State,
+        name: str,
+        version: int,
+        latency_ms: float | None = Parameter(default=None, gt=0, le=600_000),
+    ) -> Response:
+        """The capacity card, and batching knobs proposed for ``latency_ms`` when given."""
+        found = await state.registry.store.get_version(name, version)
+        card = await _capacity(state, found)
+        if card is None:
+            return _json({"card": None, "proposal": None})
+        proposal = None
+        if latency_ms is not None:
+            proposal = msgspec.to_builtins(propose(msgspec.convert(card, CapacityCard), latency_ms))
+        return _json({"card": card, "proposal": proposal})
+
+    @patch("/{name:str}/versions/{version:int}/config")
+    async def update_config(
+        self, state: State, name: str, version: int, data: dict[str, object]
+    ) -> Response:
+        """Change serving config fields; workers reload the version with them."""
+        updated = await state.registry.update_config(name, version, data)
+        return _json(_version_view(updated, await _workers(state, name), updated.capacity))
+
+    @delete("/{name:str}/versions/{version:int}", status_code=204)
+    async def delete_version(
+        self, state: State, name: str, version: int, force: bool = False
+    ) -> None:
+        """Delete a version; refused (409) while an alias or the split uses it, unless forced."""
+        await state.registry.delete_version(name, version, force=force)
+
+    @put("/{name:str}/aliases/{alias:str}")
+    async def set_alias(self, state: State, name: str, alias: str, data: AliasTarget) -> Response:
+        """Create or move an alias to a ready version."""
+        result = await state.registry.set_alias(name, alias, data.version)
+        return _json({"name": name, "alias": result.name, "version": result.version})
+
+    @delete("/{name:str}/aliases/{alias:str}", status_code=204)
+    async def delete_alias(self, state: State, name: str, alias: str) -> None:
+        """Remove an alias."""
+        await state.registry.delete_alias(name, alias)
+
+    @put("/{name:str}/traffic")
+    async def set_traffic(self, state: State, name: str, data: TrafficSplit) -> Response:
+        """Share unversioned calls between versions by weight (a canary); ``{}`` clears it."""
+        shares = await state.registry.set_traffic(name, data.weights)
+        return _json({"name": name, "weights": {s.version: s.weight for s in shares}})

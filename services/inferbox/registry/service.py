@@ -1,0 +1,245 @@
+"""The model manager: uploads, versions, aliases and config, kept consistent in three places.
+
+PostgreSQL is the source of truth, the object store holds the files (by sha256), and the Redis
+catalog is the projection the data plane reads on every call. Every change here ends with
+``publish(name)``, which rewrites the model's catalog entry and tells the workers (pub/sub).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import redis.asyncio as aioredis
+import structlog
+
+from inferbox.errors import InferboxError, NotFound
+from inferbox.keys import Keys
+from inferbox.models.catalog import CatalogEntry, encode
+from inferbox.models.repository import list_repository
+from inferbox.models.spec import ModelSpec, default_config, file_sha256
+from inferbox.registry.objects import ObjectStore, object_key
+from inferbox.registry.store import (
+    DELETED,
+    FAILED,
+    Model,
+    ModelVersion,
+    RegistryStore,
+    check_config,
+    check_name,
+    merge_config,
+)
+from inferbox.registry.upload import spool
+from inferbox.registry.validate import ValidationLimits, validate_model
+
+log = structlog.get_logger(__name__)
+
+
+def to_spec(version: ModelVersion) -> ModelSpec:
+    """The catalog's view of a registry version."""
+    return ModelSpec(
+        name=version.model,
+        version=version.version,
+        path="",
+        sha256=version.sha256,
+        size=version.size,
+        inputs=version.inputs,
+        outputs=version.outputs,
+        config=version.config,
+        error=version.reason if version.state == FAILED else None,
+        object_key=object_key(version.sha256),
+        loaded=version.loaded,
+    )
+
+
+class RegistryService:
+    """Everything the control plane does to models."""
+
+    def __init__(
+        self,
+        store: RegistryStore,
+        objects: ObjectStore,
+        redis: aioredis.Redis,
+        keys: Keys,
+        *,
+        upload_dir: Path,
+        max_model_bytes: int,
+        limits: ValidationLimits | None = None,
+        default_max_batch_size: int = 64,
+        default_max_queue_size: int = 2048,
+    ):
+        self.store = store
+        self.objects = objects
+        self.redis = redis
+        self.keys = keys
+        self.upload_dir = upload_dir
+        self.max_model_bytes = max_model_bytes
+        self.limits = limits or ValidationLimits(max_bytes=max_model_bytes)
+        self.default_max_batch_size = default_max_batch_size
+        self.default_max_queue_size = default_max_queue_size
+
+    async def push(
+        self,
+        name: str,
+        chunks: AsyncIterator[bytes],
+        *,
+        alias: str | None = None,
+        created_by: str | None = None,
+        config: dict | None = None,
+    ) -> ModelVersion:
+        """Receive, validate and store a new version; nothing is written unless it is valid.
+
+        The file is streamed to disk (never held in memory), checked in a resource-limited
+        child process, uploaded by content, and only then recorded.
+        """
+        check_name(name)
+        spooled = await spool(chunks, self.upload_dir, self.max_model_bytes)
+        try:
+            checked = await asyncio.to_thread(validate_model, spooled.path, self.limits)
+            model_config = default_config(
+                checked.inputs,
+                checked.outputs,
+                max_batch_size=self.default_max_batch_size,
+                max_queue_size=self.default_max_queue_size,
+            )
+            if config:
+                model_config = merge_config(model_config, config)
+            check_config(model_config, checked.inputs, checked.outputs)
+            key = await asyncio.to_thread(
+                self.objects.put_file, spooled.path, spooled.sha256, spooled.size
+            )
+            try:
+                version = await self.store.create_version(
+                    name,
+                    sha256=spooled.sha256,
+                    size=spooled.size,
+                    inputs=checked.inputs,
+                    outputs=checked.outputs,
+                    config=model_config,
+                    created_by=created_by,
+                )
+            except BaseException:
+                # Leave no orphan file behind a row that was never written.
+                if not await self.store.sha256_in_use(spooled.sha256):
+                    with contextlib.suppress(Exception):
+                        await asyncio.to_thread(self.objects.delete, key)
+                raise
+        finally:
+            spooled.path.unlink(missing_ok=True)
+        if alias:
+            await self.store.set_alias(name, alias, version.version)
+        await self.publish(name)
+        log.info("model version pushed", model=name, version=version.version, size=version.size)
+        return version
+
+    async def delete_version(self, name: str, version: int, *, force: bool = False) -> None:
+        """Mark a version deleted (refused while aliased unless forced); drop its file if unused."""
+        deleted = await self.store.delete_version(name, version, force=force)
+        await self.publish(name)
+        if not await self.store.sha256_in_use(deleted.sha256):
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.objects.delete, object_key(deleted.sha256))
+
+    async def set_alias(self, name: str, alias: str, version: int):
+        """Point an alias at a ready version; serving follows within a second."""
+        result = await self.store.set_alias(name, alias, version)
+        await self.publish(name)
+        return result
+
+    async def delete_alias(self, name: str, alias: str) -> None:
+        """Remove an alias."""
+        await self.store.delete_alias(name, alias)
+        await self.publish(name)
+
+    async def set_traffic(self, name: str, weights: dict[int, int]):
+        """Split unversioned calls between versions by weight (empty: no split)."""
+        result = await self.store.set_traffic(name, weights)
+        await self.publish(name)
+        return result
+
+    async def update_config(self, name: str, version: int, overrides: dict) -> ModelVersion:
+        """Change a version's serving config; workers reload it with the new settings."""
+        current = await self.store.get_version(name, version)
+        config = merge_config(current.config, overrides)
+        check_config(config, current.inputs, current.outputs)
+        result = await self.store.update_config(name, version, config)
+        await self.publish(name)
+        return result
+
+    async def set_loaded(self, name: str, loaded: bool, version: int | None = None) -> None:
+        """Triton's load/unload: the desired state of one version, or of every version."""
+        model = await self.store.get_model(name)
+        for entry in model.versions:
+            if version is None or entry.version == version:
+                await self.store.set_loaded(name, entry.version, loaded)
+        await self.publish(name)
+
+    async def publish(self, name: str) -> None:
+        """Rewrite the model's catalog entry from PostgreSQL and tell the workers."""
+        try:
+            model: Model | None = await self.store.get_model(name)
+        except NotFound:
+            model = None
+        live = [v for v in model.versions if v.state != DELETED] if model else []
+        if not live:
+            await self.redis.hdel(self.keys.catalog, name)
+        else:
+            entry = CatalogEntry(
+                versions=[to_spec(v) for v in live],
+                aliases={a.name: a.version for a in model.aliases},
+                split={t.version: t.weight for t in model.traffic},
+            )
+            await self.redis.hset(self.keys.catalog, name, encode(entry))
+        await self.redis.publish(self.keys.events, b"catalog")
+
+    async def publish_all(self) -> int:
+        """Rebuild the whole catalog from PostgreSQL (at start, or after Redis lost it)."""
+        names = [m.name for m in await self.store.list_models()]
+        known = {n.decode() for n in await self.redis.hkeys(self.keys.catalog)}
+        for stale in known - set(names):
+            await self.redis.hdel(self.keys.catalog, stale)
+        for name in names:
+            await self.publish(name)
+        return len(names)
+
+    async def import_repository(self, root: Path, *, created_by: str = "import") -> list[str]:
+        """Seed from a Triton-layout folder: each ``<name>/<version>/model.onnx`` not yet
+        present (by sha256) becomes a new version, with ``<name>/inferbox.json`` as its config.
+
+        Returns one line per file: what happened to it.
+        """
+        report = []
+        seen: dict[str, set[str]] = {}
+        for entry in await asyncio.to_thread(list_repository, root):
+            label = f"{entry.name}/{entry.version}" if entry.version else entry.name
+            if entry.problem or entry.path is None:
+                report.append(f"{label}: skipped ({entry.problem})")
+                continue
+            if entry.name not in seen:
+                try:
+                    model = await self.store.get_model(entry.name)
+                    seen[entry.name] = {v.sha256 for v in model.versions if v.state != DELETED}
+                except NotFound:
+                    seen[entry.name] = set()
+            sha256, _ = await asyncio.to_thread(file_sha256, entry.path)
+            if sha256 in seen[entry.name]:
+                report.append(f"{label}: already present")
+                continue
+            try:
+                version = await self.push(
+                    entry.name, _file_chunks(entry.path), created_by=created_by, config=entry.config
+                )
+            except InferboxError as exc:
+                report.append(f"{label}: rejected: {exc.message}")
+                continue
+            seen[entry.name].add(sha256)
+            report.append(f"{label}: imported as version {version.version}")
+        return report
+
+
+async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
+    with path.open("rb") as handle:
+        while chunk := await asyncio.to_thread(handle.read, 1 << 20):
+            yield chunk
