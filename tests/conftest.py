@@ -16,16 +16,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 import redis
+from moto.server import ThreadedMotoServer
 
 from inferbox.config import Settings
 from inferbox.keys import Keys
 from inferbox.models.catalog import put_specs
-from inferbox.models.repository import scan_repository
+from inferbox.models.spec import ModelSpec
 from inferbox.testing import onnx_models
 
 REDIS_URL = os.environ.get("INFERBOX_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+POSTGRES = os.environ.get("INFERBOX_TEST_POSTGRES", "host=127.0.0.1 port=5432 user=postgres")
 INFERBOX = str(Path(sys.executable).with_name("inferbox"))
 
 
@@ -54,6 +57,37 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _admin(statement: str) -> None:
+    with psycopg.connect(f"{POSTGRES} dbname=postgres", autocommit=True) as conn:
+        conn.execute(statement)
+
+
+@pytest.fixture(scope="session")
+def make_database():
+    """A factory of empty databases (conninfo strings), all dropped when the session ends."""
+    created: list[str] = []
+
+    def make() -> str:
+        name = f"ibtest_{uuid.uuid4().hex[:12]}"
+        _admin(f'CREATE DATABASE "{name}"')
+        created.append(name)
+        return f"{POSTGRES} dbname={name}"
+
+    yield make
+    for name in created:
+        _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """An S3 API on 127.0.0.1 (moto's server; it does not check signatures)."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"{host}:{port}"
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def redis_client() -> redis.Redis:
     client = redis.Redis.from_url(REDIS_URL)
@@ -80,9 +114,6 @@ def model_repo(tmp_path_factory) -> Path:
     onnx_models.mlp(root / "versions" / "1" / "model.onnx", seed=1)
     onnx_models.mlp(root / "versions" / "2" / "model.onnx", seed=2)
     onnx_models.identity_all_types(root / "strings" / "1" / "model.onnx", types=["BYTES"])
-    broken = root / "broken" / "1" / "model.onnx"
-    broken.parent.mkdir(parents=True)
-    broken.write_bytes(os.urandom(2048))
     return root
 
 
@@ -118,24 +149,63 @@ def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
         )
 
 
-@pytest.fixture(scope="session")
-def appliance(redis_client, model_repo, tmp_path_factory) -> Appliance:
-    """The API (gunicorn, 2 workers) and one worker, serving ``model_repo``."""
-    prefix = f"ibtest-{uuid.uuid4().hex[:8]}"
-    api_port, metrics_port = free_port(), free_port()
-    logs = tmp_path_factory.mktemp("logs")
-    env = {
+def appliance_env(prefix: str, database: str, s3_endpoint: str, **extra: str) -> dict[str, str]:
+    """Environment of inferbox processes using a test run's Redis prefix, database and bucket."""
+    return {
         **os.environ,
         "INFERBOX_REDIS_URL": REDIS_URL,
         "INFERBOX_KEY_PREFIX": prefix,
-        "INFERBOX_API_BIND": f"127.0.0.1:{api_port}",
-        "INFERBOX_WORKER_METRICS_PORT": str(metrics_port),
-        "INFERBOX_WORKER_CLAIM_IDLE_MS": "3000",
-        "INFERBOX_STATUS_CACHE_S": "0.2",
+        "INFERBOX_DATABASE_URL": database,
+        "INFERBOX_S3_ENDPOINT": s3_endpoint,
+        "INFERBOX_S3_ACCESS_KEY": "test-access",
+        "INFERBOX_S3_SECRET_KEY": "test-secret",
+        "INFERBOX_S3_REGION": "us-east-1",
+        "INFERBOX_S3_BUCKET": prefix,
+        **extra,
     }
+
+
+def run_cli(args: list[str], env: dict[str, str]) -> str:
+    """Run ``inferbox ARGS`` to completion; its output, or a failed test with it."""
+    done = subprocess.run([INFERBOX, *args], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+@pytest.fixture(scope="session")
+def appliance(redis_client, model_repo, tmp_path_factory, make_database, s3_endpoint) -> Appliance:
+    """The API (gunicorn, 2 workers) and one worker, serving ``model_repo`` from the registry.
+
+    The models go in as a user's would (``inferbox migrate``, ``inferbox models import``);
+    one more catalog entry, ``broken``, points at a file that is not ONNX, to see a version
+    that fails to load on the worker (uploads could never get it past validation).
+    """
+    prefix = f"ibtest-{uuid.uuid4().hex[:8]}"
+    api_port, metrics_port = free_port(), free_port()
+    logs = tmp_path_factory.mktemp("logs")
+    database = make_database()
+    env = appliance_env(
+        prefix,
+        database,
+        s3_endpoint,
+        INFERBOX_API_BIND=f"127.0.0.1:{api_port}",
+        INFERBOX_WORKER_METRICS_PORT=str(metrics_port),
+        INFERBOX_WORKER_CLAIM_IDLE_MS="3000",
+        INFERBOX_STATUS_CACHE_S="0.2",
+        INFERBOX_WORKER_CACHE_DIR=str(tmp_path_factory.mktemp("cache")),
+        INFERBOX_UPLOAD_DIR=str(tmp_path_factory.mktemp("uploads")),
+    )
     settings = Settings(redis_url=REDIS_URL, key_prefix=prefix, api_bind=f"127.0.0.1:{api_port}")
     keys = Keys(prefix)
-    put_specs(redis_client, keys, scan_repository(model_repo))
+    run_cli(["migrate"], env)
+    run_cli(["models", "import", str(model_repo)], env)
+    broken = tmp_path_factory.mktemp("broken") / "model.onnx"
+    broken.write_bytes(os.urandom(2048))
+    put_specs(
+        redis_client,
+        keys,
+        [ModelSpec(name="broken", version=1, path=str(broken), sha256="0" * 64, size=2048)],
+    )
     processes = [
         _start(["worker"], env, logs / "worker.log"),
         _start(["api"], env, logs / "api.log"),

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
 import click
-import redis
 
+from inferbox.cli_remote import register as register_remote
 from inferbox.config import Settings
-from inferbox.keys import Keys
 from inferbox.logs import configure_logging
 
 
@@ -40,7 +40,9 @@ def worker(settings: Settings) -> None:
     # A worker is one process: its metrics live in memory even if the API's multiprocess
     # directory is set in a shared environment.
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    worker = Worker(settings)
+    from inferbox.registry.wiring import object_store
+
+    worker = Worker(settings, objects=object_store(settings))
     if settings.worker_metrics_port:
         from prometheus_client import REGISTRY, start_http_server
 
@@ -55,9 +57,24 @@ def worker(settings: Settings) -> None:
     worker.run()
 
 
+@main.command()
+@click.pass_obj
+def migrate(settings: Settings) -> None:
+    """Create the database if missing and apply pending schema migrations (idempotent)."""
+    from inferbox.registry.migrate import migrate_sync
+    from inferbox.registry.wiring import create_database
+
+    if create_database(settings.database_url):
+        click.echo("created the database")
+    applied = migrate_sync(settings.database_url)
+    click.echo(
+        f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else "")
+    )
+
+
 @main.group()
 def models() -> None:
-    """The model catalog."""
+    """Models: push, list, show, remove, import a folder."""
 
 
 @models.command("import")
@@ -66,26 +83,42 @@ def models() -> None:
 )
 @click.pass_obj
 def import_models(settings: Settings, root: Path | None) -> None:
-    """Import a Triton-layout repository (default: INFERBOX_MODEL_REPOSITORY)."""
-    from inferbox.models.catalog import put_specs
-    from inferbox.models.repository import scan_repository
+    """Import a Triton-layout folder into the registry (default: INFERBOX_MODEL_REPOSITORY).
 
+    Files already present (same sha256) are skipped, so this is safe at every start.
+    """
     root = root or settings.model_repository
     if root is None:
         raise click.UsageError("give a folder or set INFERBOX_MODEL_REPOSITORY")
     configure_logging("cli", settings.log_level, "console")
-    specs = scan_repository(
-        root,
-        max_batch_size=settings.default_max_batch_size,
-        max_queue_size=settings.default_max_queue_size,
-    )
-    client = redis.Redis.from_url(settings.redis_url)
-    if specs:
-        put_specs(client, Keys(settings.key_prefix), specs)
-    for spec in specs:
-        state = f"error: {spec.error}" if spec.error else "ok"
-        click.echo(f"{spec.name}/{spec.version}\t{state}")
-    click.echo(f"imported {len(specs)} model version(s) from {root}")
+    for line in asyncio.run(_with_registry(settings, lambda r: r.import_repository(root))):
+        click.echo(line)
+
+
+@models.command("publish")
+@click.pass_obj
+def publish_models(settings: Settings) -> None:
+    """Rebuild the Redis catalog from PostgreSQL (after Redis lost its data)."""
+    count = asyncio.run(_with_registry(settings, lambda r: r.publish_all()))
+    click.echo(f"published {count} model(s)")
+
+
+async def _with_registry(settings: Settings, action):
+    import redis.asyncio as aioredis
+
+    from inferbox.registry.wiring import object_store, registry_service
+
+    client = aioredis.Redis.from_url(settings.redis_url)
+    objects = object_store(settings)
+    await asyncio.to_thread(objects.ensure_bucket)
+    try:
+        async with registry_service(settings, client, objects) as registry:
+            return await action(registry)
+    finally:
+        await client.aclose()
+
+
+register_remote(main, models)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,40 @@ class Settings(BaseSettings):
     log_format: str = "json"
     """``json`` (one object per line, for Logstash) or ``console`` (for a person at a terminal)."""
 
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/inferbox"
+    """PostgreSQL holding models, versions and aliases (the source of truth)."""
+
+    s3_endpoint: str = "127.0.0.1:9000"
+    """S3 API (MinIO in the appliance) holding model files, as ``host:port``."""
+
+    s3_access_key: str = ""
+    """Access key of the S3 API; no default in the appliance (compose generates one)."""
+
+    s3_secret_key: str = ""
+    """Secret key of the S3 API."""
+
+    s3_secure: bool = False
+    """Use HTTPS to reach the S3 API."""
+
+    s3_region: str | None = None
+    """Region name passed to the S3 API, if it needs one."""
+
+    s3_bucket: str = "inferbox"
+    """Bucket of model files (created when missing)."""
+
+    # --- registry -----------------------------------------------------------------------------
+    max_model_bytes: int = Field(default=2 * 1024**3, gt=0)
+    """Largest model file accepted by upload (413 beyond)."""
+
+    upload_dir: Path = Path("/tmp/inferbox-uploads")
+    """Where uploads are spooled while they are checked (on the API's disk, not in memory)."""
+
+    validation_memory_bytes: int = Field(default=1 << 30, gt=0)
+    """Address space given to the process that checks an upload, plus six bytes per file byte."""
+
+    validation_timeout_s: float = Field(default=120.0, gt=0)
+    """Wall-clock limit of the upload check."""
+
     # --- api ----------------------------------------------------------------------------------
     api_bind: str = "127.0.0.1:8000"
     """Address gunicorn listens on (``host:port``); nginx is the only public door."""
@@ -95,6 +129,17 @@ class Settings(BaseSettings):
 
     worker_sync_s: float = Field(default=1.0, gt=0)
     """How often a worker compares the catalog with what it has loaded."""
+
+    worker_memory_budget_bytes: int = Field(default=0, ge=0)
+    """Memory resident models may take in this worker (device memory on a GPU, RSS on a CPU);
+    least-recently-used idle models are evicted beyond it. 0: no limit."""
+
+    worker_capacity_sweep_s: float = Field(default=0.1, ge=0)
+    """Time per batch size of the capacity sweep run after a version loads (0: no sweep)."""
+
+    worker_recycle_factor: float = Field(default=3.0, ge=0)
+    """Restart (drain, re-exec, reload) when the worker's memory exceeds this many times its
+    baseline plus its models' measured sizes; ONNX Runtime's arenas never shrink. 0: never."""
 
     # --- model defaults (a model's own config overrides these) -------------------------------
     default_max_batch_size: int = Field(default=64, ge=0)

@@ -150,7 +150,8 @@ def test_broken_model_is_not_ready_with_its_reason_and_others_serve(http):
     response = http.get("/v2/models/broken/ready")
     assert response.status_code == 503
     assert response.headers["retry-after"] == "1"
-    assert "not a valid ONNX model" in response.json()["error"]
+    assert "failed to load" in response.json()["error"]
+    assert "INVALID_PROTOBUF" in response.json()["error"]
     response = http.post("/v2/models/broken/infer", json=GOOD)
     assert response.status_code == 503
     assert "not ready" in response.json()["error"]

@@ -38,7 +38,11 @@ def test_server_health_and_metadata(client):
     assert client.is_server_ready()
     meta = client.get_server_metadata()
     assert meta["name"] == "inferbox"
-    assert set(meta["extensions"]) == {"binary_tensor_data", "model_configuration"}
+    assert set(meta["extensions"]) == {
+        "binary_tensor_data",
+        "model_configuration",
+        "model_repository",
+    }
 
 
 def test_model_metadata_and_config(client):

@@ -7,39 +7,13 @@ rejecting bad credentials.
 
 from __future__ import annotations
 
-import os
 import uuid
 
-import psycopg
 import pytest
-from moto.server import ThreadedMotoServer
 
 from inferbox.registry.migrate import migrate_sync
 from inferbox.registry.objects import ObjectStore
 from inferbox.registry.store import RegistryStore, create_pool
-
-POSTGRES = os.environ.get("INFERBOX_TEST_POSTGRES", "host=127.0.0.1 port=5432 user=postgres")
-
-
-def _admin(statement: str) -> None:
-    with psycopg.connect(f"{POSTGRES} dbname=postgres", autocommit=True) as conn:
-        conn.execute(statement)
-
-
-@pytest.fixture(scope="session")
-def make_database():
-    """A factory of empty databases (conninfo strings), all dropped when the session ends."""
-    created: list[str] = []
-
-    def make() -> str:
-        name = f"ibtest_{uuid.uuid4().hex[:12]}"
-        _admin(f'CREATE DATABASE "{name}"')
-        created.append(name)
-        return f"{POSTGRES} dbname={name}"
-
-    yield make
-    for name in created:
-        _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
@@ -54,15 +28,6 @@ def registry_db(make_database) -> str:
 async def store(registry_db):
     async with create_pool(registry_db, max_size=8) as pool:
         yield RegistryStore(pool)
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint():
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"{host}:{port}"
-    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from http import HTTPStatus
 
+import msgspec
 import redis.asyncio as aioredis
 import structlog
 from litestar import Litestar, Request, Response
@@ -14,31 +17,64 @@ from litestar.openapi import OpenAPIConfig
 import inferbox
 from inferbox.api.directory import ModelDirectory
 from inferbox.api.infer import InferenceFastPath
-from inferbox.api.v2 import V2Controller, error_response
+from inferbox.api.v1 import ModelsController
+from inferbox.api.v2 import RepositoryController, V2Controller, error_response
 from inferbox.config import Settings
 from inferbox.errors import InferboxError
 from inferbox.keys import Keys
 from inferbox.lanes.client import InteractiveClient
 from inferbox.logs import configure_logging
 from inferbox.protocol.codec import TensorLimits
+from inferbox.registry.wiring import object_store, registry_service
 
 log = structlog.get_logger(__name__)
 
 
-def _http_error(_: Request, exc: HTTPException) -> Response:
-    # Litestar's own errors (404 route, 405, 413 body too large) in our shape.
-    error = InferboxError(str(exc.detail))
-    error.status = exc.status_code
-    return error_response(error)
-
-
-def _inferbox_error(_: Request, exc: InferboxError) -> Response:
+def _render(request: Request, exc: InferboxError) -> Response:
+    # /v1 speaks RFC 9457 problem details; the V2 protocol its own {"error": ...} shape.
+    if request.url.path.startswith("/v1"):
+        return problem_response(exc, request.url.path)
     return error_response(exc)
+
+
+def _http_error(request: Request, exc: HTTPException) -> Response:
+    # Litestar's own errors (404 route, 405, 400 validation, 413 body too large).
+    detail = str(exc.detail)
+    extra = getattr(exc, "extra", None)
+    if exc.status_code == 400 and extra:
+        detail = f"{detail}: {extra}"
+    error = InferboxError(detail)
+    error.status = exc.status_code
+    return _render(request, error)
+
+
+def _inferbox_error(request: Request, exc: InferboxError) -> Response:
+    return _render(request, exc)
 
 
 def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error", path=request.url.path)
-    return error_response(InferboxError("internal error"))
+    return _render(request, InferboxError("internal error"))
+
+
+def problem_response(exc: InferboxError, instance: str) -> Response:
+    """An RFC 9457 problem details answer for an error."""
+    headers = {}
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    body = {
+        "type": "about:blank",
+        "title": HTTPStatus(exc.status).phrase,
+        "status": exc.status,
+        "detail": exc.message,
+        "instance": instance,
+    }
+    return Response(
+        msgspec.json.encode(body),
+        status_code=exc.status,
+        media_type="application/problem+json",
+        headers=headers,
+    )
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -50,17 +86,25 @@ def create_app(settings: Settings) -> Litestar:
         keys = Keys(settings.key_prefix)
         lane = InteractiveClient(settings.redis_url, keys)
         await lane.start()
+        app.state.redis = client
         app.state.redis_keys = keys
         app.state.lane = lane
         app.state.directory = ModelDirectory(client, keys, settings.status_cache_s)
-        try:
-            yield
-        finally:
-            await lane.close()
-            await client.aclose()
+        objects = object_store(settings)
+        await asyncio.to_thread(objects.ensure_bucket)
+        async with registry_service(settings, client, objects) as registry:
+            app.state.registry = registry
+            # Redis may have lost the catalog (restart without data): rebuild it.
+            if not await client.exists(keys.catalog):
+                await registry.publish_all()
+            try:
+                yield
+            finally:
+                await lane.close()
+                await client.aclose()
 
     return Litestar(
-        route_handlers=[V2Controller],
+        route_handlers=[V2Controller, RepositoryController, ModelsController],
         lifespan=[lifespan],
         logging_config=None,
         exception_handlers={

@@ -25,7 +25,7 @@ from litestar import Litestar
 from litestar.types import Receive, Scope, Send
 
 from inferbox.api.validation import check_request
-from inferbox.errors import BadRequest, InferboxError, PayloadTooLarge, Unavailable
+from inferbox.errors import BadRequest, InferboxError, PayloadTooLarge
 from inferbox.lanes.client import ClientGone
 from inferbox.lanes.wire import CallHeader
 from inferbox.observability import api_metrics
@@ -195,11 +195,7 @@ async def infer(
 
     Returns the status answered: 200, or 499 when the client left before its answer.
     """
-    available = await state.directory.availability(spec)
-    if not available.ready:
-        raise Unavailable(
-            f"model {spec.name!r} version {spec.version} is not ready: {available.reason}"
-        )
+    await state.directory.admit(spec)
     try:
         body = await _read_body(
             receive, state.settings.max_request_bytes, headers.get(b"content-length")

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import msgspec
-from litestar import Controller, Response, get
+from litestar import Controller, Response, get, post
 from litestar.datastructures import State
 from redis.exceptions import RedisError
 
 import inferbox
 from inferbox.api.directory import ModelDirectory
-from inferbox.errors import InferboxError, Unavailable
+from inferbox.errors import InferboxError, NotFound, Unavailable
 from inferbox.models.spec import PLATFORM, ModelSpec
 from inferbox.protocol.datatypes import v2_to_triton_config_type
 
-EXTENSIONS = ["binary_tensor_data", "model_configuration"]
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository"]
 """Triton protocol extensions this server really implements (and nothing more)."""
 
 JSON = "application/json"
@@ -153,3 +153,46 @@ def error_response(exc: InferboxError) -> Response:
     if exc.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
     return _json({"error": exc.message}, exc.status, headers)
+
+
+class RepositoryController(Controller):
+    """Triton's model repository extension: index, load and unload."""
+
+    path = "/v2/repository"
+    tags = ["v2"]
+
+    @post("/index", status_code=200)
+    async def index(self, state: State) -> Response:
+        """Every version with its state: READY, LOADING, UNLOADED or UNAVAILABLE (with reason)."""
+        entries = []
+        for name in sorted(n.decode() for n in await state.redis.hkeys(state.redis_keys.catalog)):
+            try:
+                versions = await state.directory.versions(name)
+            except NotFound:
+                continue
+            for spec in versions:
+                available = await state.directory.availability(spec)
+                if available.ready:
+                    status, reason = "READY", ""
+                elif not spec.loaded:
+                    status, reason = "UNLOADED", "unloaded"
+                elif available.reason == "loading":
+                    status, reason = "LOADING", ""
+                else:
+                    status, reason = "UNAVAILABLE", available.reason or ""
+                entries.append(
+                    {"name": name, "version": str(spec.version), "state": status, "reason": reason}
+                )
+        return _json(entries)
+
+    @post("/models/{name:str}/load", status_code=200)
+    async def load(self, state: State, name: str) -> Response:
+        """Mark every version of the model loaded; workers load it within a second."""
+        await state.registry.set_loaded(name, True)
+        return _json({})
+
+    @post("/models/{name:str}/unload", status_code=200)
+    async def unload(self, state: State, name: str) -> Response:
+        """Mark every version of the model unloaded; workers drop it within a second."""
+        await state.registry.set_loaded(name, False)
+        return _json({})

@@ -49,3 +49,17 @@ def init_model(model: str, version: str) -> None:
         CALLS.labels(model, version, outcome)
     for error_class in ERROR_CLASSES:
         ERRORS.labels(model, version, error_class)
+
+
+OOM_SPLITS = Counter(
+    "inferbox_oom_splits_total",
+    "Batches halved and retried after the device ran out of memory.",
+    ["model", "version"],
+)
+EVICTIONS = Counter(
+    "inferbox_evictions_total",
+    "Model versions unloaded to make room for another under the memory budget.",
+)
+RESIDENT_BYTES = Gauge(
+    "inferbox_resident_bytes", "Measured memory of the model versions resident in this worker."
+)

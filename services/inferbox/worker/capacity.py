@@ -85,14 +85,23 @@ def sweep(
     seconds_per_size: float = 0.25,
     max_runs: int = 50,
 ) -> CapacityCard:
-    """Measure ``run(feeds)`` at each batch size, bounded by time and by run count."""
+    """Measure ``run(feeds)`` at each batch size, bounded by time and by run count.
+
+    Each size gets ``seconds_per_size`` (at least one timed run); the sweep stops before a
+    size once the whole budget (``seconds_per_size`` per size) is spent, so a slow model
+    yields a shorter curve rather than a long stall.
+    """
     points = []
-    for size in batch_sizes(max_batch_size):
+    sizes = batch_sizes(max_batch_size)
+    sweep_end = time.perf_counter() + seconds_per_size * len(sizes)
+    for size in sizes:
+        if points and time.perf_counter() > sweep_end:
+            break
         feeds = _inputs(inputs, size, max_batch_size > 0)
         run(feeds)  # the first run of a new shape allocates; keep it out of the figures
         timings: list[float] = []
         budget_end = time.perf_counter() + seconds_per_size
-        while len(timings) < max_runs and (len(timings) < 3 or time.perf_counter() < budget_end):
+        while len(timings) < max_runs and (not timings or time.perf_counter() < budget_end):
             started = time.perf_counter()
             run(feeds)
             timings.append(time.perf_counter() - started)

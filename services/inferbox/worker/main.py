@@ -6,14 +6,16 @@ import contextlib
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 
+import msgspec
 import redis
 import structlog
 
 from inferbox.config import Settings
-from inferbox.keys import Keys
+from inferbox.keys import LANES, Keys
 from inferbox.models.catalog import (
     FAILED,
     LOADING,
@@ -25,16 +27,30 @@ from inferbox.models.catalog import (
 )
 from inferbox.models.spec import ModelSpec
 from inferbox.observability import worker_metrics as metrics
-from inferbox.worker.runtime import load_model, probe_device
+from inferbox.worker import memory
+from inferbox.worker.capacity import sweep
+from inferbox.worker.model_cache import Fetcher, ModelCache
+from inferbox.worker.residency import NoRoom, Residency
+from inferbox.worker.runtime import LoadedModel, load_model, probe_device
 from inferbox.worker.serving import ModelServer
 
 log = structlog.get_logger(__name__)
 
 
 class Worker:
-    """One worker process: loads every catalog version and serves its queues."""
+    """One worker process: serves the catalog's loaded versions within its memory budget.
 
-    def __init__(self, settings: Settings, client: redis.Redis | None = None):
+    Versions load at start as far as the budget allows; a version asked for by a waiting call
+    (a ``want:<name>:<version>`` event from the API) is loaded on demand, evicting the
+    least-recently-used idle, unpinned versions to make room.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: redis.Redis | None = None,
+        objects: Fetcher | None = None,
+    ):
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
         self.client = client or redis.Redis.from_url(settings.redis_url)
@@ -42,9 +58,15 @@ class Worker:
         self.servers: dict[tuple[str, int], ModelServer] = {}
         self.states: dict[tuple[str, int], VersionStatus] = {}
         self.specs: dict[tuple[str, int], ModelSpec] = {}
+        self.failed: dict[tuple[str, int], ModelSpec] = {}
+        self.wanted: set[tuple[str, int]] = set()
         self.stopping = threading.Event()
+        self.recycle = False
         self._lock = threading.Lock()
         self.device = probe_device(settings.worker_providers)
+        self.cache = ModelCache(settings.worker_cache_dir, objects)
+        self.residency = Residency(settings.worker_memory_budget_bytes)
+        self.baseline = memory.usage(self.device)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -62,13 +84,20 @@ class Worker:
                     pubsub = self.client.pubsub(ignore_subscribe_messages=True)
                     pubsub.subscribe(self.keys.events)
                 self.sync()
-                # Wake at once on a catalog event, or after the sync interval at the latest.
-                pubsub.get_message(timeout=self.settings.worker_sync_s)
+                self._check_memory()
+                # Wake at once on an event, or after the sync interval at the latest.
+                message = pubsub.get_message(timeout=self.settings.worker_sync_s)
+                while message is not None:
+                    self._note(message["data"])
+                    message = pubsub.get_message(timeout=0)
             except redis.ConnectionError as exc:
                 log.warning("redis unreachable; retrying", error=str(exc))
                 pubsub = None
                 self.stopping.wait(1.0)
         self.shutdown()
+        if self.recycle:
+            log.warning("worker restarting itself to return memory", worker=self.id)
+            os.execv(sys.executable, [sys.executable, *sys.argv])
 
     def shutdown(self) -> None:
         """Stop every model server and withdraw this worker's status."""
@@ -78,33 +107,90 @@ class Worker:
         with contextlib.suppress(redis.RedisError):
             self.client.hdel(self.keys.workers, self.id)
 
+    def _note(self, data: bytes) -> None:
+        if data.startswith(b"want:"):
+            name, _, version = data[5:].decode().rpartition(":")
+            if version.isdigit():
+                self.wanted.add((name, int(version)))
+
+    def _check_memory(self) -> None:
+        used = memory.usage(self.device)
+        if memory.should_recycle(
+            used, self.baseline, self.residency.used, self.settings.worker_recycle_factor
+        ):
+            log.warning(
+                "memory outgrew the resident models",
+                used=used,
+                baseline=self.baseline,
+                models=self.residency.used,
+            )
+            self.recycle = True
+            self.stopping.set()
+
     # -- following the catalog ---------------------------------------------------------------
 
     def sync(self) -> None:
-        """Load versions the catalog gained or changed; unload those it lost."""
-        wanted = {
+        """Unload what the catalog dropped or changed; load what it wants and what fits."""
+        desired = {
             (name, spec.version): spec
             for name, entry in read_catalog(self.client, self.keys).items()
             for spec in entry.versions
+            if spec.loaded and not spec.error
         }
-        for key in [k for k in self.specs if k not in wanted]:
+        for key in [k for k in self.specs if desired.get(k) != self.specs[k]]:
             self._unload(key)
-        for key, spec in wanted.items():
-            if self.specs.get(key) != spec:
-                if key in self.specs:
-                    self._unload(key)
-                self._load(key, spec)
+        self.wanted &= set(desired)
+        for key, spec in sorted(desired.items(), key=lambda kv: self._priority(*kv)):
+            if key in self.servers or self.failed.get(key) == spec:
+                continue
+            on_demand = key in self.wanted
+            try:
+                victims = self.residency.plan(spec.size, busy=self._busy)
+            except NoRoom as exc:
+                if on_demand:
+                    log.warning(
+                        "no room to load a wanted model",
+                        model=key[0],
+                        version=key[1],
+                        error=str(exc),
+                    )
+                continue
+            if victims and not on_demand:
+                continue  # at start, load what fits; evict only for a call that waits
+            for victim in victims:
+                metrics.EVICTIONS.inc()
+                self._unload(victim, reason="evicted to make room")
+                if self._busy(victim):
+                    self.wanted.add(victim)  # a call slipped in meanwhile: bring it back
+            self._load(key, spec)
+            self.wanted.discard(key)
+
+    def _priority(self, key: tuple[str, int], spec: ModelSpec) -> tuple:
+        # Wanted first, then pinned, then the newest versions.
+        return (key not in self.wanted, not spec.config.pinned, key[0], -key[1])
+
+    def _busy(self, key: tuple[str, int]) -> bool:
+        """Calls are queued or running for this version."""
+        pipe = self.client.pipeline(transaction=False)
+        for lane in LANES:
+            pipe.xlen(self.keys.stream(key[0], key[1], lane))
+        return sum(pipe.execute()) > 0
 
     def _load(self, key: tuple[str, int], spec: ModelSpec) -> None:
         self.specs[key] = spec
         self._set_state(key, LOADING)
+        before = memory.usage(self.device)
         try:
-            model = load_model(spec, device=self.device)
+            model = self._create_session(spec)
         except Exception as exc:
             reason = str(exc).strip().splitlines()[0][:500] if str(exc).strip() else repr(exc)
             log.error("model failed to load", model=spec.name, version=spec.version, error=reason)
+            self.failed[key] = spec
             self._set_state(key, FAILED, reason)
             return
+        self.failed.pop(key, None)
+        size = max(memory.usage(self.device) - before, spec.size)
+        self.residency.add(key, size, pinned=spec.config.pinned)
         metrics.LOAD_SECONDS.labels(spec.name, str(spec.version)).observe(model.load_seconds)
         server = ModelServer(
             model,
@@ -114,23 +200,60 @@ class Worker:
             block_ms=self.settings.worker_block_ms,
             claim_idle_ms=self.settings.worker_claim_idle_ms,
             device=self.device,
+            on_batch=lambda: self.residency.touch(key),
         )
         server.start()
         self.servers[key] = server
         metrics.MODELS_RESIDENT.set(len(self.servers))
+        metrics.RESIDENT_BYTES.set(self.residency.used)
         self._set_state(key, READY, providers=model.providers)
+        log.info("model resident", model=spec.name, version=spec.version, size=size)
+        self._measure_capacity(key, model, size)
 
-    def _unload(self, key: tuple[str, int]) -> None:
+    def _create_session(self, spec: ModelSpec) -> LoadedModel:
+        """Load from the local copy; a copy that fails to load is fetched again, once."""
+        path = self.cache.path_for(spec)
+        try:
+            return load_model(spec, device=self.device, path=path)
+        except Exception:
+            if spec.object_key is None:
+                raise
+            log.warning("cached model file failed to load; fetching it again", model=spec.name)
+            self.cache.discard(spec)
+            return load_model(spec, device=self.device, path=self.cache.path_for(spec))
+
+    def _measure_capacity(self, key: tuple[str, int], model: LoadedModel, size: int) -> None:
+        seconds = self.settings.worker_capacity_sweep_s
+        field = f"{key[0]}/{key[1]}"
+        if seconds <= 0 or self.client.hexists(self.keys.capacity, field):
+            return
+        try:
+            card = sweep(
+                model.run,
+                model.spec.inputs,
+                model.spec.config.max_batch_size,
+                device=self.device,
+                memory_bytes=size,
+                seconds_per_size=seconds,
+            )
+        except Exception as exc:
+            log.warning("capacity sweep failed", model=key[0], version=key[1], error=str(exc))
+            return
+        self.client.hset(self.keys.capacity, field, msgspec.json.encode(card))
+
+    def _unload(self, key: tuple[str, int], reason: str = "unloaded") -> None:
         server = self.servers.pop(key, None)
         if server:
             server.stop()
         self.specs.pop(key, None)
+        self.residency.remove(key)
+        metrics.RESIDENT_BYTES.set(self.residency.used)
         with self._lock:
             self.states.pop(key, None)
         metrics.MODELS_RESIDENT.set(len(self.servers))
         with contextlib.suppress(redis.RedisError):
             self.client.hdel(self.keys.status(key[0]), f"{key[1]}/{self.id}")
-        log.info("model unloaded", model=key[0], version=key[1])
+        log.info("model unloaded", model=key[0], version=key[1], reason=reason)
 
     # -- status -------------------------------------------------------------------------------
 

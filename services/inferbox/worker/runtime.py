@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -95,7 +96,10 @@ def probe_device(preferred: list[str]) -> str:
 
 
 def load_model(
-    spec: ModelSpec, available: list[str] | None = None, device: str = "cpu"
+    spec: ModelSpec,
+    available: list[str] | None = None,
+    device: str = "cpu",
+    path: Path | None = None,
 ) -> LoadedModel:
     """Create the session for ``spec``, then warm it up; raises on a file that will not load.
 
@@ -118,7 +122,7 @@ def load_model(
     available = ort.get_available_providers() if available is None else available
     wanted = choose_providers(config.execution_providers, available)
     session = ort.InferenceSession(
-        spec.path,
+        str(path or spec.path),
         sess_options=options,
         providers=[(p, _provider_options(p)) for p in wanted],
     )

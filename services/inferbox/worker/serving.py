@@ -35,6 +35,7 @@ class ModelServer:
         block_ms: int,
         claim_idle_ms: int,
         device: str = "cpu",
+        on_batch=None,
     ):
         self.model = model
         self.spec = model.spec
@@ -44,6 +45,7 @@ class ModelServer:
         self.block_ms = block_ms
         self.claim_idle_ms = claim_idle_ms
         self.device = device
+        self.on_batch = on_batch or (lambda: None)
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
         self.labels = (self.spec.name, str(self.spec.version))
@@ -166,6 +168,14 @@ class ModelServer:
             replies = split(batch, names, results, self.datatypes)
         except Exception as exc:
             if len(batch.calls) > 1:
+                if _out_of_memory(exc):
+                    # Device memory ran out: halve the batch and try again before failing.
+                    metrics.OOM_SPLITS.labels(*self.labels).inc()
+                    half = len(batch.calls) // 2
+                    for part in (batch.calls[:half], batch.calls[half:]):
+                        for smaller in assemble(part, self.spec):
+                            self._run(consumer, smaller)
+                    return
                 # Find the call at fault instead of failing every request of the batch.
                 for call in batch.calls:
                     self._run(consumer, assemble([call], self.spec)[0])
@@ -174,6 +184,7 @@ class ModelServer:
             self._reply_error(consumer, batch.calls, f"inference failed: {exc}", status)
             return
         elapsed = time.perf_counter() - started
+        self.on_batch()
         metrics.COMPUTE_SECONDS.labels(*self.labels).observe(elapsed)
         metrics.BATCH_SIZE.labels(*self.labels).observe(max(1, sum(batch.rows)))
         metrics.CALLS.labels(*self.labels, "ok").inc(len(batch.calls))
@@ -228,3 +239,9 @@ class ModelServer:
             ],
             [(c.stream, c.entry_id) for c in calls],
         )
+
+
+def _out_of_memory(exc: Exception) -> bool:
+    """ONNX Runtime's allocation failures (CUDA or CPU arena) as they read in its messages."""
+    text = str(exc).lower()
+    return "out of memory" in text or "failed to allocate" in text
