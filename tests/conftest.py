@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,6 +130,8 @@ class Appliance:
     model_repo: Path
     logs: Path | None = None
     """Folder holding ``api.log`` and ``worker.log`` (what the processes wrote)."""
+    env: dict[str, str] | None = None
+    """Environment of the processes (for running ``inferbox`` commands against them)."""
 
     def metric(self, name: str, **labels: str) -> float:
         """Sum of a worker metric's samples matching ``labels`` (0 if absent)."""
@@ -172,18 +175,26 @@ def run_cli(args: list[str], env: dict[str, str]) -> str:
     return done.stdout
 
 
-@pytest.fixture(scope="session")
-def appliance(redis_client, model_repo, tmp_path_factory, make_database, s3_endpoint) -> Appliance:
-    """The API (gunicorn, 2 workers) and one worker, serving ``model_repo`` from the registry.
+@contextmanager
+def running_appliance(
+    redis_client,
+    tmp_path_factory,
+    database: str,
+    s3_endpoint: str,
+    model_repo: Path | None,
+    ready: tuple[str, ...] = (),
+    extra_catalog: list[ModelSpec] = (),
+    **extra_env: str,
+):
+    """Start an API (gunicorn, 2 workers) and one worker on free ports; yield an ``Appliance``.
 
     The models go in as a user's would (``inferbox migrate``, ``inferbox models import``);
-    one more catalog entry, ``broken``, points at a file that is not ONNX, to see a version
-    that fails to load on the worker (uploads could never get it past validation).
+    ``extra_catalog`` entries are written to the catalog directly. Waits until every model
+    in ``ready`` answers ready; stops both processes and removes the run's keys at the end.
     """
     prefix = f"ibtest-{uuid.uuid4().hex[:8]}"
     api_port, metrics_port = free_port(), free_port()
     logs = tmp_path_factory.mktemp("logs")
-    database = make_database()
     env = appliance_env(
         prefix,
         database,
@@ -194,18 +205,15 @@ def appliance(redis_client, model_repo, tmp_path_factory, make_database, s3_endp
         INFERBOX_STATUS_CACHE_S="0.2",
         INFERBOX_WORKER_CACHE_DIR=str(tmp_path_factory.mktemp("cache")),
         INFERBOX_UPLOAD_DIR=str(tmp_path_factory.mktemp("uploads")),
+        **extra_env,
     )
     settings = Settings(redis_url=REDIS_URL, key_prefix=prefix, api_bind=f"127.0.0.1:{api_port}")
     keys = Keys(prefix)
     run_cli(["migrate"], env)
-    run_cli(["models", "import", str(model_repo)], env)
-    broken = tmp_path_factory.mktemp("broken") / "model.onnx"
-    broken.write_bytes(os.urandom(2048))
-    put_specs(
-        redis_client,
-        keys,
-        [ModelSpec(name="broken", version=1, path=str(broken), sha256="0" * 64, size=2048)],
-    )
+    if model_repo is not None:
+        run_cli(["models", "import", str(model_repo)], env)
+    if extra_catalog:
+        put_specs(redis_client, keys, list(extra_catalog))
     processes = [
         _start(["worker"], env, logs / "worker.log"),
         _start(["api"], env, logs / "api.log"),
@@ -217,18 +225,10 @@ def appliance(redis_client, model_repo, tmp_path_factory, make_database, s3_endp
             if proc.poll() is not None:
                 raise AssertionError(f"a process exited early; logs in {logs}")
         try:
+            if httpx.get(f"{url}/v2/health/ready").status_code != 200:
+                return False
             return all(
-                httpx.get(f"{url}/v2/models/{name}/ready").status_code == 200
-                for name in (
-                    "mlp",
-                    "conv",
-                    "add_sub",
-                    "identity",
-                    "fixed",
-                    "slow",
-                    "versions",
-                    "strings",
-                )
+                httpx.get(f"{url}/v2/models/{name}/ready").status_code == 200 for name in ready
             )
         except httpx.HTTPError:
             return False
@@ -243,6 +243,7 @@ def appliance(redis_client, model_repo, tmp_path_factory, make_database, s3_endp
             metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
             model_repo=model_repo,
             logs=logs,
+            env=env,
         )
     finally:
         for proc in processes:
@@ -253,6 +254,27 @@ def appliance(redis_client, model_repo, tmp_path_factory, make_database, s3_endp
             except subprocess.TimeoutExpired:
                 proc.kill()
         delete_prefix(redis_client, prefix)
+
+
+@pytest.fixture(scope="session")
+def appliance(redis_client, model_repo, tmp_path_factory, make_database, s3_endpoint) -> Appliance:
+    """The appliance serving ``model_repo`` from the registry, plus ``broken``: a catalog
+    entry whose file is not ONNX, to see a version that fails to load on the worker (uploads
+    could never get it past validation)."""
+    broken = tmp_path_factory.mktemp("broken") / "model.onnx"
+    broken.write_bytes(os.urandom(2048))
+    with running_appliance(
+        redis_client,
+        tmp_path_factory,
+        make_database(),
+        s3_endpoint,
+        model_repo,
+        ready=("mlp", "conv", "add_sub", "identity", "fixed", "slow", "versions", "strings"),
+        extra_catalog=[
+            ModelSpec(name="broken", version=1, path=str(broken), sha256="0" * 64, size=2048)
+        ],
+    ) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")

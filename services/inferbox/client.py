@@ -50,6 +50,12 @@ class InferboxClient:
         """Close the connection pool."""
         self.http.close()
 
+    def __enter__(self) -> InferboxClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
         response = self.http.request(method, path, **kwargs)
         if response.status_code >= 400:

@@ -148,6 +148,8 @@ class ModelDirectory:
         """Whether a live worker has this version ready, and if not, why."""
         if spec.error:
             return ModelAvailability(ready=False, reason=spec.error)
+        if not spec.loaded:
+            return ModelAvailability(ready=False, reason="unloaded")
         cached = await self._fetch(spec.name)
         return cached.availability(spec.version)
 

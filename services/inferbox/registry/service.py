@@ -131,7 +131,9 @@ class RegistryService:
         if alias:
             await self.store.set_alias(name, alias, version.version)
         await self.publish(name)
-        log.info("model version pushed", model=name, version=version.version, size=version.size)
+        log.info(
+            "model version pushed", model=name, version=version.version, size_bytes=version.size
+        )
         return version
 
     async def delete_version(self, name: str, version: int, *, force: bool = False) -> None:

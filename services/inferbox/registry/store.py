@@ -157,6 +157,12 @@ def check_config(
 
 def merge_config(base: ModelConfig, overrides: dict[str, Any]) -> ModelConfig:
     """``base`` with some fields replaced (a PATCH body); wrong names or types: ``BadRequest``."""
+    unknown = sorted(set(overrides) - set(ModelConfig.__struct_fields__))
+    if unknown:
+        raise BadRequest(
+            f"invalid model config: unknown field(s) {unknown}; "
+            f"known: {sorted(ModelConfig.__struct_fields__)}"
+        )
     try:
         return msgspec.convert(
             {**msgspec.structs.asdict(base), **overrides}, ModelConfig, strict=True

@@ -120,9 +120,9 @@ class Worker:
         ):
             log.warning(
                 "memory outgrew the resident models",
-                used=used,
-                baseline=self.baseline,
-                models=self.residency.used,
+                used_bytes=used,
+                baseline_bytes=self.baseline,
+                models_bytes=self.residency.used,
             )
             self.recycle = True
             self.stopping.set()
@@ -207,7 +207,7 @@ class Worker:
         metrics.MODELS_RESIDENT.set(len(self.servers))
         metrics.RESIDENT_BYTES.set(self.residency.used)
         self._set_state(key, READY, providers=model.providers)
-        log.info("model resident", model=spec.name, version=spec.version, size=size)
+        log.info("model resident", model=spec.name, version=spec.version, size_bytes=size)
         self._measure_capacity(key, model, size)
 
     def _create_session(self, spec: ModelSpec) -> LoadedModel:

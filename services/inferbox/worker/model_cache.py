@@ -44,7 +44,9 @@ class ModelCache:
             if target.is_file() and target.stat().st_size == spec.size:
                 return target
             self.root.mkdir(parents=True, exist_ok=True)
-            log.info("fetching model file", model=spec.name, version=spec.version, size=spec.size)
+            log.info(
+                "fetching model file", model=spec.name, version=spec.version, size_bytes=spec.size
+            )
             self.fetcher.fetch(spec.object_key, target, spec.sha256)
         return target
 
