@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 import redis
 
@@ -26,7 +27,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(300)]
 ROOT = Path(__file__).resolve().parents[2]
 STACK = ROOT / "scripts" / "stack"
 REDIS_URL = os.environ.get("INFERBOX_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-PARTS = ("worker", "api")
+POSTGRES_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+PARTS = ("s3", "worker", "api")
 
 
 def free_port() -> int:
@@ -104,13 +106,16 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         client.close()
         pytest.skip(f"no Redis at {REDIS_URL} (scripts/test starts one)")
     prefix = f"ibstack-{uuid.uuid4().hex[:8]}"
-    api_port, metrics_port = free_port(), free_port()
+    api_port, metrics_port, s3_port = free_port(), free_port(), free_port()
     stack_dir = tmp_path_factory.mktemp("stack")
+    database = f"ibstack_{uuid.uuid4().hex[:8]}"
     env = stack_env(
         stack_dir,
         INFERBOX_KEY_PREFIX=prefix,
         INFERBOX_API_BIND=f"127.0.0.1:{api_port}",
         INFERBOX_WORKER_METRICS_PORT=str(metrics_port),
+        INFERBOX_S3_ENDPOINT=f"127.0.0.1:{s3_port}",
+        INFERBOX_DATABASE_URL=f"postgresql://postgres@127.0.0.1:5432/{database}",
     )
     try:
         up = run_stack(env, "up")
@@ -130,17 +135,19 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         if keys:
             client.delete(*keys)
         client.close()
+        with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
 def test_up_writes_and_prints_the_env_file(stack: Stack) -> None:
     text = (stack.dir / "env").read_text()
     env = dict(line.split("=", 1) for line in text.splitlines())
-    assert env == {
-        "INFERBOX_URL": stack.url,
-        "INFERBOX_REDIS_URL": REDIS_URL,
-        "INFERBOX_KEY_PREFIX": stack.prefix,
-        "INFERBOX_WORKER_METRICS_URL": stack.metrics_url,
-    }
+    assert env["INFERBOX_URL"] == stack.url
+    assert env["INFERBOX_REDIS_URL"] == REDIS_URL
+    assert env["INFERBOX_KEY_PREFIX"] == stack.prefix
+    assert env["INFERBOX_WORKER_METRICS_URL"] == stack.metrics_url
+    assert env["INFERBOX_DATABASE_URL"] == stack.env["INFERBOX_DATABASE_URL"]
+    assert env["INFERBOX_S3_ENDPOINT"] == stack.env["INFERBOX_S3_ENDPOINT"]
     assert text in stack.up_output
     for name in PARTS:
         assert (stack.dir / "logs" / f"{name}.log").is_file()
