@@ -253,6 +253,7 @@ def running_appliance(
                 proc.wait(20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()
         delete_prefix(redis_client, prefix)
 
 

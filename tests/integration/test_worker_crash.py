@@ -82,5 +82,9 @@ def test_calls_of_a_killed_worker_are_answered_by_another(redis_client, tmp_path
         for proc in (first, second):
             if proc is not None and proc.poll() is None:
                 proc.terminate()
-                proc.wait(20)
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
         delete_prefix(redis_client, prefix)

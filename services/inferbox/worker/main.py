@@ -60,6 +60,7 @@ class Worker:
         self.specs: dict[tuple[str, int], ModelSpec] = {}
         self.failed: dict[tuple[str, int], ModelSpec] = {}
         self.wanted: set[tuple[str, int]] = set()
+        self.measured: dict[tuple[str, int], int] = {}
         self.stopping = threading.Event()
         self.recycle = False
         self._lock = threading.Lock()
@@ -144,8 +145,10 @@ class Worker:
             if key in self.servers or self.failed.get(key) == spec:
                 continue
             on_demand = key in self.wanted
+            # The size measured at an earlier load, else the file size as a first guess.
+            estimate = self.measured.get(key, spec.size)
             try:
-                victims = self.residency.plan(spec.size, busy=self._busy)
+                victims = self.residency.plan(estimate, busy=self._busy)
             except NoRoom as exc:
                 if on_demand:
                     log.warning(
@@ -164,6 +167,19 @@ class Worker:
                     self.wanted.add(victim)  # a call slipped in meanwhile: bring it back
             self._load(key, spec)
             self.wanted.discard(key)
+            self._enforce_budget(keep=key)
+
+    def _enforce_budget(self, keep: tuple[str, int]) -> None:
+        """After a load measured larger than its estimate, evict idle versions until it fits."""
+        if not self.residency.budget or self.residency.used <= self.residency.budget:
+            return
+        for victim in self.residency.resident():
+            if self.residency.used <= self.residency.budget:
+                break
+            if victim == keep or self._busy(victim) or self.specs[victim].config.pinned:
+                continue
+            metrics.EVICTIONS.inc()
+            self._unload(victim, reason="evicted to stay within the memory budget")
 
     def _priority(self, key: tuple[str, int], spec: ModelSpec) -> tuple:
         # Wanted first, then pinned, then the newest versions.
@@ -190,6 +206,7 @@ class Worker:
             return
         self.failed.pop(key, None)
         size = max(memory.usage(self.device) - before, spec.size)
+        self.measured[key] = size
         self.residency.add(key, size, pinned=spec.config.pinned)
         metrics.LOAD_SECONDS.labels(spec.name, str(spec.version)).observe(model.load_seconds)
         server = ModelServer(
