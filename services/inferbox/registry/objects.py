@@ -53,6 +53,10 @@ class ObjectStore:
         )
         self._region = region
 
+    def object_keys(self) -> list[str]:
+        """Every object key in the bucket."""
+        return [o.object_name for o in self.client.list_objects(self.bucket, recursive=True)]
+
     def ensure_bucket(self) -> None:
         """Create the bucket if it does not exist yet (safe to call at every start)."""
         if self.client.bucket_exists(self.bucket):
