@@ -1,7 +1,7 @@
 -- wrk script: POST one prebuilt body (JSON or binary) with its headers, and print exact
 -- latency percentiles and error counts as one machine-readable line.
 --
---   wrk -t1 -c8 -d8s --latency -s benchmarks/requests.lua URL -- BODY_FILE CONTENT_TYPE [HEADER_LENGTH]
+--   wrk -t1 -c8 -d8s --latency -s benchmarks/requests.lua URL -- BODY_FILE CONTENT_TYPE [HEADER_LENGTH [AUTHORIZATION]]
 
 function init(args)
    local file = assert(io.open(args[1], "rb"))
@@ -11,6 +11,9 @@ function init(args)
    wrk.headers["Content-Type"] = args[2]
    if args[3] ~= nil and args[3] ~= "" then
       wrk.headers["Inference-Header-Content-Length"] = args[3]
+   end
+   if args[4] ~= nil and args[4] ~= "" then
+      wrk.headers["Authorization"] = args[4]
    end
 end
 

@@ -113,12 +113,14 @@ def build_body(model: Model, encoding: str, row: np.ndarray, folder: Path) -> Bo
     return Body(path, "application/octet-stream", len(header))
 
 
-def post(port: int, model: Model, body: Body) -> tuple[int, dict[str, str], bytes]:
+def post(port: int, model: Model, body: Body, auth: str = "") -> tuple[int, dict[str, str], bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         headers = {"Content-Type": body.content_type}
         if body.header_length is not None:
             headers["Inference-Header-Content-Length"] = str(body.header_length)
+        if auth:
+            headers["Authorization"] = auth
         conn.request("POST", f"/v2/models/{model.name}/infer", body.path.read_bytes(), headers)
         response = conn.getresponse()
         return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
@@ -147,9 +149,11 @@ def decode_output(
     raise BenchError(f"no output {model.output!r} in {header}")
 
 
-def verify(port: int, model: Model, encoding: str, body: Body, expected: np.ndarray) -> None:
+def verify(
+    port: int, model: Model, encoding: str, body: Body, expected: np.ndarray, auth: str = ""
+) -> None:
     """Check one answer against ONNX Runtime in-process before measuring a server."""
-    status, headers, payload = post(port, model, body)
+    status, headers, payload = post(port, model, body, auth)
     if status != 200:
         raise BenchError(f"{model.name}/{encoding} on :{port}: HTTP {status}: {payload[:300]!r}")
     got = decode_output(model, headers, payload, encoding == "binary")
@@ -226,11 +230,13 @@ class WrkResult:
     cpu_s: float
 
 
-def run_wrk(wrk: str, port: int, model: Model, body: Body, conns: int, seconds: float) -> WrkResult:
+def run_wrk(
+    wrk: str, port: int, model: Model, body: Body, conns: int, seconds: float, auth: str = ""
+) -> WrkResult:
     url = f"http://127.0.0.1:{port}/v2/models/{model.name}/infer"
     cmd = [wrk, "-t1", f"-c{conns}", f"-d{seconds:g}s", "--latency", "--timeout", "30s"]
     cmd += ["-s", str(LUA), url, "--", str(body.path), body.content_type]
-    cmd += [str(body.header_length or "")]
+    cmd += [str(body.header_length or ""), auth]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -392,6 +398,8 @@ class Server:
     name = ""
     port = 0
     log_path: Path | None = None
+    auth = ""
+    """The Authorization header value the server wants ("" for none)."""
 
     def log_to(self, folder: Path) -> dict:
         """Send the server's output to a file, shown when the run fails."""
@@ -449,6 +457,7 @@ class InferboxServer(Server):
     def __init__(self, repo: Path, client: redis.Redis, redis_url: str, cache: Path):
         self.repo, self.client, self.cache = repo, client, cache
         self.prefix = f"bench-{uuid.uuid4().hex[:10]}"
+        self.database = self.prefix.replace("-", "_")
         self.redis_url = redis_url
         self.procs: list[subprocess.Popen] = []
         self._before: dict = {}
@@ -462,17 +471,44 @@ class InferboxServer(Server):
             "INFERBOX_API_BIND": f"127.0.0.1:{self.port}",
             "INFERBOX_WORKER_METRICS_PORT": str(self.metrics_port),
             "INFERBOX_WORKER_CACHE_DIR": str(self.cache),
+            "INFERBOX_DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/{self.database}",
+            "INFERBOX_S3_ENDPOINT": f"127.0.0.1:{self.s3_port}",
+            "INFERBOX_S3_ACCESS_KEY": "bench",
+            "INFERBOX_S3_SECRET_KEY": "bench-secret",
+            "INFERBOX_S3_REGION": "us-east-1",
+            "INFERBOX_S3_BUCKET": self.prefix,
+            "INFERBOX_UPLOAD_DIR": str(self.cache.parent / "uploads"),
         }
 
     def start(self) -> None:
-        self.port, self.metrics_port = free_port(), free_port()
+        self.port, self.metrics_port, self.s3_port = free_port(), free_port(), free_port()
         inferbox = str(BIN / "inferbox")
         env = self.env()
-        subprocess.run([inferbox, "models", "import", str(self.repo)], env=env, check=True)
         logs = self.log_to(self.cache.parent)
+        # The registry's parts: an S3 server for the model files, a fresh database.
+        self.s3 = subprocess.Popen(
+            [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.s3_port)], **logs
+        )
+        self.procs = [self.s3]
+        wait_until(
+            "the S3 server",
+            lambda: http_status(f"http://127.0.0.1:{self.s3_port}/") == 200,
+            self.procs,
+            30,
+        )
+        subprocess.run([inferbox, "migrate"], env=env, check=True, capture_output=True)
+        subprocess.run([inferbox, "models", "import", str(self.repo)], env=env, check=True)
+        key_file = self.cache.parent / "admin-key"
+        subprocess.run(
+            [inferbox, "keys", "bootstrap", "--file", str(key_file)],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        self.auth = f"Bearer {key_file.read_text().strip()}"
         self.worker = subprocess.Popen([inferbox, "worker"], env=env, cwd=ROOT, **logs)
         self.api = subprocess.Popen([inferbox, "api"], env=env, cwd=ROOT, **logs)
-        self.procs = [self.worker, self.api]
+        self.procs += [self.worker, self.api]
         log(
             f"inferbox prefix {self.prefix}: worker pid {self.worker.pid} "
             f"(metrics :{self.metrics_port}), api pid {self.api.pid} on :{self.port}"
@@ -490,6 +526,19 @@ class InferboxServer(Server):
         if keys:
             self.client.delete(*keys)
         log(f"deleted {len(keys)} Redis key(s) under {self.prefix}:")
+        subprocess.run(
+            [
+                "psql",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-qc",
+                f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)',
+            ],
+            check=False,
+            capture_output=True,
+        )
 
     def cpu(self) -> dict[str, float]:
         return {
@@ -518,15 +567,17 @@ def measure(
     for model in MODELS:
         for encoding in ENCODINGS:
             body = bodies[model.name, encoding]
-            verify(server.port, model, encoding, body, expected[model.name])
+            verify(server.port, model, encoding, body, expected[model.name], server.auth)
             for conns in concurrency:
                 for attempt in (1, 2):
                     try:
                         if args.warmup > 0:
-                            run_wrk(wrk, server.port, model, body, conns, args.warmup)
+                            run_wrk(wrk, server.port, model, body, conns, args.warmup, server.auth)
                         server.before()
                         cpu_before = server.cpu()
-                        result = run_wrk(wrk, server.port, model, body, conns, args.duration)
+                        result = run_wrk(
+                            wrk, server.port, model, body, conns, args.duration, server.auth
+                        )
                         cpu_after = server.cpu()
                         break
                     except SocketErrors as exc:

@@ -13,14 +13,16 @@ import sys
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
 import redis
+import tritonclient.http as triton_http
 from moto.server import ThreadedMotoServer
+from tritonclient._plugin import InferenceServerClientPlugin
 
 from inferbox.config import Settings
 from inferbox.keys import Keys
@@ -130,8 +132,21 @@ class Appliance:
     model_repo: Path
     logs: Path | None = None
     """Folder holding ``api.log`` and ``worker.log`` (what the processes wrote)."""
-    env: dict[str, str] | None = None
+    env: dict[str, str] | None = field(default=None, repr=False)
     """Environment of the processes (for running ``inferbox`` commands against them)."""
+    api_key: str | None = field(default=None, repr=False)
+    """The admin key made by ``inferbox keys bootstrap`` at start (every scope, no limits)."""
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """``Authorization: Bearer`` with the admin key."""
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+    def triton(self, **options) -> triton_http.InferenceServerClient:
+        """A ``tritonclient`` HTTP client sending the admin key on every call."""
+        client = triton_http.InferenceServerClient(self.url.removeprefix("http://"), **options)
+        client.register_plugin(BearerAuth(self.api_key))
+        return client
 
     def metric(self, name: str, **labels: str) -> float:
         """Sum of a worker metric's samples matching ``labels`` (0 if absent)."""
@@ -143,6 +158,16 @@ class Appliance:
             if all(f'{k}="{v}"' in line for k, v in labels.items()):
                 total += float(line.rsplit(" ", 1)[1])
         return total
+
+
+class BearerAuth(InferenceServerClientPlugin):
+    """``tritonclient`` plugin adding ``Authorization: Bearer <key>`` to every request."""
+
+    def __init__(self, key: str) -> None:
+        self.value = f"Bearer {key}"
+
+    def __call__(self, request) -> None:
+        request.headers["Authorization"] = self.value
 
 
 def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -210,6 +235,10 @@ def running_appliance(
     settings = Settings(redis_url=REDIS_URL, key_prefix=prefix, api_bind=f"127.0.0.1:{api_port}")
     keys = Keys(prefix)
     run_cli(["migrate"], env)
+    key_file = tmp_path_factory.mktemp("secrets") / "admin.key"
+    run_cli(["keys", "bootstrap", "--file", str(key_file)], env)
+    api_key = key_file.read_text().strip()
+    env["INFERBOX_API_KEY"] = api_key
     if model_repo is not None:
         run_cli(["models", "import", str(model_repo)], env)
     if extra_catalog:
@@ -219,6 +248,7 @@ def running_appliance(
         _start(["api"], env, logs / "api.log"),
     ]
     url = f"http://127.0.0.1:{api_port}"
+    auth = {"Authorization": f"Bearer {api_key}"}
 
     def all_ready():
         for proc in processes:
@@ -228,7 +258,8 @@ def running_appliance(
             if httpx.get(f"{url}/v2/health/ready").status_code != 200:
                 return False
             return all(
-                httpx.get(f"{url}/v2/models/{name}/ready").status_code == 200 for name in ready
+                httpx.get(f"{url}/v2/models/{name}/ready", headers=auth).status_code == 200
+                for name in ready
             )
         except httpx.HTTPError:
             return False
@@ -244,6 +275,7 @@ def running_appliance(
             model_repo=model_repo,
             logs=logs,
             env=env,
+            api_key=api_key,
         )
     finally:
         for proc in processes:
@@ -280,6 +312,7 @@ def appliance(redis_client, model_repo, tmp_path_factory, make_database, s3_endp
 
 @pytest.fixture(scope="session")
 def http(appliance) -> httpx.Client:
-    """One keep-alive HTTP client to the API (so tests also see the connection stay usable)."""
-    with httpx.Client(base_url=appliance.url, timeout=30) as client:
+    """One keep-alive HTTP client to the API (so tests also see the connection stay usable),
+    sending the admin key."""
+    with httpx.Client(base_url=appliance.url, timeout=30, headers=appliance.headers) as client:
         yield client

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from inferbox.cli_backup import register as register_backup
 from inferbox.cli_remote import register as register_remote
 from inferbox.config import Settings
 from inferbox.logs import configure_logging
@@ -118,7 +119,37 @@ async def _with_registry(settings: Settings, action):
         await client.aclose()
 
 
-register_remote(main, models)
+@main.group("keys")
+def keys_group() -> None:
+    """API keys: bootstrap the first admin key; create, list and revoke keys."""
+
+
+@keys_group.command("bootstrap")
+@click.option(
+    "--file",
+    "path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="where the admin key is kept (written with mode 0600)",
+)
+@click.pass_obj
+def keys_bootstrap(settings: Settings, path: Path) -> None:
+    """Make sure FILE holds a usable admin key, creating one if needed (idempotent).
+
+    Talks to the database directly: run it after ``inferbox migrate``, before the API.
+    """
+    from inferbox.registry.store import create_pool
+    from inferbox.security.keystore import KeyStore, bootstrap_admin
+
+    async def run() -> str:
+        async with create_pool(settings.database_url, max_size=1) as pool:
+            return await bootstrap_admin(KeyStore(pool), path)
+
+    click.echo(asyncio.run(run()))
+
+
+register_remote(main, models, keys_group)
+register_backup(main)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -50,8 +51,92 @@ def _table(rows: list[list[str]], headers: list[str]) -> str:
     return "\n".join(lines)
 
 
-def register(main: click.Group, models: click.Group) -> None:
-    """Attach the remote commands to the ``inferbox`` command and its ``models`` group."""
+DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw]?)")
+_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``30d``, ``12h``, ``15m``, ``90s`` or ``90``."""
+    match = DURATION.fullmatch(text.strip())
+    if match is None or float(match[1]) <= 0:
+        raise click.BadParameter(f"{text!r}: give a duration like 30d, 12h, 15m or 90s")
+    return float(match[1]) * _UNIT_S[match[2]]
+
+
+def register(main: click.Group, models: click.Group, keys: click.Group) -> None:
+    """Attach the remote commands to the ``inferbox`` command and its groups."""
+
+    @keys.command("create")
+    @click.option("--name", required=True, help="who or what the key is for")
+    @click.option(
+        "--scope",
+        "scopes",
+        multiple=True,
+        required=True,
+        type=click.Choice(["infer", "jobs", "models:write", "admin"]),
+        help="repeat for several",
+    )
+    @click.option("--model", "models_", multiple=True, help="allowed model (repeat; none: all)")
+    @click.option("--expires-in", default=None, help="e.g. 30d, 12h (default: never)")
+    @click.option("--rate", type=float, default=None, help="requests per second (token bucket)")
+    @click.option("--burst", type=int, default=None, help="bucket size (default: the rate)")
+    @click.option("--concurrency", type=int, default=None, help="requests in flight at most")
+    @click.option("--priority", type=int, default=0, show_default=True, help=">= 2: low lane")
+    @with_client
+    def keys_create(client: InferboxClient, name, scopes, models_, expires_in, **limits) -> None:
+        """Create an API key and print it (the only time it is shown)."""
+        created = client.create_key(
+            name,
+            list(scopes),
+            allowed_models=list(models_) or None,
+            expires_in_s=parse_duration(expires_in) if expires_in else None,
+            rate_per_s=limits["rate"],
+            burst=limits["burst"],
+            max_concurrency=limits["concurrency"],
+            priority=limits["priority"],
+        )
+        click.echo(
+            f"created {created['id']} ({created['name']}); the key, shown only now:", err=True
+        )
+        click.echo(created["key"])
+
+    @keys.command("ls")
+    @with_client
+    def keys_ls(client: InferboxClient) -> None:
+        """List API keys (never their secrets)."""
+        rows = []
+        for key in client.list_keys():
+            state = "revoked" if key["revoked_at"] else "active"
+            limits = ",".join(
+                f"{label}={key[field]}"
+                for label, field in (
+                    ("rate", "rate_per_s"),
+                    ("burst", "burst"),
+                    ("concurrency", "max_concurrency"),
+                    ("priority", "priority"),
+                )
+                if key[field]
+            )
+            rows.append(
+                [
+                    key["id"],
+                    key["name"],
+                    ",".join(key["scopes"]),
+                    ",".join(key["allowed_models"] or ["*"]),
+                    limits or "-",
+                    (key["expires_at"] or "never")[:19],
+                    state,
+                ]
+            )
+        click.echo(_table(rows, ["ID", "NAME", "SCOPES", "MODELS", "LIMITS", "EXPIRES", "STATE"]))
+
+    @keys.command("revoke")
+    @click.argument("key_id", metavar="ID")
+    @with_client
+    def keys_revoke(client: InferboxClient, key_id: str) -> None:
+        """Revoke key ID (refused everywhere within a second)."""
+        client.revoke_key(key_id)
+        click.echo(f"revoked {key_id}")
 
     @models.command("push")
     @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))

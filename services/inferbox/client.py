@@ -120,6 +120,32 @@ class InferboxClient:
         """Remove an alias."""
         self._request("DELETE", f"/v1/models/{name}/aliases/{alias}")
 
+    # -- keys and audit -------------------------------------------------------------------------
+
+    def create_key(self, name: str, scopes: list[str], **options) -> dict:
+        """Create an API key (admin); the answer's ``key`` is the secret, shown only now.
+
+        ``options``: ``allowed_models``, ``priority``, ``rate_per_s``, ``burst``,
+        ``max_concurrency``, ``expires_in_s``.
+        """
+        body = {"name": name, "scopes": scopes}
+        body.update({k: v for k, v in options.items() if v is not None})
+        return self._request("POST", "/v1/keys", json=body).json()
+
+    def list_keys(self) -> list[dict]:
+        """Every API key, without secrets (admin)."""
+        return self._request("GET", "/v1/keys").json()["keys"]
+
+    def revoke_key(self, key_id: str) -> dict:
+        """Revoke an API key (admin); refused everywhere within a second."""
+        return self._request("DELETE", f"/v1/keys/{key_id}").json()
+
+    def audit(self, **filters) -> dict:
+        """A page of the audit log, newest first (admin): ``actor``, ``action``, ``since``,
+        ``before`` (the previous page's ``next``), ``limit``."""
+        params = {k: v for k, v in filters.items() if v is not None}
+        return self._request("GET", "/v1/audit", params=params).json()
+
     # -- inference -------------------------------------------------------------------------------
 
     def infer(self, name: str, inputs: dict[str, np.ndarray], version: str | None = None) -> dict:

@@ -99,6 +99,19 @@ class Settings(BaseSettings):
     slow_request_ms: float = Field(default=1000.0, ge=0)
     """An inference request slower than this is logged ("slow request", with ``duration_ms``); 0: never."""
 
+    # --- security -----------------------------------------------------------------------------
+    auth_enabled: bool = True
+    """Require an API key (``Authorization: Bearer``) on every route but health and metadata."""
+
+    key_cache_s: float = Field(default=1.0, gt=0, le=1.0)
+    """How long an API process trusts its copy of a key; a revocation takes effect within it."""
+
+    key_slot_ttl_s: float = Field(default=120.0, gt=0)
+    """Expiry of a concurrency slot, so slots of a crashed API process free themselves."""
+
+    audit_failure_window_s: int = Field(default=10, ge=1)
+    """Auth failures are written to the audit log once per remote address per this window."""
+
     # --- worker -------------------------------------------------------------------------------
     worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     """Name of this worker as a Redis consumer and in status; unique per process."""

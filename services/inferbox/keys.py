@@ -50,3 +50,24 @@ class Keys:
     def reply_channel(self, api_process: str) -> str:
         """Pub/sub channel on which one API process receives its replies."""
         return f"{self.prefix}:reply:{api_process}"
+
+    def api_key(self, key_id: str) -> str:
+        """String: JSON ``KeyRecord`` of one API key (a cache of PostgreSQL, with an expiry)."""
+        return f"{self.prefix}:apikey:{key_id}"
+
+    @property
+    def api_key_events(self) -> str:
+        """Pub/sub channel: ids of API keys changed (revoked), dropped from every local cache."""
+        return f"{self.prefix}:apikey-events"
+
+    def rate_bucket(self, key_id: str) -> str:
+        """Hash: one key's token bucket (``tokens``, ``ts`` in ms)."""
+        return f"{self.prefix}:bucket:{key_id}"
+
+    def concurrency(self, key_id: str) -> str:
+        """Sorted set: one key's requests in flight (member: slot id, score: expiry in ms)."""
+        return f"{self.prefix}:inflight:{key_id}"
+
+    def auth_failures(self, remote_addr: str) -> str:
+        """Counter of auth failures from one address in the current audit window."""
+        return f"{self.prefix}:authfail:{remote_addr}"

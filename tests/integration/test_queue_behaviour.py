@@ -58,7 +58,10 @@ def _occupy(appliance, rows: int = 512, model: str = "slow") -> threading.Thread
 
     def run():
         httpx.post(
-            f"{appliance.url}/v2/models/{model}/infer", content=body, headers=headers, timeout=30
+            f"{appliance.url}/v2/models/{model}/infer",
+            content=body,
+            headers={**headers, **appliance.headers},
+            timeout=30,
         )
 
     thread = threading.Thread(target=run)
@@ -151,7 +154,10 @@ def test_a_departed_client_has_its_queued_call_dropped(appliance):
     body, headers = _slow_body(1)
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(
-            f"{appliance.url}/v2/models/slow/infer", content=body, headers=headers, timeout=0.3
+            f"{appliance.url}/v2/models/slow/infer",
+            content=body,
+            headers={**headers, **appliance.headers},
+            timeout=0.3,
         )
     # The API withdraws the call as soon as it sees the client leave.
     wait_for(lambda: appliance.redis.xlen(stream) == 1, 5, "the call to be withdrawn", 0.01)
@@ -180,7 +186,7 @@ def test_concurrent_calls_are_batched(appliance):
     statuses = []
 
     def call():
-        with httpx.Client(base_url=appliance.url, timeout=10) as client:
+        with httpx.Client(base_url=appliance.url, timeout=10, headers=appliance.headers) as client:
             barrier.wait()
             statuses.append(client.post("/v2/models/mlp_delay/infer", json=body).status_code)
 

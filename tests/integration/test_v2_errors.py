@@ -139,7 +139,7 @@ def test_unknown_route_answers_json(http):
 
 
 def test_tritonclient_sees_the_error_message(appliance):
-    with triton.InferenceServerClient(appliance.url.removeprefix("http://")) as client:
+    with appliance.triton() as client:
         tensor = triton.InferInput("x", [1, 64], "FP64")
         tensor.set_data_from_numpy(np.zeros((1, 64)))
         with pytest.raises(InferenceServerException, match="datatype FP64"):

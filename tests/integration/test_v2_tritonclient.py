@@ -16,10 +16,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def client(appliance):
-    host = appliance.url.removeprefix("http://")
-    with triton.InferenceServerClient(
-        host, concurrency=8, connection_timeout=30, network_timeout=30
-    ) as c:
+    with appliance.triton(concurrency=8, connection_timeout=30, network_timeout=30) as c:
         yield c
 
 
@@ -145,10 +142,9 @@ def test_fifty_concurrent_requests_get_exactly_their_rows(appliance, client, mod
     batches = [
         rng.standard_normal((int(rng.integers(1, 4)), 64)).astype(np.float32) for _ in range(50)
     ]
-    host = appliance.url.removeprefix("http://")
 
     def call(x: np.ndarray, binary: bool) -> np.ndarray:
-        with triton.InferenceServerClient(host) as own:
+        with appliance.triton() as own:
             tensor = triton.InferInput("x", list(x.shape), "FP32")
             tensor.set_data_from_numpy(x, binary_data=binary)
             return own.infer("mlp", [tensor]).as_numpy("y")

@@ -25,15 +25,16 @@ BODY = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 64], "data": X
 class Traffic:
     """Callers hammering ``/v2/models/{name}/infer`` until stopped, recording every answer."""
 
-    def __init__(self, url: str, name: str, expected: dict[str, np.ndarray], callers: int = 4):
-        self.url, self.name, self.expected = url, name, expected
+    def __init__(self, appliance, name: str, expected: dict[str, np.ndarray], callers: int = 4):
+        self.url, self.headers = appliance.url, appliance.headers
+        self.name, self.expected = name, expected
         self.stop = threading.Event()
         self.versions: list[str] = []
         self.failures: list[str] = []
         self.threads = [threading.Thread(target=self._run) for _ in range(callers)]
 
     def _run(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=30) as http:
+        with httpx.Client(base_url=self.url, timeout=30, headers=self.headers) as http:
             while not self.stop.is_set():
                 response = http.post(f"/v2/models/{self.name}/infer", json=BODY)
                 if response.status_code != 200:
@@ -72,19 +73,27 @@ def test_push_promote_rollback_under_traffic_with_zero_failures(appliance, tmp_p
     name = f"roll-{uuid.uuid4().hex[:6]}"
     files = {str(v): onnx_models.mlp(tmp_path / f"v{v}.onnx", seed=20 + v) for v in (1, 2)}
     expected = {v: ort.InferenceSession(str(p)).run(None, {"x": X})[0] for v, p in files.items()}
-    client = InferboxClient(appliance.url)
+    client = InferboxClient(appliance.url, api_key=appliance.api_key)
     client.push(files["1"], name, alias="production")
     wait_for(
-        lambda: httpx.get(f"{appliance.url}/v2/models/{name}/ready").status_code == 200,
+        lambda: (
+            httpx.get(
+                f"{appliance.url}/v2/models/{name}/ready", headers=appliance.headers
+            ).status_code
+            == 200
+        ),
         30,
         "version 1",
     )
-    with Traffic(appliance.url, name, expected) as traffic:
+    with Traffic(appliance, name, expected) as traffic:
         traffic.answered_by("1")
         client.push(files["2"], name)
         wait_for(
             lambda: (
-                httpx.get(f"{appliance.url}/v2/models/{name}/versions/2/ready").status_code == 200
+                httpx.get(
+                    f"{appliance.url}/v2/models/{name}/versions/2/ready", headers=appliance.headers
+                ).status_code
+                == 200
             ),
             30,
             "version 2",
@@ -102,24 +111,29 @@ def test_a_canary_split_shares_traffic_by_weight(appliance, tmp_path):
     name = f"canary-{uuid.uuid4().hex[:6]}"
     files = {str(v): onnx_models.mlp(tmp_path / f"v{v}.onnx", seed=30 + v) for v in (1, 2)}
     expected = {v: ort.InferenceSession(str(p)).run(None, {"x": X})[0] for v, p in files.items()}
-    with InferboxClient(appliance.url) as client:
+    with InferboxClient(appliance.url, api_key=appliance.api_key) as client:
         client.push(files["1"], name, alias="production")
         client.push(files["2"], name)
         for version in (1, 2):
             wait_for(
                 lambda v=version: (
-                    httpx.get(f"{appliance.url}/v2/models/{name}/versions/{v}/ready").status_code
+                    httpx.get(
+                        f"{appliance.url}/v2/models/{name}/versions/{v}/ready",
+                        headers=appliance.headers,
+                    ).status_code
                     == 200
                 ),
                 30,
                 f"version {version}",
             )
         response = httpx.put(
-            f"{appliance.url}/v1/models/{name}/traffic", json={"weights": {"1": 3, "2": 1}}
+            f"{appliance.url}/v1/models/{name}/traffic",
+            json={"weights": {"1": 3, "2": 1}},
+            headers=appliance.headers,
         )
         assert response.status_code == 200, response.text
         time.sleep(0.5)
-        with httpx.Client(base_url=appliance.url) as http:
+        with httpx.Client(base_url=appliance.url, headers=appliance.headers) as http:
             seen = Counter(
                 http.post(f"/v2/models/{name}/infer", json=BODY).json()["model_version"]
                 for _ in range(200)
@@ -153,7 +167,7 @@ def test_eviction_under_a_small_budget_keeps_answers_correct(
             INFERBOX_WORKER_CAPACITY_SWEEP_S="0",
             INFERBOX_DEFAULT_TIMEOUT_MS="60000",
         ) as running,
-        httpx.Client(base_url=running.url, timeout=60) as http,
+        httpx.Client(base_url=running.url, timeout=60, headers=running.headers) as http,
     ):
         for _ in range(3):
             for name, want in expected.items():

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-import tritonclient.http as triton
 
 from inferbox.client import InferboxClient
 from inferbox.testing import onnx_models
@@ -28,7 +27,7 @@ def name() -> str:
 
 @pytest.fixture(scope="module")
 def client(appliance):
-    c = InferboxClient(appliance.url)
+    c = InferboxClient(appliance.url, api_key=appliance.api_key)
     yield c
     c.close()
 
@@ -147,13 +146,17 @@ def test_bad_uploads_are_422_and_leave_nothing_behind(
 def test_triton_repository_extension(appliance, http, client, name, tmp_path):
     client.push(onnx_models.mlp(tmp_path / "m.onnx"), name)
     _wait_ready(http, name)
-    host = appliance.url.removeprefix("http://")
-    with triton.InferenceServerClient(host) as tc:
+    with appliance.triton() as tc:
         index = {(m["name"], m["version"]): m for m in tc.get_model_repository_index()}
         assert index[(name, "1")]["state"] == "READY"
         tc.unload_model(name)
         wait_for(lambda: not tc.is_model_ready(name), 10, "the model to unload")
-        response = http.get(f"/v2/models/{name}/ready")
+        # Each API process caches readiness briefly: wait until the one answering agrees.
+        response = wait_for(
+            lambda: (r := http.get(f"/v2/models/{name}/ready")).status_code == 503 and r,
+            5,
+            "every API process to see the unload",
+        )
         assert "unloaded" in response.json()["error"]
         tc.load_model(name)
         wait_for(lambda: tc.is_model_ready(name), 30, "the model to load again")
@@ -187,4 +190,5 @@ def test_cli_push_ls_alias_infer(appliance, name, tmp_path):
 def appliance_ready(appliance, name: str) -> bool:
     import httpx
 
-    return httpx.get(f"{appliance.url}/v2/models/{name}/ready").status_code == 200
+    url = f"{appliance.url}/v2/models/{name}/ready"
+    return httpx.get(url, headers=appliance.headers).status_code == 200

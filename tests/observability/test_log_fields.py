@@ -45,7 +45,12 @@ def late_call(appliance) -> str:
         ],
         "parameters": {"timeout": 100_000},
     }
-    headers = {"X-Request-ID": request_id, "Authorization": f"Bearer {SECRET}"}
+    headers = {"X-Request-ID": request_id, **appliance.headers}
+    # A made-up key is refused (401), and neither it nor the real one may reach the logs.
+    refused = httpx.get(
+        f"{appliance.url}/v2/models/mlp", headers={"Authorization": f"Bearer {SECRET}"}
+    )
+    assert refused.status_code == 401
     response = httpx.post(
         f"{appliance.url}/v2/models/slow/infer", json=body, headers=headers, timeout=30
     )
@@ -101,6 +106,7 @@ def test_every_emitted_field_is_mapped_with_a_compatible_type(appliance, late_ca
 def test_no_secrets_or_tensor_payloads_in_logs(appliance, late_call):
     text = (appliance.logs / "api.log").read_text() + (appliance.logs / "worker.log").read_text()
     assert SECRET not in text
+    assert appliance.api_key.partition(".")[2] not in text
     assert PAYLOAD not in text
     assert "Authorization" not in text and "authorization" not in text
 

@@ -46,7 +46,7 @@ def _query(prometheus: str, expr: str) -> list:
     return body["data"]["result"]
 
 
-def _load(url: str) -> None:
+def _load(appliance) -> None:
     """A few hundred calls on both lanes, plus rejections (unknown model, bad input)."""
     x = {"name": "x", "datatype": "FP32", "shape": [2, 64], "data": [0.5] * 128}
     bodies = [
@@ -54,7 +54,7 @@ def _load(url: str) -> None:
         ("mlp", {"inputs": [x], "parameters": {"priority": 2}}),
         ("versions", {"inputs": [x]}),
     ]
-    with httpx.Client(base_url=url, timeout=30) as client:
+    with httpx.Client(base_url=appliance.url, timeout=30, headers=appliance.headers) as client:
 
         def call(i: int) -> None:
             model, body = bodies[i % len(bodies)]
@@ -69,7 +69,7 @@ def _load(url: str) -> None:
 
 @pytest.fixture(scope="module")
 def loaded(prometheus, appliance) -> str:
-    _load(appliance.url)
+    _load(appliance)
     started = time.time()
 
     def scraped_after_load():

@@ -6,9 +6,11 @@ meets a developer's own ``.stack`` or another test run.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -28,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 STACK = ROOT / "scripts" / "stack"
 REDIS_URL = os.environ.get("INFERBOX_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
-PARTS = ("s3", "worker", "api")
+PARTS = ("s3", "worker", "api", "nginx")
 
 
 def free_port() -> int:
@@ -85,6 +87,9 @@ class Stack:
     env: dict[str, str]
     prefix: str
     url: str
+    """The gateway: nginx with TLS in front of the API."""
+    api_url: str
+    """The API's own address."""
     metrics_url: str
     up_output: str
 
@@ -107,6 +112,7 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         pytest.skip(f"no Redis at {REDIS_URL} (scripts/test starts one)")
     prefix = f"ibstack-{uuid.uuid4().hex[:8]}"
     api_port, metrics_port, s3_port = free_port(), free_port(), free_port()
+    https_port, http_port = free_port(), free_port()
     stack_dir = tmp_path_factory.mktemp("stack")
     database = f"ibstack_{uuid.uuid4().hex[:8]}"
     env = stack_env(
@@ -116,6 +122,8 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         INFERBOX_WORKER_METRICS_PORT=str(metrics_port),
         INFERBOX_S3_ENDPOINT=f"127.0.0.1:{s3_port}",
         INFERBOX_DATABASE_URL=f"postgresql://postgres@127.0.0.1:5432/{database}",
+        INFERBOX_HTTPS_PORT=str(https_port),
+        INFERBOX_HTTP_PORT=str(http_port),
     )
     try:
         up = run_stack(env, "up")
@@ -124,7 +132,8 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
             dir=stack_dir,
             env=env,
             prefix=prefix,
-            url=f"http://127.0.0.1:{api_port}",
+            url=f"https://127.0.0.1:{https_port}",
+            api_url=f"http://127.0.0.1:{api_port}",
             metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
             up_output=up.stdout,
         )
@@ -143,6 +152,9 @@ def test_up_writes_and_prints_the_env_file(stack: Stack) -> None:
     text = (stack.dir / "env").read_text()
     env = dict(line.split("=", 1) for line in text.splitlines())
     assert env["INFERBOX_URL"] == stack.url
+    assert env["INFERBOX_API_URL"] == stack.api_url
+    assert env["INFERBOX_CA_CERT"] == str(stack.dir / "certs" / "ca.crt")
+    assert "BEGIN CERTIFICATE" in Path(env["INFERBOX_CA_CERT"]).read_text()
     assert env["INFERBOX_REDIS_URL"] == REDIS_URL
     assert env["INFERBOX_KEY_PREFIX"] == stack.prefix
     assert env["INFERBOX_WORKER_METRICS_URL"] == stack.metrics_url
@@ -155,7 +167,13 @@ def test_up_writes_and_prints_the_env_file(stack: Stack) -> None:
 
 
 def test_the_stack_serves_the_demo_models(stack: Stack) -> None:
-    with httpx.Client(base_url=stack.url, timeout=30) as http:
+    ca = ssl.create_default_context(cafile=stack.dir / "certs" / "ca.crt")
+    env = dict(line.split("=", 1) for line in (stack.dir / "env").read_text().splitlines())
+    # The API key, where the stack has one (API keys arrive with the same issue as the gateway).
+    auth = (
+        {"Authorization": f"Bearer {env['INFERBOX_API_KEY']}"} if "INFERBOX_API_KEY" in env else {}
+    )
+    with httpx.Client(base_url=stack.url, timeout=30, verify=ca, headers=auth) as http:
         assert http.get("/v2/health/ready").status_code == 200
         wait_until(
             lambda: http.get("/v2/models/mlp/ready").status_code == 200, 30, "mlp to be ready"
@@ -166,6 +184,12 @@ def test_the_stack_serves_the_demo_models(stack: Stack) -> None:
         (output,) = response.json()["outputs"]
         assert output["shape"] == [1, 10]
         assert len(output["data"]) == 10
+        assert response.headers["strict-transport-security"]
+    direct = httpx.post(f"{stack.api_url}/v2/models/mlp/infer", json=body, headers=auth, timeout=30)
+    assert direct.json()["outputs"] == response.json()["outputs"]
+    access_log = (stack.dir / "logs" / "nginx-access.log").read_text()
+    access = [json.loads(line) for line in access_log.splitlines()]
+    assert any(line["path"] == "/v2/models/mlp/infer" for line in access)
     metrics = httpx.get(stack.metrics_url, timeout=10)
     assert metrics.status_code == 200
     assert "# TYPE" in metrics.text
@@ -177,6 +201,7 @@ def test_status_reports_running(stack: Stack) -> None:
     for name, pid in stack.pids().items():
         assert re.search(rf"^{name}\s+running \(pid {pid}\)$", status.stdout, re.M), status.stdout
     assert re.search(r"^api\s+ready", status.stdout, re.M), status.stdout
+    assert re.search(r"^nginx\s+ready \(https://", status.stdout, re.M), status.stdout
 
 
 def test_up_again_is_idempotent(stack: Stack) -> None:
@@ -193,12 +218,15 @@ def test_down_stops_exactly_its_processes(stack: Stack) -> None:
     assert all(alive(pid) for pid in pids.values())
     api_workers = children(pids["api"])
     assert api_workers, "gunicorn should run worker processes"
+    nginx_workers = children(pids["nginx"])
+    assert nginx_workers, "nginx should run worker processes"
 
     down = stack.run("down")
 
     assert down.returncode == 0, down.stdout + down.stderr
     assert not [pid for pid in pids.values() if alive(pid)]
     wait_until(lambda: not any(alive(pid) for pid in api_workers), 10, "gunicorn's workers")
+    wait_until(lambda: not any(alive(pid) for pid in nginx_workers), 10, "nginx's workers")
     assert not list((stack.dir / "pids").iterdir())
     assert not (stack.dir / "env").exists()
     status = stack.run("status")

@@ -5,27 +5,32 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from http import HTTPStatus
 
 import msgspec
 import redis.asyncio as aioredis
 import structlog
 from litestar import Litestar, Request, Response
+from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 
 import inferbox
+from inferbox.api.admin import AuditController, KeysController
 from inferbox.api.directory import ModelDirectory
 from inferbox.api.infer import InferenceFastPath
 from inferbox.api.v1 import ModelsController
 from inferbox.api.v2 import RepositoryController, V2Controller, error_response
 from inferbox.config import Settings
-from inferbox.errors import InferboxError
+from inferbox.errors import PROBLEM_JSON, InferboxError, error_headers, problem_body
 from inferbox.keys import Keys
 from inferbox.lanes.client import InteractiveClient
 from inferbox.logs import configure_logging
 from inferbox.protocol.codec import TensorLimits
 from inferbox.registry.wiring import object_store, registry_service
+from inferbox.security.audit import AuditLog
+from inferbox.security.auth import Gate
+from inferbox.security.keystore import KeyCache, KeyStore
+from inferbox.security.limits import Limiter
 
 log = structlog.get_logger(__name__)
 
@@ -59,22 +64,27 @@ def _unexpected(request: Request, exc: Exception) -> Response:
 
 def problem_response(exc: InferboxError, instance: str) -> Response:
     """An RFC 9457 problem details answer for an error."""
-    headers = {}
-    if exc.retry_after is not None:
-        headers["Retry-After"] = str(max(1, round(exc.retry_after)))
-    body = {
-        "type": "about:blank",
-        "title": HTTPStatus(exc.status).phrase,
-        "status": exc.status,
-        "detail": exc.message,
-        "instance": instance,
-    }
     return Response(
-        msgspec.json.encode(body),
+        msgspec.json.encode(problem_body(exc, instance)),
         status_code=exc.status,
-        media_type="application/problem+json",
-        headers=headers,
+        media_type=PROBLEM_JSON,
+        headers=dict(error_headers(exc)),
     )
+
+
+async def _open_security(app: Litestar, settings: Settings, client, keys: Keys, pool) -> None:
+    """Keys, limits and audit on ``app.state``; ``gate`` stays None with auth turned off."""
+    app.state.keystore = KeyStore(pool)
+    app.state.audit = AuditLog(pool, client, keys, settings.audit_failure_window_s)
+    if settings.auth_enabled:
+        cache = KeyCache(app.state.keystore, client, keys, ttl_s=settings.key_cache_s)
+        await cache.start()
+        app.state.key_cache = cache
+        app.state.gate = Gate(
+            cache, Limiter(client, keys, settings.key_slot_ttl_s), app.state.audit
+        )
+    else:
+        log.warning("API keys are not required: INFERBOX_AUTH_ENABLED is false")
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -94,17 +104,27 @@ def create_app(settings: Settings) -> Litestar:
         await asyncio.to_thread(objects.ensure_bucket)
         async with registry_service(settings, client, objects) as registry:
             app.state.registry = registry
+            await _open_security(app, settings, client, keys, registry.store.pool)
             # Redis may have lost the catalog (restart without data): rebuild it.
             if not await client.exists(keys.catalog):
                 await registry.publish_all()
             try:
                 yield
             finally:
+                if app.state.key_cache is not None:
+                    await app.state.key_cache.close()
                 await lane.close()
                 await client.aclose()
 
     return Litestar(
-        route_handlers=[V2Controller, RepositoryController, ModelsController],
+        route_handlers=[
+            V2Controller,
+            RepositoryController,
+            ModelsController,
+            KeysController,
+            AuditController,
+        ],
+        state=State({"gate": None, "key_cache": None}),
         lifespan=[lifespan],
         logging_config=None,
         exception_handlers={

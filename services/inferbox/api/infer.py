@@ -6,6 +6,10 @@ kwargs and response objects, and reads the body, validates, queues, waits and wr
 answer itself. Everything else goes to Litestar unchanged. Errors are ``InferboxError``s
 rendered in the same ``{"error": ...}`` shape as the V2 routes.
 
+Every request but the open ones (health, server metadata, metrics, docs) passes the API key
+``Gate`` first, here for Litestar's routes too: on the hot path that is a dictionary lookup of
+the key (cached for a second) and, for keys with limits, one Redis script call.
+
 Observability on the hot path costs one counter increment, one histogram observation and an
 integer in-flight count per request. Log lines (with ``request_id`` bound in structlog's
 context) are written only for failures and requests slower than ``slow_request_ms``.
@@ -25,12 +29,21 @@ from litestar import Litestar
 from litestar.types import Receive, Scope, Send
 
 from inferbox.api.validation import check_request
-from inferbox.errors import BadRequest, InferboxError, PayloadTooLarge
+from inferbox.errors import (
+    PROBLEM_JSON,
+    BadRequest,
+    InferboxError,
+    PayloadTooLarge,
+    error_headers,
+    problem_body,
+)
 from inferbox.lanes.client import ClientGone
 from inferbox.lanes.wire import CallHeader
 from inferbox.observability import api_metrics
 from inferbox.observability.exposition import render
 from inferbox.protocol.codec import OutputTensor, decode_infer_request, encode_infer_response
+from inferbox.security.auth import Need, requirement
+from inferbox.security.keystore import KeyRecord
 
 # Triton's priority: 0 means "the default", 1 is the highest; larger numbers are lower.
 HIGH_PRIORITY_MAX = 1
@@ -40,6 +53,7 @@ log = structlog.get_logger(__name__)
 INFER_PATH = re.compile(r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer")
 _JSON = b"application/json"
 _BINARY = b"application/octet-stream"
+_PROBLEM = PROBLEM_JSON.encode()
 
 
 async def _read_body(receive: Receive, limit: int, declared: bytes | None) -> bytes:
@@ -89,9 +103,20 @@ class InferenceFastPath:
         await self.app(scope, receive, send)
 
     async def _other(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Litestar's routes, counted by path template (not on the inference hot path)."""
+        """Litestar's routes, behind the same key check, counted by path template."""
         started = time.perf_counter()
         status = 500
+        gate = self.app.state.gate
+        need = requirement(scope["method"], scope["path"]) if gate is not None else None
+        key = slot = None
+        if need is not None:
+            headers = dict(scope["headers"])
+            try:
+                key, slot = await gate.admit(headers.get(b"authorization"), need)
+            except InferboxError as exc:
+                await self._refuse(scope, send, gate, exc, headers, started)
+                return
+            scope["inferbox.api_key"] = key
 
         async def send_and_note(message) -> None:
             nonlocal status
@@ -100,10 +125,38 @@ class InferenceFastPath:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_and_note)
+            if key is None:
+                await self.app(scope, receive, send_and_note)
+            else:
+                with structlog.contextvars.bound_contextvars(api_key_id=key.id):
+                    await self.app(scope, receive, send_and_note)
         finally:
+            if slot is not None:
+                await gate.release(key, slot)
             route = scope.get("path_template") or "unmatched"
             api_metrics.record_route(route, status, time.perf_counter() - started)
+
+    @staticmethod
+    async def _refuse(scope, send, gate, exc: InferboxError, headers, started: float) -> None:
+        """Answer a refused key (or limit) on a Litestar route, in that route's error shape."""
+        raw_id = headers.get(b"x-request-id")
+        request_id = raw_id.decode("latin-1") if raw_id else uuid.uuid4().hex
+        reason = api_metrics.rejection_reason(exc)
+        if reason is not None:
+            api_metrics.REJECTIONS.labels(reason).inc()
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            log.info(
+                "request refused",
+                status=exc.status,
+                reason=reason,
+                error=exc.message,
+                path=scope["path"][:200],
+                api_key_id=getattr(exc, "key_id", None),
+            )
+        await gate.audit_refusal(exc, scope, headers, request_id)
+        path = scope["path"]
+        await send_error(send, exc, request_id, path if path.startswith("/v1") else None)
+        api_metrics.record_route("unauthorized", exc.status, time.perf_counter() - started)
 
     async def _serve(self, scope, receive, send, name: str, version: str | None) -> None:
         started = time.perf_counter()
@@ -112,24 +165,32 @@ class InferenceFastPath:
         request_id = headers.get(b"x-request-id")
         request_id = request_id.decode("latin-1") if request_id else uuid.uuid4().hex
         state = self.app.state
-        spec = None
+        gate = state.gate
+        spec = key = slot = None
         status = 500
         try:
             if scope["method"] != "POST":
                 error = InferboxError("use POST for inference")
                 error.status = 405
                 raise error
+            if gate is not None:
+                key, slot = await gate.admit(headers.get(b"authorization"), Need("infer", name))
             spec = await state.directory.resolve(name, version)
-            status = await infer(state, spec, headers, request_id, receive, send)
+            status = await infer(state, spec, headers, request_id, receive, send, key)
         except InferboxError as exc:
             status = exc.status
-            self._log_failure(exc, spec, name, request_id, time.perf_counter() - started)
+            key_id = key.id if key is not None else getattr(exc, "key_id", None)
+            self._log_failure(exc, spec, name, request_id, time.perf_counter() - started, key_id)
+            if gate is not None and status in (401, 403):
+                await gate.audit_refusal(exc, scope, headers, request_id)
             await send_error(send, exc, request_id)
         except Exception:
             with structlog.contextvars.bound_contextvars(request_id=request_id):
                 log.exception("unhandled error", path=scope["path"])
             await send_error(send, InferboxError("internal error"), request_id)
         finally:
+            if slot is not None:
+                await gate.release(key, slot)
             self.in_flight -= 1
             elapsed = time.perf_counter() - started
             if spec is None:
@@ -144,10 +205,13 @@ class InferenceFastPath:
                     version=spec.version,
                     status=status,
                     duration_ms=round(elapsed * 1000, 3),
+                    api_key_id=key.id if key is not None else None,
                 )
 
     @staticmethod
-    def _log_failure(exc, spec, name: str, request_id: str, elapsed: float) -> None:
+    def _log_failure(
+        exc, spec, name: str, request_id: str, elapsed: float, key_id: str | None
+    ) -> None:
         """Count a rejection and log the failed request (with its id bound in the context)."""
         reason = api_metrics.rejection_reason(exc)
         if reason is not None:
@@ -162,6 +226,7 @@ class InferenceFastPath:
                 reason=reason,
                 error=exc.message,
                 duration_ms=round(elapsed * 1000, 3),
+                api_key_id=key_id,
                 **fields,
             )
 
@@ -176,23 +241,35 @@ async def _send_metrics(send: Send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def send_error(send: Send, exc: InferboxError, request_id: str | None = None) -> None:
-    """Answer ``{"error": ...}`` with the error's status (and ``Retry-After`` where set)."""
-    body = msgspec.json.encode({"error": exc.message})
-    headers = [(b"content-type", _JSON), (b"content-length", str(len(body)).encode())]
+async def send_error(
+    send: Send, exc: InferboxError, request_id: str | None = None, problem_path: str | None = None
+) -> None:
+    """Answer ``{"error": ...}`` with the error's status (and ``Retry-After`` where set), or
+    RFC 9457 problem details for ``problem_path`` (a ``/v1`` path) when given."""
+    if problem_path is None:
+        body, content_type = msgspec.json.encode({"error": exc.message}), _JSON
+    else:
+        body, content_type = msgspec.json.encode(problem_body(exc, problem_path)), _PROBLEM
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
     if request_id is not None:
         headers.append((b"x-request-id", request_id.encode("latin-1")))
-    if exc.retry_after is not None:
-        headers.append((b"retry-after", str(max(1, round(exc.retry_after))).encode()))
+    headers += [(k.lower().encode(), v.encode("latin-1")) for k, v in error_headers(exc)]
     await send({"type": "http.response.start", "status": exc.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
 async def infer(
-    state, spec, headers: dict[bytes, bytes], request_id: str, receive: Receive, send: Send
+    state,
+    spec,
+    headers: dict[bytes, bytes],
+    request_id: str,
+    receive: Receive,
+    send: Send,
+    key: KeyRecord | None = None,
 ) -> int:
     """Run a model on JSON or binary tensors; answer JSON or binary outputs.
 
+    A request without its own ``priority`` (or with 0, Triton's "default") takes its key's.
     Returns the status answered: 200, or 499 when the client left before its answer.
     """
     await state.directory.admit(spec)
@@ -214,7 +291,8 @@ async def infer(
         timeout_s = decoded.timeout_us / 1e6
     else:
         timeout_s = (spec.config.timeout_ms or state.settings.default_timeout_ms) / 1000
-    lane = "hi" if (decoded.priority or 0) <= HIGH_PRIORITY_MAX else "lo"
+    priority = decoded.priority or (key.priority if key is not None else 0)
+    lane = "hi" if priority <= HIGH_PRIORITY_MAX else "lo"
     call = CallHeader(
         channel="",
         token="",

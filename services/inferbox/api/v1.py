@@ -10,6 +10,7 @@ from litestar import Controller, Request, Response, delete, get, patch, post, pu
 from litestar.datastructures import State
 from litestar.params import Parameter
 
+from inferbox.api.auditing import actor, audited
 from inferbox.api.uploads import upload_chunks
 from inferbox.errors import BadRequest
 from inferbox.models.catalog import decode_status
@@ -128,9 +129,15 @@ class ModelsController(Controller):
                 raise BadRequest(f"config is not JSON: {exc}") from None
             if not isinstance(overrides, dict):
                 raise BadRequest("config must be a JSON object")
-        version = await state.registry.push(
-            name, upload_chunks(request), alias=alias, config=overrides
-        )
+        async with audited(request, "model.upload", name, alias=alias) as details:
+            version = await state.registry.push(
+                name,
+                upload_chunks(request),
+                alias=alias,
+                config=overrides,
+                created_by=actor(request),
+            )
+            details.update(version=version.version, sha256=version.sha256, size=version.size)
         response = _json(_version_view(version, {}, None), 201)
         response.headers["Location"] = f"/v1/models/{name}/versions/{version.version}"
         return response
@@ -163,32 +170,41 @@ class ModelsController(Controller):
 
     @patch("/{name:str}/versions/{version:int}/config")
     async def update_config(
-        self, state: State, name: str, version: int, data: dict[str, object]
+        self, request: Request, state: State, name: str, version: int, data: dict[str, object]
     ) -> Response:
         """Change serving config fields; workers reload the version with them."""
-        updated = await state.registry.update_config(name, version, data)
+        async with audited(request, "model.config", f"{name}/{version}", fields=sorted(data)):
+            updated = await state.registry.update_config(name, version, data)
         return _json(_version_view(updated, await _workers(state, name), updated.capacity))
 
     @delete("/{name:str}/versions/{version:int}", status_code=204)
     async def delete_version(
-        self, state: State, name: str, version: int, force: bool = False
+        self, request: Request, state: State, name: str, version: int, force: bool = False
     ) -> None:
         """Delete a version; refused (409) while an alias or the split uses it, unless forced."""
-        await state.registry.delete_version(name, version, force=force)
+        async with audited(request, "model.delete", f"{name}/{version}", force=force):
+            await state.registry.delete_version(name, version, force=force)
 
     @put("/{name:str}/aliases/{alias:str}")
-    async def set_alias(self, state: State, name: str, alias: str, data: AliasTarget) -> Response:
+    async def set_alias(
+        self, request: Request, state: State, name: str, alias: str, data: AliasTarget
+    ) -> Response:
         """Create or move an alias to a ready version."""
-        result = await state.registry.set_alias(name, alias, data.version)
+        async with audited(request, "alias.set", f"{name}:{alias}", version=data.version):
+            result = await state.registry.set_alias(name, alias, data.version)
         return _json({"name": name, "alias": result.name, "version": result.version})
 
     @delete("/{name:str}/aliases/{alias:str}", status_code=204)
-    async def delete_alias(self, state: State, name: str, alias: str) -> None:
+    async def delete_alias(self, request: Request, state: State, name: str, alias: str) -> None:
         """Remove an alias."""
-        await state.registry.delete_alias(name, alias)
+        async with audited(request, "alias.delete", f"{name}:{alias}"):
+            await state.registry.delete_alias(name, alias)
 
     @put("/{name:str}/traffic")
-    async def set_traffic(self, state: State, name: str, data: TrafficSplit) -> Response:
+    async def set_traffic(
+        self, request: Request, state: State, name: str, data: TrafficSplit
+    ) -> Response:
         """Share unversioned calls between versions by weight (a canary); ``{}`` clears it."""
-        shares = await state.registry.set_traffic(name, data.weights)
+        async with audited(request, "model.traffic", name, weights=data.weights):
+            shares = await state.registry.set_traffic(name, data.weights)
         return _json({"name": name, "weights": {s.version: s.weight for s in shares}})

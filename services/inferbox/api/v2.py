@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import msgspec
-from litestar import Controller, Response, get, post
+from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
 from redis.exceptions import RedisError
 
 import inferbox
+from inferbox.api.auditing import audited
 from inferbox.api.directory import ModelDirectory
-from inferbox.errors import InferboxError, NotFound, Unavailable
+from inferbox.errors import InferboxError, NotFound, Unavailable, error_headers
 from inferbox.models.spec import PLATFORM, ModelSpec
 from inferbox.protocol.datatypes import v2_to_triton_config_type
 
@@ -149,10 +150,7 @@ class V2Controller(Controller):
 
 def error_response(exc: InferboxError) -> Response:
     """``{"error": ...}`` with the error's status (and ``Retry-After`` where it has one)."""
-    headers = {}
-    if exc.retry_after is not None:
-        headers["Retry-After"] = str(max(1, round(exc.retry_after)))
-    return _json({"error": exc.message}, exc.status, headers)
+    return _json({"error": exc.message}, exc.status, dict(error_headers(exc)))
 
 
 class RepositoryController(Controller):
@@ -186,13 +184,15 @@ class RepositoryController(Controller):
         return _json(entries)
 
     @post("/models/{name:str}/load", status_code=200)
-    async def load(self, state: State, name: str) -> Response:
+    async def load(self, request: Request, state: State, name: str) -> Response:
         """Mark every version of the model loaded; workers load it within a second."""
-        await state.registry.set_loaded(name, True)
+        async with audited(request, "model.load", name):
+            await state.registry.set_loaded(name, True)
         return _json({})
 
     @post("/models/{name:str}/unload", status_code=200)
-    async def unload(self, state: State, name: str) -> Response:
+    async def unload(self, request: Request, state: State, name: str) -> Response:
         """Mark every version of the model unloaded; workers drop it within a second."""
-        await state.registry.set_loaded(name, False)
+        async with audited(request, "model.unload", name):
+            await state.registry.set_loaded(name, False)
         return _json({})

@@ -200,6 +200,11 @@ class RegistryStore:
     def __init__(self, pool: AsyncConnectionPool) -> None:
         self._pool = pool
 
+    @property
+    def pool(self) -> AsyncConnectionPool:
+        """The connection pool (shared with the API keys and audit log tables)."""
+        return self._pool
+
     async def create_version(
         self,
         model: str,

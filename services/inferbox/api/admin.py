@@ -1,0 +1,113 @@
+"""Admin routes of the control plane: API keys (``/v1/keys``) and the audit log (``/v1/audit``).
+
+Both need the ``admin`` scope (checked by the gate in front of Litestar). A new key's secret is
+in the answer to ``POST /v1/keys`` and nowhere else, ever.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import msgspec
+from litestar import Controller, Request, Response, delete, get, post
+from litestar.datastructures import State
+from litestar.params import Parameter
+
+from inferbox.api.auditing import actor, audited
+from inferbox.errors import BadRequest
+from inferbox.security.keystore import now_utc
+
+_encode = msgspec.json.Encoder().encode
+
+
+def _json(payload: object, status: int = 200) -> Response:
+    return Response(_encode(payload), status_code=status, media_type="application/json")
+
+
+class NewKey(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Body of ``POST /v1/keys``."""
+
+    name: str
+    scopes: list[str]
+    allowed_models: list[str] | None = None
+    """Models the key may use (None: all)."""
+    priority: int = 0
+    """Default priority of its calls: 0/1 high lane, >= 2 low lane (a request may override)."""
+    rate_per_s: float | None = None
+    burst: int | None = None
+    max_concurrency: int | None = None
+    expires_in_s: float | None = None
+    """Seconds until the key expires (None: never)."""
+
+
+class KeysController(Controller):
+    """Create, list and revoke API keys."""
+
+    path = "/v1/keys"
+    tags = ["admin"]
+
+    @post("", status_code=201)
+    async def create_key(self, request: Request, state: State, data: NewKey) -> Response:
+        """Create a key; the answer's ``key`` is the only time its secret is shown."""
+        if data.expires_in_s is not None and data.expires_in_s <= 0:
+            raise BadRequest("expires_in_s must be > 0")
+        expires_at = now_utc() + timedelta(seconds=data.expires_in_s) if data.expires_in_s else None
+        async with audited(request, "key.create", data.name, scopes=data.scopes) as details:
+            record, full = await state.keystore.create(
+                name=data.name,
+                scopes=data.scopes,
+                allowed_models=data.allowed_models,
+                priority=data.priority,
+                rate_per_s=data.rate_per_s,
+                burst=data.burst,
+                max_concurrency=data.max_concurrency,
+                expires_at=expires_at,
+                created_by=actor(request),
+            )
+            details["key_id"] = record.id
+        if state.key_cache is not None:
+            await state.key_cache.created(record)
+        return _json({"key": full, **record.public()}, 201)
+
+    @get("")
+    async def list_keys(self, state: State) -> Response:
+        """Every key (without secrets), revoked and expired ones included."""
+        return _json({"keys": [k.public() for k in await state.keystore.list()]})
+
+    @delete("/{key_id:str}", status_code=200)
+    async def revoke_key(self, request: Request, state: State, key_id: str) -> Response:
+        """Revoke a key; every API process refuses it within a second."""
+        async with audited(request, "key.revoke", key_id):
+            record = await state.keystore.revoke(key_id)
+        if state.key_cache is not None:
+            await state.key_cache.revoked(record)
+        return _json(record.public())
+
+
+_SINCE = Parameter(default=None, description="ISO 8601 time")
+_BEFORE = Parameter(default=None, description="cursor: the `next` of the previous page")
+_LIMIT = Parameter(default=100, ge=1, le=1000)
+
+
+class AuditController(Controller):
+    """The audit log, newest first."""
+
+    path = "/v1/audit"
+    tags = ["admin"]
+
+    @get("")
+    async def list_audit(
+        self,
+        state: State,
+        actor: str | None = None,
+        action: str | None = None,
+        since: datetime | None = _SINCE,
+        before: int | None = _BEFORE,
+        limit: int = _LIMIT,
+    ) -> Response:
+        """Rows filtered by actor, action and time; page with ``before=<next>``."""
+        entries = await state.audit.query(
+            actor=actor, action=action, since=since, before=before, limit=limit
+        )
+        following = entries[-1].id if len(entries) == limit else None
+        return _json({"entries": [msgspec.to_builtins(e) for e in entries], "next": following})

@@ -1,0 +1,155 @@
+"""The audit log: append-only rows in PostgreSQL (``audit_log``), each also an ``audit`` log event.
+
+Rows record who (a key id, ``anonymous`` or ``system``), what (``action``, ``target``), when,
+from where (``remote_addr``, ``request_id``) and how it ended (``outcome``: ``ok``, ``failed``,
+``denied``). Secrets never go in: callers pass key ids, not keys.
+
+Auth failures could come in floods, so they are written at most once per remote address per
+``failure_window_s`` (a Redis counter shared by the API processes); the row says how long the
+window is, and the metric ``inferbox_rejections_total{reason="auth"}`` counts every one.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+import msgspec
+import redis.asyncio as aioredis
+import structlog
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from inferbox.keys import Keys
+
+log = structlog.get_logger("inferbox.audit")
+
+ANONYMOUS = "anonymous"
+SYSTEM = "system"
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, default=str)
+
+
+class AuditEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One row of the audit log."""
+
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    target: str | None = None
+    outcome: str
+    remote_addr: str | None = None
+    request_id: str | None = None
+    details: dict[str, Any] = {}
+
+
+class AuditLog:
+    """Writes and reads the audit log."""
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool,
+        redis: aioredis.Redis | None = None,
+        keys: Keys | None = None,
+        failure_window_s: int = 10,
+    ) -> None:
+        self._pool = pool
+        self.redis = redis
+        self.keys = keys
+        self.failure_window_s = failure_window_s
+
+    async def record(
+        self,
+        *,
+        actor: str,
+        action: str,
+        target: str | None = None,
+        outcome: str = "ok",
+        remote_addr: str | None = None,
+        request_id: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        """Append one row and emit the matching ``audit`` log event."""
+        details = details or {}
+        fields = {
+            "actor": actor,
+            "action": action,
+            "target": target,
+            "outcome": outcome,
+            "remote_addr": remote_addr,
+            "request_id": request_id,
+        }
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO audit_log (actor, action, target, outcome, remote_addr,"
+                " request_id, details) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                (*fields.values(), Jsonb(details, dumps=_dumps)),
+            )
+        key_id = actor if actor not in (ANONYMOUS, SYSTEM) else None
+        # ``details`` goes to the log as one JSON string (a text field in Elasticsearch).
+        log.info("audit", api_key_id=key_id, details=json.dumps(details, default=str), **fields)
+
+    async def auth_failure(
+        self,
+        *,
+        remote_addr: str | None,
+        reason: str,
+        key_id: str | None,
+        path: str,
+        request_id: str | None,
+        status: int,
+    ) -> bool:
+        """Record a refused key or request, once per address and window; True if written."""
+        if self.redis is not None and self.keys is not None:
+            name = self.keys.auth_failures(remote_addr or "unknown")
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.incr(name)
+                pipe.expire(name, self.failure_window_s, nx=True)
+                count, _ = await pipe.execute()
+            if count > 1:
+                return False
+        await self.record(
+            actor=key_id or ANONYMOUS,
+            action="auth.failure",
+            target=path[:200],
+            outcome="denied",
+            remote_addr=remote_addr,
+            request_id=request_id,
+            details={"reason": reason, "status": status, "window_s": self.failure_window_s},
+        )
+        return True
+
+    async def query(
+        self,
+        *,
+        actor: str | None = None,
+        action: str | None = None,
+        since: datetime | None = None,
+        before: int | None = None,
+        limit: int = 100,
+    ) -> list[AuditEntry]:
+        """Newest first; ``before`` (an id) pages back from the previous page's last row."""
+        clauses, params = [], []
+        for clause, value in (
+            ("actor = %s", actor),
+            ("action = %s", action),
+            ("at >= %s", since),
+            ("id < %s", before),
+        ):
+            if value is not None:
+                clauses.append(clause)
+                params.append(value)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                "SELECT id, at, actor, action, target, outcome, remote_addr, request_id, details"
+                f" FROM audit_log {where} ORDER BY id DESC LIMIT %s",
+                (*params, limit),
+            )
+            rows = await cur.fetchall()
+        return [msgspec.convert(row, AuditEntry) for row in rows]

@@ -1,0 +1,110 @@
+"""API keys end to end: bootstrap, CLI, tritonclient with ``headers=``, revocation within a
+second on both API processes, expiry, and the per-key default priority."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as triton
+from tritonclient.utils import InferenceServerException
+
+from tests.conftest import run_cli
+from tests.security.conftest import bearer
+
+pytestmark = pytest.mark.integration
+
+BODY = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 64], "data": [0.5] * 64}]}
+
+
+def _infer(appliance, key: str, body: dict = BODY) -> httpx.Response:
+    # A new connection per call, so calls spread over both gunicorn worker processes.
+    return httpx.post(f"{appliance.url}/v2/models/mlp/infer", json=body, headers=bearer(key))
+
+
+def test_bootstrap_is_idempotent_and_private(appliance, tmp_path):
+    path = tmp_path / "admin.key"
+    first = run_cli(["keys", "bootstrap", "--file", str(path)], appliance.env)
+    assert "created admin key" in first
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    key = path.read_text().strip()
+    again = run_cli(["keys", "bootstrap", "--file", str(path)], appliance.env)
+    assert "already" in again and path.read_text().strip() == key
+    assert key.partition(".")[2] not in first + again  # the secret is never printed
+    assert httpx.get(f"{appliance.url}/v1/keys", headers=bearer(key)).status_code == 200
+
+
+def test_cli_create_ls_revoke(appliance):
+    env = {**appliance.env, "INFERBOX_URL": appliance.url}
+    out = run_cli(
+        ["keys", "create", "--name", "ci", "--scope", "infer", "--model", "mlp", "--rate", "50"],
+        env,
+    )
+    key = out.strip().splitlines()[-1]
+    key_id = key.partition(".")[0]
+    assert _infer(appliance, key).status_code == 200
+    listing = run_cli(["keys", "ls"], env)
+    assert key_id in listing and "rate=50" in listing
+    assert key.partition(".")[2] not in listing
+    run_cli(["keys", "revoke", key_id], env)
+    time.sleep(1.0)
+    assert _infer(appliance, key).status_code == 401
+
+
+def test_tritonclient_sends_the_key_in_headers(appliance, make_key):
+    key, _ = make_key("infer")
+    x = np.full((2, 64), 0.25, np.float32)
+    with triton.InferenceServerClient(appliance.url.removeprefix("http://")) as client:
+        for binary in (False, True):
+            tensor = triton.InferInput("x", list(x.shape), "FP32")
+            tensor.set_data_from_numpy(x, binary_data=binary)
+            out = triton.InferRequestedOutput("y", binary_data=binary)
+            result = client.infer("mlp", [tensor], outputs=[out], headers=bearer(key))
+            assert result.as_numpy("y").shape == (2, 10)
+        assert client.is_model_ready("mlp", headers=bearer(key))
+        with pytest.raises(InferenceServerException, match="API key"):
+            client.infer("mlp", [tensor])
+        assert client.is_server_live()  # health needs no key
+
+
+def test_a_revoked_key_stops_within_a_second_on_every_process(appliance, admin, make_key):
+    key, key_id = make_key("infer")
+    # Warm both API processes' caches with the valid key.
+    assert all(_infer(appliance, key).status_code == 200 for _ in range(10))
+    admin.revoke_key(key_id)
+    revoked_at = time.monotonic()
+    time.sleep(max(0.0, 1.0 - (time.monotonic() - revoked_at)))
+    statuses = [_infer(appliance, key).status_code for _ in range(10)]
+    assert statuses == [401] * 10
+    assert "revoked" in _infer(appliance, key).json()["error"]
+
+
+def test_an_expired_key_is_refused(appliance, make_key):
+    key, _ = make_key("infer", expires_in_s=1.5)
+    assert _infer(appliance, key).status_code == 200
+    time.sleep(1.7)
+    response = _infer(appliance, key)
+    assert response.status_code == 401
+    assert "expired" in response.json()["error"]
+
+
+def test_a_key_with_priority_two_uses_the_low_lane(appliance, make_key):
+    key, _ = make_key("infer", priority=2)
+    low = appliance.keys.stream("mlp", 1, "lo")
+
+    def added() -> int:
+        return (
+            appliance.redis.xinfo_stream(low)["entries-added"] if appliance.redis.exists(low) else 0
+        )
+
+    before = added()
+    assert _infer(appliance, key).status_code == 200
+    assert added() == before + 1
+    # The request's own priority wins over the key's.
+    urgent = {**BODY, "parameters": {"priority": 1}}
+    assert _infer(appliance, key, urgent).status_code == 200
+    assert added() == before + 1

@@ -1,0 +1,91 @@
+"""Per-key rate and concurrency limits: 429 with ``Retry-After``, then recovery."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import wait_for
+from tests.security.conftest import bearer
+
+pytestmark = pytest.mark.integration
+
+BODY = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 64], "data": [0.5] * 64}]}
+
+
+def _rejections(appliance, reason: str) -> float:
+    text = httpx.get(f"{appliance.url}/metrics").text
+    for line in text.splitlines():
+        if line.startswith(f'inferbox_rejections_total{{reason="{reason}"}}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_rate_limit_gives_429_with_retry_after_and_recovers(appliance, make_key):
+    key, _ = make_key("infer", rate_per_s=1, burst=2)
+    before = _rejections(appliance, "rate_limit")
+    with httpx.Client(base_url=appliance.url, headers=bearer(key), timeout=30) as http:
+        statuses = [http.post("/v2/models/mlp/infer", json=BODY).status_code for _ in range(2)]
+        assert statuses == [200, 200]
+        refused = http.post("/v2/models/mlp/infer", json=BODY)
+        assert refused.status_code == 429
+        assert "rate limit" in refused.json()["error"]
+        wait = int(refused.headers["retry-after"])
+        assert 1 <= wait <= 2
+        # The control plane answers the same key's 429 as problem details.
+        problem = http.get("/v1/models")
+        assert problem.status_code == 429
+        assert problem.headers["content-type"] == "application/problem+json"
+        time.sleep(wait)
+        assert http.post("/v2/models/mlp/infer", json=BODY).status_code == 200
+    assert _rejections(appliance, "rate_limit") >= before + 2
+
+
+def _slow_call(appliance, key: str, statuses: list[int]) -> None:
+    data = np.zeros((512, 1024), np.float32).tobytes()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "datatype": "FP32",
+                    "shape": [512, 1024],
+                    "parameters": {"binary_data_size": len(data)},
+                }
+            ]
+        }
+    ).encode()
+    response = httpx.post(
+        f"{appliance.url}/v2/models/slow/infer",
+        content=header + data,
+        headers={**bearer(key), "Inference-Header-Content-Length": str(len(header))},
+        timeout=60,
+    )
+    statuses.append(response.status_code)
+
+
+def test_concurrency_limit_gives_429_while_calls_run_and_recovers(appliance, make_key):
+    key, key_id = make_key("infer", max_concurrency=2)
+    slots = appliance.keys.concurrency(key_id)
+    statuses: list[int] = []
+    threads = [
+        threading.Thread(target=_slow_call, args=(appliance, key, statuses)) for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: appliance.redis.zcard(slots) == 2, 10, "two calls in flight", 0.01)
+    refused = httpx.post(f"{appliance.url}/v2/models/mlp/infer", json=BODY, headers=bearer(key))
+    assert refused.status_code == 429
+    assert refused.headers["retry-after"] == "1"
+    assert "in flight" in refused.json()["error"]
+    for thread in threads:
+        thread.join()
+    assert statuses == [200, 200]
+    assert appliance.redis.zcard(slots) == 0  # slots are given back
+    ok = httpx.post(f"{appliance.url}/v2/models/mlp/infer", json=BODY, headers=bearer(key))
+    assert ok.status_code == 200
