@@ -337,9 +337,10 @@ def wait_until(what: str, check: Callable[[], bool], procs: list[subprocess.Pope
     raise BenchError(f"{what}: not ready after {timeout:.0f} s")
 
 
-def http_status(url: str) -> int:
+def http_status(url: str, auth: str = "") -> int:
+    request = urllib.request.Request(url, headers={"Authorization": auth} if auth else {})
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
+        with urllib.request.urlopen(request, timeout=5) as response:
             return response.status
     except urllib.error.HTTPError as exc:
         return exc.code
@@ -516,7 +517,10 @@ class InferboxServer(Server):
         for model in MODELS:
             url = f"http://127.0.0.1:{self.port}/v2/models/{model.name}/ready"
             wait_until(
-                f"inferbox {model.name}", lambda u=url: http_status(u) == 200, self.procs, 120
+                f"inferbox {model.name}",
+                lambda u=url: http_status(u, self.auth) == 200,
+                self.procs,
+                120,
             )
 
     def stop(self) -> None:
