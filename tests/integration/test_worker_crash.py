@@ -16,7 +16,7 @@ from inferbox.lanes.wire import CallHeader, TensorMeta, decode_reply, encode_cal
 from inferbox.models.catalog import put_specs
 from inferbox.models.repository import scan_repository
 from inferbox.testing import onnx_models
-from tests.conftest import INFERBOX, REDIS_URL, delete_prefix, wait_for
+from tests.conftest import INFERBOX, REDIS_URL, delete_prefix, stop_process, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -80,11 +80,6 @@ def test_calls_of_a_killed_worker_are_answered_by_another(redis_client, tmp_path
     finally:
         pubsub.close()
         for proc in (first, second):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            if proc is not None:
+                stop_process(proc)
         delete_prefix(redis_client, prefix)

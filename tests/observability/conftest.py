@@ -10,7 +10,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import free_port, wait_for
+from tests.conftest import free_port, stop_process, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = ROOT / "prometheus"
@@ -78,8 +78,4 @@ def prometheus(appliance, tmp_path_factory) -> str:
         wait_for(both_scraped, 30, "prometheus to scrape the API and the worker", interval=0.2)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, 10)

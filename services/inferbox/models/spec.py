@@ -139,6 +139,7 @@ def spec_from_onnx(
     import onnx
 
     sha256, size = file_sha256(path)
+    base = ModelSpec(name=name, version=version, path=str(path), sha256=sha256, size=size)
     try:
         # Weights are not needed to describe the graph's interface.
         model = onnx.load(str(path), load_external_data=False)
@@ -148,28 +149,9 @@ def spec_from_onnx(
         if not inputs or not outputs:
             raise ValueError("the graph declares no inputs or no outputs")
     except Exception as exc:  # onnx raises many types for a hostile or truncated file
-        return ModelSpec(
-            name=name,
-            version=version,
-            path=str(path),
-            sha256=sha256,
-            size=size,
-            error=f"not a valid ONNX model: {exc}",
-        )
-    return ModelSpec(
-        name=name,
-        version=version,
-        path=str(path),
-        sha256=sha256,
-        size=size,
-        inputs=inputs,
-        outputs=outputs,
-        config=config
-        or default_config(
-            inputs, outputs, max_batch_size=max_batch_size, max_queue_size=max_queue_size
-        ),
+        return msgspec.structs.replace(base, error=f"not a valid ONNX model: {exc}")
+    config = config or default_config(
+        inputs, outputs, max_batch_size=max_batch_size, max_queue_size=max_queue_size
     )
+    return msgspec.structs.replace(base, inputs=inputs, outputs=outputs, config=config)
 
-
-encode_spec = msgspec.json.Encoder().encode
-decode_spec = msgspec.json.Decoder(ModelSpec).decode
