@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -43,7 +44,10 @@ class InferboxClient:
     ):
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = httpx.Client(
-            base_url=url.rstrip("/"), headers=headers, verify=ca_cert or True, timeout=timeout
+            base_url=url.rstrip("/"),
+            headers=headers,
+            verify=ssl.create_default_context(cafile=ca_cert) if ca_cert else True,
+            timeout=timeout,
         )
 
     def close(self) -> None:

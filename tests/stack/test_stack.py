@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 STACK = ROOT / "scripts" / "stack"
 REDIS_URL = os.environ.get("INFERBOX_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
-PARTS = ("s3", "worker", "api", "nginx")
+PARTS = ("s3", "worker", "api", "nginx", "prometheus")
 
 
 def free_port() -> int:
@@ -121,6 +121,7 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         INFERBOX_API_BIND=f"127.0.0.1:{api_port}",
         INFERBOX_WORKER_METRICS_PORT=str(metrics_port),
         INFERBOX_S3_ENDPOINT=f"127.0.0.1:{s3_port}",
+        INFERBOX_PROMETHEUS_PORT=str(free_port()),
         INFERBOX_DATABASE_URL=f"postgresql://postgres@127.0.0.1:5432/{database}",
         INFERBOX_HTTPS_PORT=str(https_port),
         INFERBOX_HTTP_PORT=str(http_port),
@@ -211,6 +212,103 @@ def test_up_again_is_idempotent(stack: Stack) -> None:
     assert stack.pids() == before
     assert "already running" in again.stdout
     assert again.stdout.endswith((stack.dir / "env").read_text())
+
+
+# --- end to end, as a new user would: through nginx over HTTPS, with the CLI and tritonclient --
+
+
+def _user_env(stack: Stack) -> dict[str, str]:
+    """The environment a user gets from `. .stack/env` (HTTPS address, key, CA)."""
+    text = (stack.dir / "env").read_text()
+    return {**stack.env, **dict(line.split("=", 1) for line in text.splitlines() if "=" in line)}
+
+
+def _cli(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "inferbox"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+@pytest.mark.e2e
+def test_end_to_end_push_call_observe_and_rotate_a_key(stack: Stack, tmp_path) -> None:
+    import numpy as np
+    import tritonclient.http as triton
+    from tritonclient.utils import InferenceServerException
+
+    from inferbox.testing import onnx_models
+
+    env = _user_env(stack)
+    assert env["INFERBOX_URL"].startswith("https://")
+    model = onnx_models.mlp(tmp_path / "model.onnx", seed=61)
+    out = _cli(env, "models", "push", str(model), "--name", "e2e", "--alias", "production")
+    assert "e2e version 1" in out
+    headers = {"Authorization": f"Bearer {env['INFERBOX_API_KEY']}"}
+    host = env["INFERBOX_URL"].removeprefix("https://")
+    x = np.linspace(-1, 1, 64, dtype=np.float32).reshape(1, 64)
+    import onnxruntime as ort
+
+    expected = ort.InferenceSession(str(model)).run(None, {"x": x})[0]
+    with triton.InferenceServerClient(
+        host, ssl=True, ssl_options={"ca_certs": env["INFERBOX_CA_CERT"]}
+    ) as client:
+        wait_until(lambda: client.is_model_ready("e2e", headers=headers), 30, "e2e ready")
+        for binary in (False, True):
+            tensor = triton.InferInput("x", [1, 64], "FP32")
+            tensor.set_data_from_numpy(x, binary_data=binary)
+            result = client.infer("e2e", [tensor], headers=headers)
+            np.testing.assert_allclose(result.as_numpy("y"), expected, rtol=1e-5)
+
+        # A failing call with our own request id: its story is in nginx's and the API's logs.
+        request_id = f"e2e-{uuid.uuid4().hex}"
+        bad = triton.InferInput("x", [1, 63], "FP32")
+        bad.set_data_from_numpy(np.zeros((1, 63), np.float32))
+        with pytest.raises(InferenceServerException):
+            client.infer("e2e", [bad], headers={**headers, "X-Request-ID": request_id})
+    logs = stack.dir / "logs"
+    wait_until(
+        lambda: (
+            request_id in (logs / "nginx-access.log").read_text()
+            and request_id in (logs / "api.log").read_text()
+        ),
+        10,
+        "the request id in the nginx and api logs",
+    )
+
+    # The calls show in Prometheus (scraped from the API directly).
+    prometheus = env["INFERBOX_PROMETHEUS_URL"]
+
+    def counted() -> bool:
+        query = 'sum(inferbox_requests_total{model="e2e"})'
+        data = httpx.get(f"{prometheus}/api/v1/query", params={"query": query}).json()
+        result = data["data"]["result"]
+        return bool(result) and float(result[0]["value"][1]) >= 3
+
+    wait_until(counted, 30, "Prometheus to scrape the calls")
+
+    # Rotate a key: the new one works, the old one stops working within a second of its revocation.
+    def create(name: str) -> str:
+        return (
+            _cli(env, "keys", "create", "--name", name, "--scope", "infer").strip().splitlines()[-1]
+        )
+
+    def status(key: str) -> int:
+        url = f"{env['INFERBOX_URL']}/v2/models/e2e/ready"
+        auth = {"Authorization": f"Bearer {key}"}
+        context = ssl.create_default_context(cafile=env["INFERBOX_CA_CERT"])
+        return httpx.get(url, headers=auth, verify=context).status_code
+
+    old, new = create("client-2025"), create("client-2026")
+    assert status(old) == 200 and status(new) == 200
+    _cli(env, "keys", "revoke", old.split(".")[0])
+    time.sleep(1.2)
+    assert status(old) == 401
+    assert status(new) == 200
 
 
 def test_down_stops_exactly_its_processes(stack: Stack) -> None:

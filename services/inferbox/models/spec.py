@@ -154,4 +154,3 @@ def spec_from_onnx(
         inputs, outputs, max_batch_size=max_batch_size, max_queue_size=max_queue_size
     )
     return msgspec.structs.replace(base, inputs=inputs, outputs=outputs, config=config)
-
