@@ -46,24 +46,27 @@ class Residency:
     def plan(self, size: int, busy: Callable[[Hashable], bool] = lambda _: False) -> list[Hashable]:
         """Versions to evict, least recently used first, so ``size`` more bytes fit.
 
-        Raises ``NoRoom`` when even evicting every idle, unpinned version would not suffice.
+        A version larger than the whole budget evicts every other version and runs alone.
+        Raises ``NoRoom`` when pinned or busy versions hold the memory it needs.
         """
         if self.budget <= 0:
             return []
         need = self.used + size - self.budget
         victims: list[Hashable] = []
+        kept = 0
         for key in self.resident():
             if need <= 0:
                 break
             entry = self._entries[key]
             if entry.pinned or busy(key):
+                kept += entry.size
                 continue
             victims.append(key)
             need -= entry.size
-        if need > 0:
+        if need > 0 and kept:
             raise NoRoom(
                 f"{size} bytes do not fit a budget of {self.budget} bytes "
-                f"({self.used} in use by pinned or busy models)"
+                f"({kept} held by pinned or busy models)"
             )
         return victims
 

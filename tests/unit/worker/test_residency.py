@@ -42,3 +42,13 @@ def test_remove_frees_its_bytes():
     residency.remove("a")
     assert residency.used == 0 and "a" not in residency
     assert residency.plan(50) == []
+
+
+def test_a_version_larger_than_the_budget_runs_alone():
+    residency = Residency(50)
+    residency.add("a", 20)
+    residency.add("b", 20)
+    assert residency.plan(80) == ["a", "b"]
+    residency.pin("a")
+    with pytest.raises(NoRoom):
+        residency.plan(80)
