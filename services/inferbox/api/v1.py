@@ -109,7 +109,8 @@ class ModelsController(Controller):
             }
         )
 
-    @post("/{name:str}/versions", status_code=201)
+    # No body limit here: the upload is streamed to disk and spool() enforces max_model_bytes.
+    @post("/{name:str}/versions", status_code=201, request_max_body_size=None)
     async def push(
         self,
         request: Request,

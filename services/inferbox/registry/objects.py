@@ -24,7 +24,9 @@ from inferbox.registry.errors import ChecksumMismatch
 
 PREFIX = "models/sha256/"
 _MISSING = ("NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound")
-_PART_SIZE = 64 << 20
+# Multipart parts are held in memory while they upload (two at a time): this bounds what an
+# upload costs the API, whatever the model's size (a 2 GB model is 128 parts).
+_PART_SIZE = 16 << 20
 _CHUNK = 1 << 20
 
 
@@ -97,6 +99,7 @@ class ObjectStore:
             content_type="application/octet-stream",
             metadata={"sha256": sha256},
             part_size=_PART_SIZE,
+            num_parallel_uploads=2,
         )
         return key
 
