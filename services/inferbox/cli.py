@@ -12,6 +12,7 @@ from inferbox.cli_backup import register as register_backup
 from inferbox.cli_remote import register as register_remote
 from inferbox.config import Settings
 from inferbox.logs import configure_logging
+from inferbox.scaleout.cli import register as register_ray
 
 
 @click.group()
@@ -150,6 +151,7 @@ def keys_bootstrap(settings: Settings, path: Path) -> None:
 
 register_remote(main, models, keys_group)
 register_backup(main)
+register_ray(main)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,257 @@
+"""A local Ray cluster on 127.0.0.1 (CPU only), and workers started as the appliance starts them.
+
+One Ray cluster serves the whole folder (it takes seconds to start). Each test starts its own
+``inferbox ray-worker`` (and, to compare with, ``inferbox worker``) under a fresh Redis key
+prefix, and talks to them over the interactive lane exactly as the API does: a stream entry per
+call, replies on the caller's pub/sub channel.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import msgspec
+import numpy as np
+import pytest
+import ray
+import redis
+
+from inferbox.keys import Keys
+from inferbox.lanes.wire import (
+    CallHeader,
+    ReplyHeader,
+    TensorMeta,
+    decode_reply,
+    encode_call,
+    unbundle_replies,
+)
+from inferbox.models.catalog import put_specs
+from inferbox.models.spec import ModelConfig, ModelSpec, spec_from_onnx
+from inferbox.testing import onnx_models
+from inferbox.worker.batcher import to_raw
+from tests.conftest import REDIS_URL, _start, delete_prefix, free_port, stop_process, wait_for
+
+# Ray and its dependencies warn about their own deprecations on import; not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+NAMESPACE = "inferbox-tests"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> str:
+    """A Ray cluster of this machine alone, on 127.0.0.1, with 4 logical CPUs; its GCS address."""
+    ray.init(
+        address="local",
+        num_cpus=4,
+        num_gpus=0,
+        include_dashboard=False,
+        namespace=NAMESPACE,
+        log_to_driver=False,
+        configure_logging=False,
+        _node_ip_address="127.0.0.1",
+    )
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def scaleout_models(tmp_path_factory) -> dict[str, ModelSpec]:
+    """Every model of ``inferbox.testing.onnx_models`` as a catalog spec (files on local disk)."""
+    root = tmp_path_factory.mktemp("scaleout-models")
+    built = {
+        "mlp": onnx_models.mlp(root / "mlp.onnx"),
+        "conv": onnx_models.conv_net(root / "conv.onnx"),
+        "identity": onnx_models.identity_all_types(root / "identity.onnx"),
+        "add_sub": onnx_models.add_sub(root / "add_sub.onnx"),
+        "fixed": onnx_models.fixed_shape(root / "fixed.onnx"),
+        "slow": onnx_models.slow(root / "slow.onnx", size=256, repeats=40),
+    }
+    specs = {name: spec_from_onnx(name, 1, path) for name, path in built.items()}
+    # Small batches of the slow model keep several batches queued under load.
+    specs["slow"] = msgspec.structs.replace(
+        specs["slow"], config=msgspec.structs.replace(specs["slow"].config, max_batch_size=2)
+    )
+    return specs
+
+
+@dataclass
+class Running:
+    """A worker process serving a catalog under its own prefix."""
+
+    keys: Keys
+    redis: redis.Redis
+    proc: object
+    log: Path
+    metrics_url: str
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of a metric's samples matching ``labels`` (0 if absent)."""
+        total = 0.0
+        for line in httpx.get(self.metrics_url, timeout=5).text.splitlines():
+            if line.startswith((name + "{", name + " ")) and all(
+                f'{k}="{v}"' in line for k, v in labels.items()
+            ):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def log_lines(self) -> list[dict]:
+        """The JSON lines the process wrote."""
+        lines = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                lines.append(json.loads(line))
+        return lines
+
+    def ready(self, names: list[str], timeout: float = 60) -> None:
+        """Wait until this worker reports every model (version 1) ready."""
+
+        def check():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the worker exited; log:\n{self.log.read_text()[-3000:]}")
+            for name in names:
+                states = [
+                    json.loads(raw)["state"]
+                    for field, raw in self.redis.hgetall(self.keys.status(name)).items()
+                    if field.startswith(b"1/")
+                ]
+                if "ready" not in states:
+                    return False
+            return True
+
+        wait_for(check, timeout, f"{names} to be ready", interval=0.1)
+
+
+@contextmanager
+def running_worker(
+    tmp_path_factory, redis_client, specs: list[ModelSpec], command: str, **env: str
+):
+    """Start ``inferbox <command>`` (``worker`` or ``ray-worker``) over a fresh prefix."""
+    prefix = f"ibtest-ray-{uuid.uuid4().hex[:8]}"
+    keys = Keys(prefix)
+    put_specs(redis_client, keys, specs)
+    port = free_port()
+    logs = tmp_path_factory.mktemp("scaleout-logs")
+    process_env = {
+        **os.environ,
+        "INFERBOX_REDIS_URL": REDIS_URL,
+        "INFERBOX_KEY_PREFIX": prefix,
+        "INFERBOX_WORKER_METRICS_PORT": str(port),
+        "INFERBOX_WORKER_CACHE_DIR": str(tmp_path_factory.mktemp("scaleout-cache")),
+        "INFERBOX_WORKER_CLAIM_IDLE_MS": "5000",
+        "INFERBOX_JOBS_ENABLED": "false",
+        "INFERBOX_WORKER_CAPACITY_SWEEP_S": "0",
+        "INFERBOX_RAY_NAMESPACE": NAMESPACE,
+        "INFERBOX_RAY_ACTOR_GPUS": "0",
+        **env,
+    }
+    proc = _start([command], process_env, logs / f"{command}.log")
+    running = Running(
+        keys, redis_client, proc, logs / f"{command}.log", f"http://127.0.0.1:{port}/metrics"
+    )
+    try:
+        yield running
+    finally:
+        stop_process(proc, timeout=30)
+        delete_prefix(redis_client, prefix)
+
+
+@pytest.fixture
+def ray_worker(tmp_path_factory, redis_client, ray_cluster):
+    """A factory: ``with ray_worker(specs, **env) as running`` starts ``inferbox ray-worker``."""
+
+    def start(specs: list[ModelSpec], **env: str):
+        return running_worker(
+            tmp_path_factory,
+            redis_client,
+            specs,
+            "ray-worker",
+            INFERBOX_RAY_ADDRESS=ray_cluster,
+            **env,
+        )
+
+    return start
+
+
+class LaneClient:
+    """Sends calls into a worker's queues and reads the replies, as an API process does."""
+
+    def __init__(self, client: redis.Redis, keys: Keys):
+        self.client = client
+        self.keys = keys
+        self.channel = keys.reply_channel(f"test-{uuid.uuid4().hex[:8]}")
+        self.pubsub = client.pubsub(ignore_subscribe_messages=True)
+        self.pubsub.subscribe(self.channel)
+        self.pending: dict[str, tuple[ReplyHeader, list[bytes]]] = {}
+
+    def send(
+        self,
+        model: str,
+        inputs: dict[str, tuple[str, np.ndarray]],
+        outputs: list[str] | None = None,
+        timeout_s: float = 60,
+    ) -> str:
+        """Queue one call (inputs: name -> (V2 datatype, array)); returns its token."""
+        token = uuid.uuid4().hex
+        metas = [TensorMeta(n, dt, list(a.shape)) for n, (dt, a) in inputs.items()]
+        header = CallHeader(
+            channel=self.channel,
+            token=token,
+            deadline=time.time() + timeout_s,
+            inputs=metas,
+            outputs=outputs,
+        )
+        raws = [to_raw(a, dt) for dt, a in inputs.values()]
+        self.client.xadd(self.keys.stream(model, 1, "hi"), encode_call(header, raws))
+        return token
+
+    def receive(self, token: str, timeout_s: float = 60) -> tuple[ReplyHeader, list[bytes]]:
+        """The reply to ``token`` (other replies that arrive meanwhile are kept)."""
+        deadline = time.monotonic() + timeout_s
+        while token not in self.pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no reply to {token} in {timeout_s} s")
+            message = self.pubsub.get_message(timeout=min(remaining, 1.0))
+            if message is None:
+                continue
+            for reply in unbundle_replies(message["data"]):
+                header, raws = decode_reply(reply)
+                self.pending[header.token] = (header, [bytes(r) for r in raws])
+        return self.pending.pop(token)
+
+    def call(self, model: str, inputs, outputs=None, timeout_s: float = 60):
+        """Send one call and wait for its reply."""
+        return self.receive(self.send(model, inputs, outputs, timeout_s), timeout_s)
+
+    def close(self) -> None:
+        self.pubsub.close()
+
+
+def actors_of(prefix: str) -> list[ray.actor.ActorHandle]:
+    """Handles of the live actors a Ray worker under ``prefix`` started."""
+    names = [
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["namespace"] == NAMESPACE and a["name"].startswith(f"{prefix}/")
+    ]
+    return [ray.get_actor(name, namespace=NAMESPACE) for name in sorted(names)]
+
+
+def kill_actor_process(handle) -> int:
+    """SIGKILL the process behind an actor (a crash, not a polite ``ray.kill``); its pid."""
+    pid = ray.get(handle.info.remote(), timeout=10)["pid"]
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+__all__ = ["LaneClient", "ModelConfig", "Running", "actors_of", "kill_actor_process"]
