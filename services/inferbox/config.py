@@ -58,6 +58,13 @@ class Settings(BaseSettings):
     s3_bucket: str = "inferbox"
     """Bucket of model files (created when missing)."""
 
+    s3_timeout_s: float = Field(default=30.0, gt=0)
+    """Longest wait for the S3 API to accept a connection or send the next bytes of an answer;
+    an unreachable store then fails the call (503) instead of holding it for minutes."""
+
+    database_timeout_s: float = Field(default=5.0, gt=0)
+    """Longest a request waits for a PostgreSQL connection; beyond it the answer is 503."""
+
     # --- registry -----------------------------------------------------------------------------
     max_model_bytes: int = Field(default=2 * 1024**3, gt=0)
     """Largest model file accepted by upload (413 beyond)."""

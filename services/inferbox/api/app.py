@@ -7,8 +7,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import msgspec
+import psycopg
 import redis.asyncio as aioredis
 import structlog
+import urllib3
 from litestar import Litestar, Request, Response
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
@@ -17,11 +19,12 @@ from litestar.openapi import OpenAPIConfig
 import inferbox
 from inferbox.api.admin import AuditController, KeysController
 from inferbox.api.directory import ModelDirectory
+from inferbox.api.health import Dependencies, keep_catalog
 from inferbox.api.infer import InferenceFastPath
 from inferbox.api.v1 import ModelsController
 from inferbox.api.v2 import RepositoryController, V2Controller, error_response
 from inferbox.config import Settings
-from inferbox.errors import PROBLEM_JSON, InferboxError, error_headers, problem_body
+from inferbox.errors import PROBLEM_JSON, InferboxError, Unavailable, error_headers, problem_body
 from inferbox.keys import Keys
 from inferbox.lanes.client import InteractiveClient
 from inferbox.logs import configure_logging
@@ -55,6 +58,13 @@ def _http_error(request: Request, exc: HTTPException) -> Response:
 
 def _inferbox_error(request: Request, exc: InferboxError) -> Response:
     return _render(request, exc)
+
+
+def _dependency_down(request: Request, exc: Exception) -> Response:
+    # PostgreSQL or the S3 store down (or not answering in time): a planned 503, not a 500.
+    what = "the database" if isinstance(exc, psycopg.OperationalError) else "the object store"
+    log.warning("dependency unavailable", path=request.url.path, error=str(exc)[:300])
+    return _render(request, Unavailable(f"{what} is unreachable; retry later"))
 
 
 def _unexpected(request: Request, exc: Exception) -> Response:
@@ -105,12 +115,18 @@ def create_app(settings: Settings) -> Litestar:
         async with registry_service(settings, client, objects) as registry:
             app.state.registry = registry
             await _open_security(app, settings, client, keys, registry.store.pool)
-            # Redis may have lost the catalog (restart without data): rebuild it.
-            if not await client.exists(keys.catalog):
-                await registry.publish_all()
+            # Redis may have lost the catalog (restart without data): rebuild it now, and
+            # whenever it goes missing later.
+            keeper = asyncio.create_task(
+                keep_catalog(registry, client, keys, app.state.directory), name="catalog"
+            )
+            app.state.dependencies = Dependencies(
+                registry.store.pool, settings.s3_endpoint, s3_secure=settings.s3_secure
+            )
             try:
                 yield
             finally:
+                keeper.cancel()
                 if app.state.key_cache is not None:
                     await app.state.key_cache.close()
                 await lane.close()
@@ -124,12 +140,14 @@ def create_app(settings: Settings) -> Litestar:
             KeysController,
             AuditController,
         ],
-        state=State({"gate": None, "key_cache": None}),
+        state=State({"gate": None, "key_cache": None, "dependencies": None}),
         lifespan=[lifespan],
         logging_config=None,
         exception_handlers={
             InferboxError: _inferbox_error,
             HTTPException: _http_error,
+            psycopg.OperationalError: _dependency_down,
+            urllib3.exceptions.HTTPError: _dependency_down,
             Exception: _unexpected,
         },
         request_max_body_size=settings.max_request_bytes,

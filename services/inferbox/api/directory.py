@@ -53,6 +53,8 @@ class ModelDirectory:
         self._asked: dict[tuple[str, int], float] = {}
         self._workers = 0
         self._workers_checked = -1e9
+        self.expect_catalog = True
+        """Whether the registry has models (so a missing catalog means Redis lost it)."""
 
     async def _fetch(self, name: str) -> _Cached:
         now = time.monotonic()
@@ -61,11 +63,17 @@ class ModelDirectory:
             return cached
         try:
             pipe = self.client.pipeline(transaction=False)
+            pipe.exists(self.keys.catalog)
             pipe.hget(self.keys.catalog, name)
             pipe.hgetall(self.keys.status(name))
-            raw, statuses = await pipe.execute()
+            catalog_exists, raw, statuses = await pipe.execute()
         except RedisError as exc:
             raise Unavailable("the model catalog is unreachable") from exc
+        if not catalog_exists and self.expect_catalog:
+            # No catalog at all (not just no such model) though the registry has models:
+            # Redis came back empty and the API is rebuilding it from PostgreSQL
+            # (``keep_catalog``); a 404 now would be wrong. Not cached.
+            raise Unavailable("the model catalog is being rebuilt")
         cached = _Cached(now, decode_entry(raw) if raw else None, statuses)
         if len(self._cache) > 10_000:
             self._cache.clear()
@@ -127,15 +135,18 @@ class ModelDirectory:
         if available.reason and available.reason.startswith("failed"):
             raise Unavailable(f"{label} is not ready: {available.reason}")
         now = time.monotonic()
-        if now - self._workers_checked > self.ttl_s:
-            self._workers = await self.workers_alive()
-            self._workers_checked = now
-        if self._workers == 0:
-            raise Unavailable("no worker is running")
-        key = (spec.name, spec.version)
-        if now - self._asked.get(key, 0.0) > 1.0:
-            self._asked[key] = now
-            await self.client.publish(self.keys.events, f"want:{spec.name}:{spec.version}")
+        try:
+            if now - self._workers_checked > self.ttl_s:
+                self._workers = await self.workers_alive()
+                self._workers_checked = now
+            if self._workers == 0:
+                raise Unavailable("no worker is running")
+            key = (spec.name, spec.version)
+            if now - self._asked.get(key, 0.0) > 1.0:
+                self._asked[key] = now
+                await self.client.publish(self.keys.events, f"want:{spec.name}:{spec.version}")
+        except RedisError as exc:
+            raise Unavailable("the model catalog is unreachable") from exc
 
     async def versions(self, name: str) -> list[ModelSpec]:
         """Every version of a model, oldest first."""

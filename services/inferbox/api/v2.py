@@ -102,7 +102,7 @@ class V2Controller(Controller):
 
     @get("/health/ready")
     async def ready(self, state: State) -> Response:
-        """Ready when Redis answers and at least one worker heartbeats."""
+        """Ready when Redis, PostgreSQL and the S3 store answer and a worker heartbeats."""
         directory: ModelDirectory = state.directory
         try:
             workers = await directory.workers_alive()
@@ -114,6 +114,9 @@ class V2Controller(Controller):
             return _json(
                 {"ready": False, "error": "no worker is running"}, 503, {"Retry-After": "1"}
             )
+        problem = await state.dependencies.problem() if state.dependencies else None
+        if problem is not None:
+            return _json({"ready": False, "error": problem}, 503, {"Retry-After": "1"})
         return _json({"ready": True})
 
     @get(["/models/{name:str}", "/models/{name:str}/versions/{version:str}"])

@@ -13,7 +13,6 @@ import itertools
 import uuid
 
 import structlog
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
 from inferbox.errors import DeadlineExceeded, InferboxError, Unavailable
@@ -142,7 +141,9 @@ class InteractiveClient:
                 args += (key, value)
             try:
                 entry_id = await self._enqueue(stream, args)
-            except RedisConnectionError as exc:
+            except RedisError as exc:
+                # Unreachable, or answering but not serving yet (LOADING its data after a
+                # restart, MISCONF, READONLY): the caller may retry.
                 raise Unavailable("the queue is unreachable") from exc
             if entry_id is None:
                 raise Unavailable("the model's queue is full", retry_after=1.0)

@@ -17,6 +17,8 @@ import os
 import tempfile
 from pathlib import Path
 
+import certifi
+import urllib3
 from minio import Minio
 from minio.error import S3Error
 
@@ -47,11 +49,37 @@ class ObjectStore:
         *,
         secure: bool = True,
         region: str | None = None,
+        timeout_s: float = 30.0,
     ) -> None:
-        """``endpoint`` is ``host:port`` without a scheme; ``secure`` picks https."""
+        """``endpoint`` is ``host:port`` without a scheme; ``secure`` picks https.
+
+        ``timeout_s`` bounds connecting and each wait for data. The SDK's own default (five
+        minutes, retried five times) would hold a call for half an hour on a store that
+        accepts connections but does not answer.
+        """
         self.bucket = bucket
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=min(timeout_s, 5.0), read=timeout_s),
+            maxsize=10,
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+            # Refused connections and 5xx answers are retried; a read that timed out is not
+            # (the store is not answering: waiting again only delays the error).
+            retries=urllib3.Retry(
+                total=3,
+                connect=2,
+                read=0,
+                backoff_factor=0.2,
+                status_forcelist=[500, 502, 503, 504],
+            ),
+        )
         self.client = Minio(
-            endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region
+            endpoint,
+            access_key=access_key,
+            secret_key=secret_key,
+            secure=secure,
+            region=region,
+            http_client=http,
         )
         self._region = region
 

@@ -178,32 +178,46 @@ class RegistryService:
                 await self.store.set_loaded(name, entry.version, loaded)
         await self.publish(name)
 
-    async def publish(self, name: str) -> None:
-        """Rewrite the model's catalog entry from PostgreSQL and tell the workers."""
+    async def _catalog_entry(self, name: str) -> bytes | None:
+        """The model's encoded catalog entry from PostgreSQL (None: no live version)."""
         try:
             model: Model | None = await self.store.get_model(name)
         except NotFound:
             model = None
         live = [v for v in model.versions if v.state != DELETED] if model else []
         if not live:
+            return None
+        entry = CatalogEntry(
+            versions=[to_spec(v) for v in live],
+            aliases={a.name: a.version for a in model.aliases},
+            split={t.version: t.weight for t in model.traffic},
+        )
+        return encode(entry)
+
+    async def publish(self, name: str) -> None:
+        """Rewrite the model's catalog entry from PostgreSQL and tell the workers."""
+        entry = await self._catalog_entry(name)
+        if entry is None:
             await self.redis.hdel(self.keys.catalog, name)
         else:
-            entry = CatalogEntry(
-                versions=[to_spec(v) for v in live],
-                aliases={a.name: a.version for a in model.aliases},
-                split={t.version: t.weight for t in model.traffic},
-            )
-            await self.redis.hset(self.keys.catalog, name, encode(entry))
+            await self.redis.hset(self.keys.catalog, name, entry)
         await self.redis.publish(self.keys.events, b"catalog")
 
     async def publish_all(self) -> int:
-        """Rebuild the whole catalog from PostgreSQL (at start, or after Redis lost it)."""
+        """Rebuild the whole catalog from PostgreSQL (at start, or after Redis lost it).
+
+        Every entry is written in one command: a catalog rebuilt after a Redis restart never
+        shows some models while others are still missing (they would answer 404).
+        """
         names = [m.name for m in await self.store.list_models()]
+        entries = {name: await self._catalog_entry(name) for name in names}
+        live = {name: entry for name, entry in entries.items() if entry is not None}
         known = {n.decode() for n in await self.redis.hkeys(self.keys.catalog)}
-        for stale in known - set(names):
+        if live:
+            await self.redis.hset(self.keys.catalog, mapping=live)
+        for stale in known - set(live):
             await self.redis.hdel(self.keys.catalog, stale)
-        for name in names:
-            await self.publish(name)
+        await self.redis.publish(self.keys.events, b"catalog")
         return len(names)
 
     async def import_repository(self, root: Path, *, created_by: str = "import") -> list[str]:

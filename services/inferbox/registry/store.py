@@ -171,9 +171,23 @@ def merge_config(base: ModelConfig, overrides: dict[str, Any]) -> ModelConfig:
         raise BadRequest(f"invalid model config: {exc}") from None
 
 
-def create_pool(conninfo: str, *, min_size: int = 1, max_size: int = 10) -> AsyncConnectionPool:
-    """An unopened pool; open it with ``async with`` (or ``await pool.open()``)."""
-    return AsyncConnectionPool(conninfo, min_size=min_size, max_size=max_size, open=False)
+def create_pool(
+    conninfo: str, *, min_size: int = 1, max_size: int = 10, timeout_s: float = 30.0
+) -> AsyncConnectionPool:
+    """An unopened pool; open it with ``async with`` (or ``await pool.open()``).
+
+    A request waits at most ``timeout_s`` for a connection (``PoolTimeout``, an
+    ``OperationalError``, after it). Connections are checked when handed out, so the first
+    requests after a PostgreSQL restart do not fail on connections it closed.
+    """
+    return AsyncConnectionPool(
+        conninfo,
+        min_size=min_size,
+        max_size=max_size,
+        timeout=timeout_s,
+        check=AsyncConnectionPool.check_connection,
+        open=False,
+    )
 
 
 _encode = msgspec.json.encode

@@ -24,13 +24,16 @@ def object_store(settings: Settings) -> ObjectStore:
         settings.s3_bucket,
         secure=settings.s3_secure,
         region=settings.s3_region,
+        timeout_s=settings.s3_timeout_s,
     )
 
 
 @asynccontextmanager
 async def registry_service(settings: Settings, redis: aioredis.Redis, objects: ObjectStore):
     """A ``RegistryService`` with its own PostgreSQL pool, open for the block's duration."""
-    async with create_pool(settings.database_url, max_size=8) as pool:
+    async with create_pool(
+        settings.database_url, max_size=8, timeout_s=settings.database_timeout_s
+    ) as pool:
         yield RegistryService(
             RegistryStore(pool),
             objects,

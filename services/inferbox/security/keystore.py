@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
+import psycopg
 import redis.asyncio as aioredis
 import structlog
 from psycopg.rows import dict_row
@@ -39,6 +40,8 @@ _COLUMNS = (
     " max_concurrency, expires_at, revoked_at, created_at, created_by, last_used_at"
 )
 _MISSING = b"-"
+_STALE_RETRY_S = 5.0
+"""While PostgreSQL is unreachable, how long a stale key record is used before looking again."""
 
 
 class KeyRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -259,7 +262,18 @@ class KeyCache:
         hit = self._local.get(key_id)
         if hit is not None and hit[0] > now:
             return hit[1]
-        record = await self._fetch(key_id)
+        try:
+            record = await self._fetch(key_id)
+        except psycopg.Error:
+            if hit is None:
+                raise
+            # PostgreSQL is down and Redis has let its copy expire: keep serving the last
+            # record seen. It stays safe: revoking a key needs PostgreSQL, and a revocation
+            # made before the outage already replaced this copy (through Redis and pub/sub).
+            # Look again in a few seconds, not on every request (each lookup waits for the
+            # pool's timeout while PostgreSQL is down).
+            self._local[key_id] = (now + _STALE_RETRY_S, hit[1])
+            return hit[1]
         if len(self._local) > 10_000:
             self._local.clear()
         self._local[key_id] = (now + self.ttl_s, record)

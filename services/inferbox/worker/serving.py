@@ -91,6 +91,16 @@ class ModelServer:
             except redis.ConnectionError as exc:
                 log.warning("redis unreachable; retrying", error=str(exc), model=self.spec.name)
                 time.sleep(0.5)
+            except redis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    log.warning("redis refused a read; retrying", error=str(exc))
+                    time.sleep(0.5)
+                    continue
+                # Redis came back without its data: the streams and the group are gone.
+                log.warning("consumer group missing; creating it again", model=self.spec.name)
+                with contextlib.suppress(redis.RedisError):
+                    consumer.ensure_groups()
+                time.sleep(0.1)
             except Exception:
                 log.exception("batch loop error", model=self.spec.name)
                 time.sleep(0.1)
