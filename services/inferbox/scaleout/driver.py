@@ -40,6 +40,8 @@ def connect(ray_settings: RaySettings) -> None:
     options = {"namespace": ray_settings.namespace, "log_to_driver": False}
     if ray_settings.address == "local":
         options |= {"include_dashboard": False, "_node_ip_address": "127.0.0.1"}
+    elif ray_settings.node_ip_address:
+        options["_node_ip_address"] = ray_settings.node_ip_address
     ray.init(address=ray_settings.address, configure_logging=False, **options)
     log.info("joined the ray cluster", address=ray_settings.address, **_resources())
 

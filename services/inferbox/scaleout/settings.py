@@ -20,6 +20,10 @@ class RaySettings(BaseSettings):
     """Ray cluster to join: ``auto`` (the node this process runs on joined one with
     ``ray start``), ``host:port`` of the head's GCS, or ``local`` (start a private cluster)."""
 
+    node_ip_address: str | None = None
+    """Address of this machine as the Ray head advertises it (empty: Ray's own guess); the Ray
+    worker shares the head's node, so it must use the same."""
+
     namespace: str = "inferbox"
     """Ray namespace of the actors (their names also carry the Redis key prefix)."""
 
