@@ -454,6 +454,8 @@ class PlainServer(Server):
 
 class InferboxServer(Server):
     name = "inferbox"
+    worker_command: tuple[str, ...] = ("worker",)
+    """The ``inferbox`` subcommand serving the queues (``benchmarks/ray_actors.py`` swaps it)."""
 
     def __init__(self, repo: Path, client: redis.Redis, redis_url: str, cache: Path):
         self.repo, self.client, self.cache = repo, client, cache
@@ -507,7 +509,9 @@ class InferboxServer(Server):
             capture_output=True,
         )
         self.auth = f"Bearer {key_file.read_text().strip()}"
-        self.worker = subprocess.Popen([inferbox, "worker"], env=env, cwd=ROOT, **logs)
+        self.worker = subprocess.Popen(
+            [inferbox, *self.worker_command], env=env, cwd=ROOT, **logs
+        )
         self.api = subprocess.Popen([inferbox, "api"], env=env, cwd=ROOT, **logs)
         self.procs += [self.worker, self.api]
         log(
