@@ -158,7 +158,17 @@ def running_worker(
     running = Running(
         keys, redis_client, proc, logs / f"{command}.log", f"http://127.0.0.1:{port}/metrics"
     )
+
+    def serving_metrics():
+        if proc.poll() is not None:
+            raise AssertionError(f"{command} exited; log:\n{running.log.read_text()[-3000:]}")
+        try:
+            return httpx.get(running.metrics_url, timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     try:
+        wait_for(serving_metrics, 60, f"{command} to serve its metrics", interval=0.1)
         yield running
     finally:
         stop_process(proc, timeout=30)

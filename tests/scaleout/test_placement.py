@@ -33,11 +33,21 @@ def test_without_a_waiting_call_nothing_is_evicted():
     assert choose(actors, 30 * MB, evict=False) is None
 
 
-def test_a_waiting_call_evicts_the_fewest_bytes_least_recently_used_first():
+def test_a_waiting_call_evicts_the_least_recently_used_across_actors():
     a = _actor(100 * MB, ("old", 50 * MB, False), ("new", 40 * MB, False))
     b = _actor(100 * MB, ("big", 90 * MB, False))
     choice = choose({"a": a, "b": b}, 30 * MB, evict=True)
     assert (choice.actor, choice.victims) == ("a", [("old", 1)])
+    a.touch(("old", 1))
+    a.touch(("new", 1))  # now b's version is the one used longest ago
+    choice = choose({"a": a, "b": b}, 30 * MB, evict=True)
+    assert (choice.actor, choice.victims) == ("b", [("big", 1)])
+
+
+def test_an_empty_actor_beats_any_eviction():
+    actors = {"a": _actor(10 * MB, ("m", 8 * MB, False)), "b": _actor(10 * MB)}
+    choice = choose(actors, 30 * MB, evict=True)  # larger than any budget: runs alone
+    assert (choice.actor, choice.victims) == ("b", [])
 
 
 def test_pinned_and_busy_versions_stay():

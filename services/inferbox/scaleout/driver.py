@@ -10,6 +10,7 @@ replaced; the autoscaler moves the actor count between its bounds by queue wait.
 from __future__ import annotations
 
 import contextlib
+import time
 
 import ray
 import redis
@@ -82,6 +83,7 @@ class RayWorker(Worker):
         self.target = ray_settings.min_actors
         self.models: dict[Key, RemoteModel] = {}
         self._blobs: dict[str, ray.ObjectRef] = {}
+        self._capacity_warned = float("-inf")
         metrics.ACTORS_TARGET.set(self.target)
 
     def _check_memory(self) -> None:
@@ -141,7 +143,16 @@ class RayWorker(Worker):
             try:
                 self.pool.start()
             except NoCapacity as exc:
-                log.warning("cannot start an actor", error=str(exc), **_resources())
+                # Every sync tries again; say so once a minute, not every second.
+                if time.monotonic() - self._capacity_warned > 60:
+                    self._capacity_warned = time.monotonic()
+                    log.warning(
+                        "cannot start an actor",
+                        error=str(exc),
+                        actors=len(self.pool.live()),
+                        target=self.target,
+                        **_resources(),
+                    )
                 break
         while len(self.pool.live()) > self.target:
             if not self._retire_one():

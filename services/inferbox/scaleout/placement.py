@@ -2,8 +2,8 @@
 
 Each actor has its own ``Residency`` (its GPU's memory budget). A version goes first to an actor
 where it fits without evicting anything (the one with the most room left); only for a call that
-waits may it evict, on the actor that gives up the fewest bytes, and never a pinned version or a
-busy one. Pure bookkeeping: the Ray worker does the loading and unloading.
+waits may it evict, the least recently used versions across the actors, and never a pinned
+version or a busy one. Pure bookkeeping: the Ray worker does the loading and unloading.
 """
 
 from __future__ import annotations
@@ -52,14 +52,17 @@ def choose(
         return Choice(best, [])
     if not evict:
         return None
-    options: list[tuple[int, int, str, list[Hashable]]] = []
+    options: list[tuple[float, int, str, list[Hashable]]] = []
     for name, residency in actors.items():
         try:
             victims = residency.plan(size, busy=busy)
         except NoRoom:
             continue
+        # Least recently used across actors, as within one: the actor whose victims were all
+        # used longest ago (an empty actor, no victims, first); then the fewest bytes given up.
+        newest = max((residency.last_used(v) for v in victims), default=float("-inf"))
         freed = sum(residency.size(v) for v in victims)
-        options.append((freed, len(victims), name, victims))
+        options.append((newest, freed, name, victims))
     if not options:
         return None
     _, _, name, victims = min(options, key=lambda option: option[:3])

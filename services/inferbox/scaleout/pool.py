@@ -69,6 +69,16 @@ class ActorPool:
 
     def start(self, timeout_s: float = 60.0) -> Slot:
         """Start one actor and wait until it answers; raises ``NoCapacity`` if it cannot."""
+        resource, amount = (
+            ("GPU", self.settings.actor_gpus)
+            if self.settings.actor_gpus
+            else ("CPU", self.settings.actor_cpus)
+        )
+        free = ray.available_resources().get(resource, 0.0)
+        if free < amount:
+            # Asked of Ray first: an actor that cannot be placed would only wait (and hold the
+            # Ray worker's sync loop) until the timeout.
+            raise NoCapacity(f"the cluster has {free:g} {resource} free, an actor needs {amount:g}")
         number = next(self._numbers)
         name = f"{self.label}/{number}"
         handle = self.cls.options(name=name, namespace=self.settings.namespace).remote(

@@ -90,6 +90,11 @@ class Residency:
         if entry is not None:
             entry.pinned = pinned
 
+    def last_used(self, key: Hashable) -> float:
+        """When a resident version was last used (``time.monotonic``; -inf if unknown)."""
+        entry = self._entries.get(key)
+        return entry.last_used if entry else float("-inf")
+
     def size(self, key: Hashable) -> int:
         """Measured size of a resident version (0 if unknown)."""
         entry = self._entries.get(key)
