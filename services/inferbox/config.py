@@ -169,6 +169,66 @@ class Settings(BaseSettings):
     """Queued plus running requests a model accepts before answering 503."""
 
 
+    # --- async jobs ----------------------------------------------------------------------------
+    jobs_enabled: bool = True
+    """Whether this worker also runs async jobs (the API accepts them regardless)."""
+
+    jobs_threads: int = Field(default=1, ge=1, le=16)
+    """Jobs a worker runs at the same time (each splits into chunks queued on the low lane)."""
+
+    jobs_max_attempts: int = Field(default=3, ge=1)
+    """Runs a job gets (the first plus retries after a worker is lost) before it fails."""
+
+    jobs_lease_s: float = Field(default=20.0, gt=0)
+    """A running job's claim; renewed every third of it. A worker that stops renewing (killed)
+    loses the job after this long, and the reconciler queues it again."""
+
+    jobs_reconcile_s: float = Field(default=5.0, gt=0)
+    """How often each worker's reconciler looks for lost, expired and undelivered jobs."""
+
+    jobs_requeue_after_s: float = Field(default=15.0, gt=0)
+    """A queued job whose RQ entry is gone (Redis restarted empty, flushed) for this long is
+    queued again."""
+
+    jobs_chunk_rows: int = Field(default=0, ge=0)
+    """Rows per chunk of a job; 0: the model's max_batch_size."""
+
+    jobs_chunks_in_flight: int = Field(default=4, ge=1)
+    """Chunks of one job queued at once, so batches stay full without flooding the lane."""
+
+    jobs_chunk_timeout_s: float = Field(default=120.0, gt=0)
+    """Deadline of one chunk on the interactive lane (it waits behind interactive calls)."""
+
+    jobs_priority: int = Field(default=2, ge=2)
+    """Priority of job chunks: 2 and above is the low lane, served after interactive calls."""
+
+    jobs_retention_s: int = Field(default=7 * 24 * 3600, gt=0)
+    """How long a finished job's result (and input) is kept; a job may ask for less or more up
+    to ``jobs_max_retention_s``."""
+
+    jobs_max_retention_s: int = Field(default=30 * 24 * 3600, gt=0)
+    """The longest retention a job may ask for."""
+
+    jobs_input_retention_s: int = Field(default=7 * 24 * 3600, gt=0)
+    """How long an uploaded job input file is kept."""
+
+    jobs_max_input_bytes: int = Field(default=4 * 1024**3, gt=0)
+    """Largest job input file accepted by ``POST /v1/jobs/inputs``."""
+
+    jobs_spool_dir: Path = Path("/tmp/inferbox-jobs")
+    """Where workers keep a job's input and result while it runs."""
+
+    jobs_webhook_secret: str = ""
+    """HMAC-SHA256 key signing completion webhooks (``X-Inferbox-Signature``); empty: the
+    webhooks go unsigned."""
+
+    jobs_webhook_max_attempts: int = Field(default=8, ge=1)
+    """Deliveries tried (with exponential backoff from 1 s up to 10 min) before giving up."""
+
+    jobs_webhook_timeout_s: float = Field(default=10.0, gt=0)
+    """Time limit of one webhook delivery."""
+
+
 def load_settings(**overrides: object) -> Settings:
     """Build the settings from the environment, with explicit overrides (tests pass these)."""
     return Settings(**overrides)  # type: ignore[arg-type]

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 import msgspec
 import psycopg
+import redis
 import redis.asyncio as aioredis
 import structlog
 import urllib3
@@ -21,14 +22,18 @@ from inferbox.api.admin import AuditController, KeysController
 from inferbox.api.directory import ModelDirectory
 from inferbox.api.health import Dependencies, keep_catalog
 from inferbox.api.infer import InferenceFastPath
+from inferbox.api.jobs import JobsController, JobSubmitController
 from inferbox.api.v1 import ModelsController
 from inferbox.api.v2 import RepositoryController, V2Controller, error_response
+from inferbox.api.validation import tensor_limits
 from inferbox.config import Settings
 from inferbox.errors import PROBLEM_JSON, InferboxError, Unavailable, error_headers, problem_body
+from inferbox.jobs.service import JobService
+from inferbox.jobs.store import JobStore
+from inferbox.jobs.transport import JobTransport
 from inferbox.keys import Keys
 from inferbox.lanes.client import InteractiveClient
 from inferbox.logs import configure_logging
-from inferbox.protocol.codec import TensorLimits
 from inferbox.registry.wiring import object_store, registry_service
 from inferbox.security.audit import AuditLog
 from inferbox.security.auth import Gate
@@ -65,6 +70,15 @@ def _dependency_down(request: Request, exc: Exception) -> Response:
     what = "the database" if isinstance(exc, psycopg.OperationalError) else "the object store"
     log.warning("dependency unavailable", path=request.url.path, error=str(exc)[:300])
     return _render(request, Unavailable(f"{what} is unreachable; retry later"))
+
+
+def _unstorable_value(request: Request, exc: Exception) -> Response:
+    # PostgreSQL refused a value the client sent (a NUL character, a number out of range):
+    # the request is at fault, not the server.
+    log.info("value refused by the database", path=request.url.path, error=str(exc)[:300])
+    error = InferboxError("a value in the request cannot be stored or searched for")
+    error.status = 400
+    return _render(request, error)
 
 
 def _unexpected(request: Request, exc: Exception) -> Response:
@@ -115,6 +129,13 @@ def create_app(settings: Settings) -> Litestar:
         async with registry_service(settings, client, objects) as registry:
             app.state.registry = registry
             await _open_security(app, settings, client, keys, registry.store.pool)
+            app.state.jobs = JobService(
+                settings,
+                JobStore(registry.store.pool),
+                objects,
+                JobTransport(redis.Redis.from_url(settings.redis_url), keys),
+                tensor_limits(settings),
+            )
             # Redis may have lost the catalog (restart without data): rebuild it now, and
             # whenever it goes missing later.
             keeper = asyncio.create_task(
@@ -139,6 +160,8 @@ def create_app(settings: Settings) -> Litestar:
             ModelsController,
             KeysController,
             AuditController,
+            JobSubmitController,
+            JobsController,
         ],
         state=State({"gate": None, "key_cache": None, "dependencies": None}),
         lifespan=[lifespan],
@@ -147,6 +170,7 @@ def create_app(settings: Settings) -> Litestar:
             InferboxError: _inferbox_error,
             HTTPException: _http_error,
             psycopg.OperationalError: _dependency_down,
+            psycopg.DataError: _unstorable_value,
             urllib3.exceptions.HTTPError: _dependency_down,
             Exception: _unexpected,
         },
@@ -154,15 +178,7 @@ def create_app(settings: Settings) -> Litestar:
         openapi_config=OpenAPIConfig(title="inferbox", version=inferbox.__version__, path="/docs"),
         on_startup=[
             lambda app: setattr(app.state, "settings", settings),
-            lambda app: setattr(
-                app.state,
-                "limits",
-                TensorLimits(
-                    max_rank=settings.max_tensor_rank,
-                    max_dim=settings.max_tensor_dim,
-                    max_elements=settings.max_tensor_elements,
-                ),
-            ),
+            lambda app: setattr(app.state, "limits", tensor_limits(settings)),
         ],
     )
 

@@ -5,18 +5,28 @@ from __future__ import annotations
 from inferbox.errors import BadRequest
 from inferbox.lanes.wire import TensorMeta
 from inferbox.models.spec import ModelSpec
-from inferbox.protocol.codec import InferRequest
+from inferbox.protocol.codec import InferRequest, TensorLimits
 from inferbox.protocol.datatypes import deserialize_bytes_tensor
 
 
+def tensor_limits(settings) -> TensorLimits:
+    """The request size limits a ``Settings`` object sets."""
+    return TensorLimits(
+        max_rank=settings.max_tensor_rank,
+        max_dim=settings.max_tensor_dim,
+        max_elements=settings.max_tensor_elements,
+    )
+
+
 def check_request(
-    request: InferRequest, spec: ModelSpec
+    request: InferRequest, spec: ModelSpec, *, batch_limit: bool = True
 ) -> tuple[list[TensorMeta], list[bytes], list[str] | None]:
     """Inputs in the model's order (metadata and raw bytes) and the output names asked for.
 
     Raises ``BadRequest`` naming the first problem: a missing or unknown input, a datatype,
     rank or dimension that does not fit, a batch larger than ``max_batch_size``, BYTES that are
-    not UTF-8 (ONNX string tensors), or an unknown output.
+    not UTF-8 (ONNX string tensors), or an unknown output. Without ``batch_limit`` (jobs,
+    which run in chunks) any batch of at least one row is accepted.
     """
     given = {tensor.name: tensor for tensor in request.inputs}
     expected = {tensor.name for tensor in spec.inputs}
@@ -26,6 +36,7 @@ def check_request(
             f"unknown input {unknown[0]!r} for model {spec.name!r}; expected {sorted(expected)}"
         )
     max_batch = spec.config.max_batch_size
+    largest = max_batch if batch_limit else 2**62
     metas: list[TensorMeta] = []
     raws: list[bytes] = []
     batch_rows: int | None = None
@@ -53,9 +64,11 @@ def check_request(
                 )
         if max_batch > 0:
             rows = shape[0]
-            if rows < 1 or rows > max_batch:
+            if rows < 1 or rows > largest:
                 raise BadRequest(
                     f"input {name!r} has a batch of {rows}; this model takes 1 to {max_batch}"
+                    if batch_limit
+                    else f"input {name!r} has an empty batch"
                 )
             if batch_rows is not None and rows != batch_rows:
                 raise BadRequest("inputs disagree on the batch size (dimension 0)")

@@ -49,6 +49,11 @@ IN_FLIGHT = Gauge(
     "Inference requests inside the API processes (sampled every second).",
     multiprocess_mode="livesum",
 )
+JOBS_SUBMITTED = Counter(
+    "inferbox_jobs_submitted_total",
+    "Async jobs accepted (202) by the API, by model.",
+    ["model"],
+)
 REJECTION_REASONS = (
     "auth",
     "rate_limit",

@@ -63,3 +63,33 @@ EVICTIONS = Counter(
 RESIDENT_BYTES = Gauge(
     "inferbox_resident_bytes", "Measured memory of the model versions resident in this worker."
 )
+
+# -- async jobs (run by the worker's job lane) ------------------------------------------------
+JOBS_FINISHED = Counter(
+    "inferbox_jobs_finished_total",
+    "Jobs this worker brought to an end state (succeeded, failed) or saw cancelled while running.",
+    ["model", "state"],
+)
+JOB_SECONDS = Histogram(
+    "inferbox_job_duration_seconds",
+    "Time from a job's claim to its result (one attempt).",
+    ["model"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
+)
+JOB_ROWS = Counter("inferbox_job_rows_total", "Rows jobs computed, by model.", ["model"])
+JOBS_REQUEUED = Counter(
+    "inferbox_jobs_requeued_total",
+    "Jobs queued again by the reconciler, by reason (worker_lost, transport_lost, released).",
+    ["reason"],
+)
+JOBS = Gauge(
+    "inferbox_jobs",
+    "Jobs in the ledger by model and state, as this worker's reconciler last counted them "
+    "(every worker reports the same figures: aggregate with max, not sum).",
+    ["model", "state"],
+)
+WEBHOOKS = Counter(
+    "inferbox_job_webhooks_total",
+    "Completion webhook deliveries tried, by outcome (delivered, retry, failed).",
+    ["outcome"],
+)

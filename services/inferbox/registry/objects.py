@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -20,6 +21,7 @@ from pathlib import Path
 import certifi
 import urllib3
 from minio import Minio
+from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 
 from inferbox.registry.errors import ChecksumMismatch
@@ -168,3 +170,61 @@ class ObjectStore:
     def delete(self, key: str) -> None:
         """Remove an object (no error if it is already gone)."""
         self.client.remove_object(self.bucket, key)
+
+    # -- job data (inputs and results under ``jobs/``; not content-addressed) -----------------
+
+    def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+        """Store ``data`` under ``key`` (a job's request body or result)."""
+        self.client.put_object(
+            self.bucket, key, io.BytesIO(data), len(data), content_type=content_type
+        )
+
+    def put_path(self, key: str, path: Path, content_type: str) -> None:
+        """Store a local file under ``key`` (multipart, bounded memory, like ``put_file``)."""
+        self.client.fput_object(
+            self.bucket,
+            key,
+            str(path),
+            content_type=content_type,
+            part_size=_PART_SIZE,
+            num_parallel_uploads=2,
+        )
+
+    def get_bytes(self, key: str) -> bytes:
+        """The whole object (for small ones: a job's request body)."""
+        response = self.client.get_object(self.bucket, key)
+        try:
+            return response.read()
+        finally:
+            response.close()
+            response.release_conn()
+
+    def download(self, key: str, dest: Path) -> Path:
+        """Copy the object to ``dest`` (job inputs; unverified: not content-addressed)."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        self.client.fget_object(self.bucket, key, str(dest))
+        return dest
+
+    def open_stream(self, key: str, chunk_size: int = _CHUNK):
+        """An iterator over the object's bytes in chunks (results streamed to a client); the
+        connection is released when the iterator is exhausted or closed."""
+        response = self.client.get_object(self.bucket, key)
+
+        def chunks():
+            try:
+                yield from response.stream(chunk_size)
+            finally:
+                response.close()
+                response.release_conn()
+
+        return chunks()
+
+    def keys_under(self, prefix: str) -> list[str]:
+        """Keys of every object whose key starts with ``prefix``."""
+        objects = self.client.list_objects(self.bucket, prefix=prefix, recursive=True)
+        return [o.object_name for o in objects]
+
+    def delete_many(self, keys: list[str]) -> list[str]:
+        """Remove several objects; returns the keys that could not be removed."""
+        errors = self.client.remove_objects(self.bucket, [DeleteObject(key) for key in keys])
+        return [error.name for error in errors]

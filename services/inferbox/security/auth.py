@@ -6,6 +6,7 @@ Route                                                  Needs
 =====================================================  ==================================
 ``/v2``, ``/v2/health/live``, ``/v2/health/ready``,    nothing (open)
 ``/metrics``, ``/docs...``
+``/v2/models/{name}[/versions/{v}]/jobs``              ``jobs``, and ``name`` allowed
 ``/v2/models/{name}...`` (metadata, ready, infer)      ``infer``, and ``name`` allowed
 ``/v2/repository/index``                               ``infer``
 ``/v2/repository/models/{name}/load|unload``           ``models:write``, ``name`` allowed
@@ -59,7 +60,7 @@ def requirement(method: str, path: str) -> Need | None:
     parts = path.strip("/").split("/")
     if parts[0] == "v2":
         if len(parts) >= 3 and parts[1] == "models":
-            return Need("infer", parts[2])
+            return Need("jobs" if parts[-1] == "jobs" else "infer", parts[2])
         if len(parts) >= 4 and parts[1] == "repository" and parts[2] == "models":
             return Need("models:write", parts[3])
         return Need("infer")

@@ -63,6 +63,7 @@ class Worker:
         self.measured: dict[tuple[str, int], int] = {}
         self.stopping = threading.Event()
         self.recycle = False
+        self.jobs = None
         self._lock = threading.Lock()
         self.device = probe_device(settings.worker_providers)
         self.cache = ModelCache(settings.worker_cache_dir, objects)
@@ -78,6 +79,12 @@ class Worker:
         log.info("worker starting", worker=self.id, device=self.device)
         heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         heartbeat.start()
+        if self.settings.jobs_enabled:
+            # Imported here: a worker without jobs never loads RQ or the database driver.
+            from inferbox.jobs.lane import JobLane
+
+            self.jobs = JobLane(self.settings, owner=self.id)
+            self.jobs.start()
         pubsub = None
         while not self.stopping.is_set():
             try:
@@ -103,6 +110,12 @@ class Worker:
     def shutdown(self) -> None:
         """Stop every model server and withdraw this worker's status."""
         log.info("worker stopping", worker=self.id)
+        if self.jobs is not None:
+            # First, while the models still serve: running jobs hand themselves back.
+            self.jobs.stop()
+        # Every server stops reading at once, so leaving takes one read timeout, not one each.
+        for server in self.servers.values():
+            server.stopping.set()
         for key in list(self.servers):
             self._unload(key)
         with contextlib.suppress(redis.RedisError):

@@ -1,0 +1,164 @@
+"""A worker's job lane: RQ threads take deliveries, an event loop thread runs the jobs.
+
+``JobLane`` runs next to the model servers in the worker process. One thread holds an asyncio
+loop with the PostgreSQL pool, the Redis clients (for the chunks sent on the low lane), the
+runner and the reconciler. ``Settings.jobs_threads`` RQ ``SimpleWorker`` threads block on the
+queue; each hands the job it takes to the loop and waits for it, so a worker runs at most that
+many jobs at once. RQ never forks here: the process holds the GPU's sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import uuid
+
+import httpx
+import redis
+import redis.asyncio as aioredis
+import structlog
+from rq import SimpleWorker
+from rq.serializers import JSONSerializer
+from rq.timeouts import TimerDeathPenalty
+
+from inferbox.api.directory import ModelDirectory
+from inferbox.config import Settings
+from inferbox.jobs import execution
+from inferbox.jobs.reconciler import Reconciler
+from inferbox.jobs.runner import JobRunner
+from inferbox.jobs.store import JobStore
+from inferbox.jobs.transport import JobTransport
+from inferbox.keys import Keys
+from inferbox.lanes.client import InteractiveClient
+from inferbox.registry.store import create_pool
+from inferbox.registry.wiring import object_store
+
+log = structlog.get_logger(__name__)
+
+# RQ blocks on the queue for its worker TTL minus 15 s: this bounds how long a stop waits.
+_RQ_WORKER_TTL = 20
+
+
+class _ThreadWorker(SimpleWorker):
+    """An RQ worker living in a thread of the worker process (which owns the signals)."""
+
+    death_penalty_class = TimerDeathPenalty
+
+    def _install_signal_handlers(self) -> None:
+        pass
+
+
+class JobLane:
+    """Runs delivered jobs and the reconciler inside a worker process."""
+
+    def __init__(self, settings: Settings, owner: str):
+        self.settings = settings
+        self.owner = owner
+        self.keys = Keys(settings.key_prefix)
+        self.redis = redis.Redis.from_url(settings.redis_url)
+        self.transport = JobTransport(self.redis, self.keys)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._runner: JobRunner | None = None
+        self._threads: list[threading.Thread] = []
+        self._rq_workers: list[_ThreadWorker] = []
+
+    def start(self) -> None:
+        """Start the loop thread, then the RQ threads once the loop is serving."""
+        loop_thread = threading.Thread(target=self._serve, name="jobs-loop", daemon=True)
+        loop_thread.start()
+        self._threads.append(loop_thread)
+        if not self._ready.wait(timeout=30):
+            log.warning("job lane is slow to start; RQ deliveries wait for it")
+        execution.install(self)
+        for index in range(self.settings.jobs_threads):
+            worker = _ThreadWorker(
+                [self.transport.queue],
+                connection=self.redis,
+                serializer=JSONSerializer,
+                name=f"{self.owner}.{index}.{uuid.uuid4().hex[:6]}",
+                worker_ttl=_RQ_WORKER_TTL,
+            )
+            self._rq_workers.append(worker)
+            thread = threading.Thread(
+                target=self._take_deliveries, args=(worker,), name=f"jobs-rq-{index}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+        log.info("job lane started", threads=self.settings.jobs_threads)
+
+    def _take_deliveries(self, worker: _ThreadWorker) -> None:
+        while not worker._stop_requested:
+            try:
+                worker.work(logging_level=self.settings.log_level.upper())
+            except Exception as exc:  # Redis away: RQ's loop gives up; start it again
+                log.warning("job queue unreachable; retrying", error=str(exc))
+            if not worker._stop_requested:
+                threading.Event().wait(1.0)
+
+    def execute(self, job_id: str) -> str | None:
+        """Run a job on the loop and wait for it (called from an RQ thread)."""
+        if self._loop is None or self._runner is None:
+            raise RuntimeError("the job lane is not running")
+        future = asyncio.run_coroutine_threadsafe(self._runner.run(uuid.UUID(job_id)), self._loop)
+        return future.result()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop taking jobs; running ones are handed back to the queue for another worker."""
+        for worker in self._rq_workers:
+            worker._stop_requested = True
+        if self._loop is not None and self._stop is not None:
+            runner = self._runner
+            if runner is not None:
+                self._loop.call_soon_threadsafe(runner.stopping.set)
+            self._loop.call_soon_threadsafe(self._stop.set)
+        for thread in self._threads:
+            thread.join(timeout)
+        execution.install(None)
+
+    # -- the loop thread ------------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except Exception:
+            log.exception("job lane stopped on an error")
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        settings = self.settings
+        client = aioredis.Redis.from_url(settings.redis_url)
+        lane = InteractiveClient(settings.redis_url, self.keys)
+        await lane.start()
+        objects = object_store(settings)
+        pool = create_pool(settings.database_url, min_size=1, max_size=4)
+        # Not waiting for the database: a worker serves /infer while PostgreSQL is away.
+        await pool.open(wait=False)
+        store = JobStore(pool)
+        async with httpx.AsyncClient(timeout=settings.jobs_webhook_timeout_s) as http:
+            reconciler = Reconciler(settings, store, self.transport, objects, http)
+            self._runner = JobRunner(
+                settings,
+                store,
+                objects,
+                lane,
+                ModelDirectory(client, self.keys, settings.status_cache_s),
+                self.owner,
+                requeue=reconciler.enqueue,
+            )
+            sweeping = asyncio.create_task(reconciler.run(self._stop))
+            self._ready.set()
+            try:
+                await self._stop.wait()
+            finally:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(sweeping, timeout=5)
+                # Jobs still running hand themselves back before the clients close.
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._runner.idle.wait(), timeout=10)
+                await lane.close()
+                await pool.close()
+                await client.aclose()

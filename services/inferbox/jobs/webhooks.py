@@ -1,0 +1,69 @@
+"""Completion webhooks: a signed POST to the URL a job named, retried with backoff.
+
+The body is JSON (``job_id``, ``state``, ``model``, ``version``, ``error``, ``finished_at``).
+With ``Settings.jobs_webhook_secret`` set, ``X-Inferbox-Signature`` is ``sha256=<hex>``, the
+HMAC-SHA256 of ``<X-Inferbox-Timestamp>.<body>`` under that secret: a receiver recomputes it,
+compares in constant time, and rejects old timestamps to stop replays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+
+import httpx
+import msgspec
+
+from inferbox.jobs.store import Job
+
+EVENT = "job.finished"
+_MAX_BACKOFF_S = 600.0
+
+
+def signature(secret: str, timestamp: str, body: bytes) -> str:
+    """``sha256=<hex>``: HMAC-SHA256 of ``timestamp.body`` under ``secret``."""
+    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+def payload(job: Job) -> bytes:
+    """The JSON body announcing a finished job."""
+    return msgspec.json.encode(
+        {
+            "event": EVENT,
+            "job_id": str(job.id),
+            "state": job.state,
+            "model": job.model,
+            "version": job.version,
+            "error": job.error,
+            "finished_at": job.finished_at,
+        }
+    )
+
+
+def backoff_s(attempts: int) -> float:
+    """Wait before the next try after ``attempts`` failed ones: 1 s, 2 s, 4 s ... up to 10 min."""
+    return min(_MAX_BACKOFF_S, 2.0 ** max(attempts - 1, 0))
+
+
+async def deliver(client: httpx.AsyncClient, job: Job, secret: str) -> str | None:
+    """POST the job's completion to its webhook; None on a 2xx answer, else why it failed."""
+    body = payload(job)
+    timestamp = str(int(time.time()))
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "inferbox-webhook",
+        "X-Inferbox-Event": EVENT,
+        "X-Inferbox-Job-Id": str(job.id),
+        "X-Inferbox-Timestamp": timestamp,
+    }
+    if secret:
+        headers["X-Inferbox-Signature"] = signature(secret, timestamp, body)
+    try:
+        response = await client.post(job.webhook_url, content=body, headers=headers)
+    except httpx.HTTPError as exc:
+        return f"{type(exc).__name__}: {exc}"[:500]
+    if 200 <= response.status_code < 300:
+        return None
+    return f"answered {response.status_code}"
