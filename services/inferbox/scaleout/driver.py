@@ -84,6 +84,7 @@ class RayWorker(Worker):
         self.models: dict[Key, RemoteModel] = {}
         self._blobs: dict[str, ray.ObjectRef] = {}
         self._capacity_warned = float("-inf")
+        self._refused: set[tuple[str, Key]] = set()
         metrics.ACTORS_TARGET.set(self.target)
 
     def _check_memory(self) -> None:
@@ -156,6 +157,8 @@ class RayWorker(Worker):
                 break
         while len(self.pool.live()) > self.target:
             if not self._retire_one():
+                # Every actor holds a version that fits nowhere else: keep them all for now.
+                self.target = len(self.pool.live())
                 break
         metrics.ACTORS.set(len(self.pool.live()))
 
@@ -209,6 +212,8 @@ class RayWorker(Worker):
                 return
             self.wanted.discard(key)
         for slot in self.pool.live():
+            if (slot.name, key) in self._refused:
+                continue
             if key not in slot.models and fits(slot.residency, self.measured.get(key, estimate)):
                 self._load_on(slot, key, spec)
 
@@ -223,7 +228,10 @@ class RayWorker(Worker):
             return False
         except Exception as exc:
             reason = str(exc).strip().splitlines()[0][:500] if str(exc).strip() else repr(exc)
-            log.error("model failed to load", model=key[0], version=key[1], error=reason)
+            log.error(
+                "model failed to load", model=key[0], version=key[1], actor=slot.name, error=reason
+            )
+            self._refused.add((slot.name, key))  # no copy there again until the spec changes
             if not self.pool.holders(key):
                 self.failed[key] = spec
                 self._set_state(key, FAILED, reason)
@@ -304,6 +312,7 @@ class RayWorker(Worker):
             if key in slot.models:
                 self.pool.unload(slot, key)
         self.specs.pop(key, None)
+        self._refused = {(actor, k) for actor, k in self._refused if k != key}
         with self._lock:
             self.states.pop(key, None)
         worker_metrics.MODELS_RESIDENT.set(len(self.servers))

@@ -105,7 +105,10 @@ class RemoteModel:
                 return answer[1], answer[2]
             _, kind, message = answer
             if kind == "NotResident":
-                continue  # unloaded there between the choice and the run: choose again
+                # The actor lost it (unloaded between the choice and the run): book that, and
+                # choose again among the others (or have it placed).
+                self.pool.unload(slot, self.key)
+                continue
             if kind == "InvalidArgument":
                 raise InvalidArgument(message)
             raise RuntimeError(message)
