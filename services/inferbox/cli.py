@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from inferbox.cli_backup import register as register_backup
+from inferbox.cli_jobs import register as register_jobs
 from inferbox.cli_remote import register as register_remote
 from inferbox.config import Settings
 from inferbox.logs import configure_logging
@@ -151,6 +152,7 @@ def keys_bootstrap(settings: Settings, path: Path) -> None:
 
 register_remote(main, models, keys_group)
 register_backup(main)
+register_jobs(main)
 register_ray(main)
 
 

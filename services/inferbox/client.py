@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import ssl
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -154,36 +155,126 @@ class InferboxClient:
 
     def infer(self, name: str, inputs: dict[str, np.ndarray], version: str | None = None) -> dict:
         """Run a model with binary tensors; returns output name -> array."""
-        from inferbox.protocol.datatypes import numpy_to_v2, serialize_bytes_tensor
-
-        header = {"inputs": [], "outputs": []}
-        raws = []
-        for input_name, array in inputs.items():
-            datatype = numpy_to_v2(array.dtype)
-            if datatype == "BYTES":
-                raw = serialize_bytes_tensor(array)
-            else:
-                array = np.ascontiguousarray(array)
-                raw = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
-            header["inputs"].append(
-                {
-                    "name": input_name,
-                    "datatype": datatype,
-                    "shape": list(array.shape),
-                    "parameters": {"binary_data_size": len(raw)},
-                }
-            )
-            raws.append(raw)
-        header["parameters"] = {"binary_data_output": True}
-        head = json.dumps(header).encode()
-        path = f"/v2/models/{name}" + (f"/versions/{version}" if version else "") + "/infer"
+        body, headers = binary_request(inputs)
         response = self._request(
-            "POST",
-            path,
-            content=head + b"".join(raws),
-            headers={"Inference-Header-Content-Length": str(len(head))},
+            "POST", _model_path(name, version, "infer"), content=body, headers=headers
         )
         return decode_outputs(response)
+
+    # -- jobs ------------------------------------------------------------------------------------
+
+    def upload_job_input(self, path: Path, fmt: str | None = None) -> dict:
+        """Upload a ``.npy``/``.npz``/JSON-lines file for jobs; its description (``input_id``)."""
+        params = {"filename": path.name}
+        if fmt:
+            params["format"] = fmt
+
+        def chunks() -> Iterator[bytes]:
+            with path.open("rb") as handle:
+                while block := handle.read(CHUNK):
+                    yield block
+
+        return self._request("POST", "/v1/jobs/inputs", content=chunks(), params=params).json()
+
+    def submit_job(
+        self,
+        name: str,
+        *,
+        inputs: dict[str, np.ndarray] | None = None,
+        input_id: str | None = None,
+        version: str | None = None,
+        idempotency_key: str | None = None,
+        webhook_url: str | None = None,
+        retention_s: int | None = None,
+    ) -> dict:
+        """Queue a job over ``inputs`` (arrays) or an uploaded ``input_id``; the 202 answer."""
+        parameters = {
+            k: v
+            for k, v in (("webhook_url", webhook_url), ("retention_s", retention_s))
+            if v is not None
+        }
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        path = _model_path(name, version, "jobs")
+        if input_id is not None:
+            body = {"input_id": input_id, "parameters": parameters}
+            return self._request("POST", path, json=body, headers=headers).json()
+        if inputs is None:
+            raise ValueError("give inputs or an input_id")
+        body, binary_headers = binary_request(inputs, parameters)
+        headers.update(binary_headers)
+        return self._request("POST", path, content=body, headers=headers).json()
+
+    def job(self, job_id: str) -> dict:
+        """A job's state, progress, attempts and error."""
+        return self._request("GET", f"/v1/jobs/{job_id}").json()
+
+    def jobs(self, **filters) -> dict:
+        """A page of jobs (``state``, ``model``, ``limit``, ``cursor``)."""
+        params = {k: v for k, v in filters.items() if v is not None}
+        return self._request("GET", "/v1/jobs", params=params).json()
+
+    def cancel_job(self, job_id: str) -> dict:
+        """Cancel a queued or running job."""
+        return self._request("DELETE", f"/v1/jobs/{job_id}").json()
+
+    def job_result(self, job_id: str) -> dict[str, np.ndarray]:
+        """A finished job's outputs, name -> array."""
+        return decode_outputs(self._request("GET", f"/v1/jobs/{job_id}/result"))
+
+    def wait_job(
+        self,
+        job_id: str,
+        on_progress: Callable[[dict], None] | None = None,
+        poll_s: float = 0.5,
+        timeout_s: float | None = None,
+    ) -> dict:
+        """Poll until the job ends (succeeded, failed, cancelled, expired); its last state."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            job = self.job(job_id)
+            if on_progress is not None:
+                on_progress(job)
+            if job["state"] in FINISHED:
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} is still {job['state']}")
+            time.sleep(poll_s)
+
+
+FINISHED = ("succeeded", "failed", "cancelled", "expired")
+
+
+def _model_path(name: str, version: str | None, action: str) -> str:
+    return f"/v2/models/{name}" + (f"/versions/{version}" if version else "") + f"/{action}"
+
+
+def binary_request(
+    inputs: dict[str, np.ndarray], parameters: dict | None = None
+) -> tuple[bytes, dict[str, str]]:
+    """A V2 request body with binary tensors (outputs asked binary too) and its headers."""
+    from inferbox.protocol.datatypes import numpy_to_v2, serialize_bytes_tensor
+
+    header = {"inputs": [], "outputs": []}
+    raws = []
+    for input_name, array in inputs.items():
+        datatype = numpy_to_v2(array.dtype)
+        if datatype == "BYTES":
+            raw = serialize_bytes_tensor(array)
+        else:
+            array = np.ascontiguousarray(array)
+            raw = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+        header["inputs"].append(
+            {
+                "name": input_name,
+                "datatype": datatype,
+                "shape": list(array.shape),
+                "parameters": {"binary_data_size": len(raw)},
+            }
+        )
+        raws.append(raw)
+    header["parameters"] = {"binary_data_output": True, **(parameters or {})}
+    head = json.dumps(header).encode()
+    return head + b"".join(raws), {"Inference-Header-Content-Length": str(len(head))}
 
 
 def decode_outputs(response: httpx.Response) -> dict[str, np.ndarray]:

@@ -71,9 +71,12 @@ def test_a_worker_killed_mid_job_loses_nothing(bare, tmp_path):
 
         def victim_job():
             for job_id, (state, _, owner, _) in _ledger(appliance, slow).items():
-                if state == "running" and owner in workers:
-                    if http.get(f"/v1/jobs/{job_id}").json()["progress"] > 0:
-                        return job_id, owner
+                if (
+                    state == "running"
+                    and owner in workers
+                    and http.get(f"/v1/jobs/{job_id}").json()["progress"] > 0
+                ):
+                    return job_id, owner
             return None
 
         victim_id, victim = wait_for(victim_job, 60, "a slow job to make progress")
