@@ -20,6 +20,10 @@ from inferbox.security.keystore import now_utc
 _encode = msgspec.json.Encoder().encode
 
 
+_MAX_EXPIRY_S = 100 * 365 * 86400
+"""Longest lifetime a key may be given (a larger one overflows the date arithmetic)."""
+
+
 def _json(payload: object, status: int = 200) -> Response:
     return Response(_encode(payload), status_code=status, media_type="application/json")
 
@@ -49,8 +53,8 @@ class KeysController(Controller):
     @post("", status_code=201)
     async def create_key(self, request: Request, state: State, data: NewKey) -> Response:
         """Create a key; the answer's ``key`` is the only time its secret is shown."""
-        if data.expires_in_s is not None and data.expires_in_s <= 0:
-            raise BadRequest("expires_in_s must be > 0")
+        if data.expires_in_s is not None and not 0 < data.expires_in_s <= _MAX_EXPIRY_S:
+            raise BadRequest(f"expires_in_s must be > 0 and at most {_MAX_EXPIRY_S} (100 years)")
         expires_at = now_utc() + timedelta(seconds=data.expires_in_s) if data.expires_in_s else None
         async with audited(request, "key.create", data.name, scopes=data.scopes) as details:
             record, full = await state.keystore.create(

@@ -34,6 +34,18 @@ def _dumps(value: object) -> str:
     return json.dumps(value, default=str)
 
 
+def _storable(value: Any) -> Any:
+    """``value`` with every string made storable in PostgreSQL: NUL becomes U+FFFD and an
+    unpaired surrogate ``?`` (lists and dictionaries are walked)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_storable(k): _storable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_storable(v) for v in value]
+    return value
+
+
 class AuditEntry(msgspec.Struct, frozen=True, kw_only=True):
     """One row of the audit log."""
 
@@ -75,14 +87,17 @@ class AuditLog:
         details: dict[str, Any] | None = None,
     ) -> None:
         """Append one row and emit the matching ``audit`` log event."""
-        details = details or {}
+        # Targets and details echo what a client sent, and PostgreSQL refuses NUL characters
+        # and unpaired surrogates in text and jsonb: a request naming one must still be
+        # audited (and answered with its own error, not a 500).
+        details = _storable(details or {})
         fields = {
             "actor": actor,
             "action": action,
-            "target": target,
+            "target": _storable(target),
             "outcome": outcome,
             "remote_addr": remote_addr,
-            "request_id": request_id,
+            "request_id": _storable(request_id),
         }
         async with self._pool.connection() as conn:
             await conn.execute(

@@ -40,6 +40,7 @@ _COLUMNS = (
     " max_concurrency, expires_at, revoked_at, created_at, created_by, last_used_at"
 )
 _MISSING = b"-"
+_INT_MAX = 2**31 - 1
 _STALE_RETRY_S = 5.0
 """While PostgreSQL is unreachable, how long a stale key record is used before looking again."""
 
@@ -90,20 +91,24 @@ def _check(
 ) -> None:
     if not name or len(name) > 200:
         raise BadRequest("a key needs a name of 1 to 200 characters")
+    if not name.isprintable():
+        raise BadRequest("a key's name must be printable text")
     unknown = sorted(set(scopes) - set(SCOPES))
     if not scopes or unknown:
         raise BadRequest(f"scopes must be a non-empty subset of {list(SCOPES)}; unknown: {unknown}")
     for model in allowed_models or ():
         if not MODEL_NAME.fullmatch(model):
             raise BadRequest(f"{model!r} is not a valid model name")
-    if priority < 0:
-        raise BadRequest("priority must be >= 0")
-    if rate_per_s is not None and rate_per_s <= 0:
-        raise BadRequest("rate_per_s must be > 0")
-    if burst is not None and (burst < 1 or rate_per_s is None):
-        raise BadRequest("burst must be >= 1 and needs rate_per_s")
-    if max_concurrency is not None and max_concurrency < 1:
-        raise BadRequest("max_concurrency must be >= 1")
+    # Upper bounds are the columns' (integer, real): beyond them PostgreSQL would refuse the
+    # row and the client would see a 500 instead of the reason.
+    if not 0 <= priority <= _INT_MAX:
+        raise BadRequest(f"priority must be between 0 and {_INT_MAX}")
+    if rate_per_s is not None and not 0 < rate_per_s <= 1e9:
+        raise BadRequest("rate_per_s must be > 0 and at most 1e9")
+    if burst is not None and (not 1 <= burst <= _INT_MAX or rate_per_s is None):
+        raise BadRequest(f"burst must be between 1 and {_INT_MAX} and needs rate_per_s")
+    if max_concurrency is not None and not 1 <= max_concurrency <= _INT_MAX:
+        raise BadRequest(f"max_concurrency must be between 1 and {_INT_MAX}")
 
 
 class KeyStore:
