@@ -90,6 +90,26 @@ PER_MODEL = [
 ]
 
 
+JOBS = [
+    ("Jobs by state", "Jobs in the ledger per state (queued, running, succeeded, failed, cancelled, expired).", "short",
+     [q("max by (state) (sum by (state, instance) (inferbox_jobs))", "{{state}}")]),
+    ("Jobs submitted and finished", "Jobs accepted by the API, and brought to an end by workers, per second.", "reqps",
+     [q(f"sum(rate(inferbox_jobs_submitted_total[{R}]))", "submitted"),
+      q(f"sum by (state) (rate(inferbox_jobs_finished_total[{R}]))", "{{state}}")]),
+    ("Job duration p50 / p95", "Time from a job's claim to its stored result (one attempt).", "s",
+     [q(f"histogram_quantile({p}, sum by (le) (rate(inferbox_job_duration_seconds_bucket[{R}])))", f"p{int(p * 100)}")
+      for p in (0.5, 0.95)]),
+    ("Job rows per second", "Rows computed for jobs, by model (job chunks run on the low lane).", "short",
+     [q(f"sum by (model) (rate(inferbox_job_rows_total[{R}]))", "{{model}}")]),
+    ("Jobs queued again", "Jobs the reconciler put back: worker_lost (lease ran out), transport_lost (Redis lost the queue), released (a worker stopped).", "short",
+     [q("sum by (reason) (increase(inferbox_jobs_requeued_total[1h]))", "{{reason}}")]),
+    ("Webhook deliveries", "Completion webhooks per outcome over the last hour: delivered, retry, failed.", "short",
+     [q("sum by (outcome) (increase(inferbox_job_webhooks_total[1h]))", "{{outcome}}")]),
+    ("Low-lane queue wait p95", "How long job chunks wait behind interactive calls before their batch runs.", "s",
+     [q(f'histogram_quantile(0.95, sum by (le, model) (rate(inferbox_queue_wait_seconds_bucket{{lane="lo"}}[{R}])))', "{{model}}")]),
+]
+
+
 def dashboard(uid: str, title: str, panels: list, variables: list | None = None) -> dict:
     built = []
     for index, (name, description, unit, targets, *tags) in enumerate(panels):
@@ -137,6 +157,7 @@ MODEL_VARIABLE = {
 DASHBOARDS = {
     "overview": dashboard("inferbox-overview", "inferbox overview", OVERVIEW),
     "per-model": dashboard("inferbox-model", "inferbox per model", PER_MODEL, [MODEL_VARIABLE]),
+    "jobs": dashboard("inferbox-jobs", "inferbox jobs", JOBS),
 }
 
 

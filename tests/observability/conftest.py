@@ -40,6 +40,8 @@ def prometheus(appliance, tmp_path_factory) -> str:
         "inferbox-api": appliance.url.removeprefix("http://"),
         "inferbox-worker": appliance.metrics_url.removeprefix("http://").removesuffix("/metrics"),
     }
+    # The Ray worker (compose profile ``ray``) is not part of this appliance.
+    config["scrape_configs"] = [j for j in config["scrape_configs"] if j["job_name"] in targets]
     for job in config["scrape_configs"]:
         job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))

@@ -65,6 +65,23 @@ def _load(appliance) -> None:
         assert client.post("/v2/models/nope/infer", json=bodies[0][1]).status_code == 404
         assert client.post("/v2/models/mlp/infer", json={"inputs": []}).status_code == 400
         assert client.get("/v2/health/ready").status_code == 200
+        # Two async jobs, run to the end, for the jobs dashboard.
+        jobs = [client.post("/v2/models/mlp/jobs", json=bodies[0][1]).json() for _ in range(2)]
+        for job in jobs:
+            wait_for(
+                lambda job=job: client.get(job["status_url"]).json()["state"] == "succeeded",
+                60,
+                "a job to finish",
+            )
+    # The reconciler counts the ledger every few seconds: wait for its gauge.
+    wait_for(
+        lambda: (
+            'inferbox_jobs{model="mlp",state="succeeded"} 2.0'
+            in httpx.get(appliance.metrics_url).text
+        ),
+        30,
+        "the worker to count the jobs",
+    )
 
 
 @pytest.fixture(scope="module")

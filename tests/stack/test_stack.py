@@ -236,7 +236,7 @@ def _cli(env: dict[str, str], *args: str) -> str:
 
 
 @pytest.mark.e2e
-def test_end_to_end_push_call_observe_and_rotate_a_key(stack: Stack, tmp_path) -> None:
+def test_end_to_end_push_call_job_observe_and_rotate_a_key(stack: Stack, tmp_path) -> None:
     import numpy as np
     import tritonclient.http as triton
     from tritonclient.utils import InferenceServerException
@@ -278,6 +278,23 @@ def test_end_to_end_push_call_observe_and_rotate_a_key(stack: Stack, tmp_path) -
         ),
         10,
         "the request id in the nginx and api logs",
+    )
+
+    # An async job through nginx: a bulk file uploaded, followed to the end, its result fetched.
+    rows = np.random.default_rng(5).standard_normal((300, 64)).astype(np.float32)
+    np.save(tmp_path / "rows.npy", rows)
+    job = json.loads(
+        _cli(env, "jobs", "submit", "e2e", "--file", str(tmp_path / "rows.npy"), "--wait")
+    )
+    assert job["state"] == "succeeded" and job["rows_done"] == 300
+    _cli(env, "jobs", "result", job["id"], "--out", str(tmp_path / "result.npz"))
+    with np.load(tmp_path / "result.npz") as result:
+        session = ort.InferenceSession(str(model))
+        np.testing.assert_allclose(
+            result["y"], session.run(None, {"x": rows})[0], rtol=1e-4, atol=1e-5
+        )
+    wait_until(
+        lambda: job["id"] in (logs / "worker.log").read_text(), 10, "the job id in the worker log"
     )
 
     # The calls show in Prometheus (scraped from the API directly).

@@ -87,7 +87,7 @@ class JobLane:
             )
             thread.start()
             self._threads.append(thread)
-        log.info("job lane started", threads=self.settings.jobs_threads)
+        log.info("job lane started", count=self.settings.jobs_threads)
 
     def _take_deliveries(self, worker: _ThreadWorker) -> None:
         while not worker._stop_requested:

@@ -67,7 +67,7 @@ class Reconciler:
             except Exception as exc:
                 failures += 1
                 if failures in (1, 10) or failures % 100 == 0:
-                    log.warning("job reconciler sweep failed", error=str(exc), failures=failures)
+                    log.warning("job reconciler sweep failed", error=str(exc), count=failures)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), timeout=self.settings.jobs_reconcile_s)
 
@@ -107,9 +107,9 @@ class Reconciler:
         keys += await self.store.expire_inputs()
         if keys:
             failed = await asyncio.to_thread(self.objects.delete_many, keys)
-            log.info("expired job data deleted", objects=len(keys) - len(failed))
+            log.info("expired job data deleted", count=len(keys) - len(failed))
             if failed:
-                log.warning("some expired job objects could not be deleted", keys=failed[:10])
+                log.warning("some expired job objects could not be deleted", count=len(failed))
 
     async def _webhooks(self) -> None:
         for job in await self.store.due_webhooks():

@@ -320,7 +320,7 @@ class JobService:
             raise NotFinished(f"job {job.id} is already {job.state}")
         with contextlib.suppress(RedisError, OSError):
             await asyncio.to_thread(self.transport.withdraw, job.transport_id)
-        log.info("job cancelled", job_id=str(job.id), was=job.state)
+        log.info("job cancelled", job_id=str(job.id), state=job.state)
         return cancelled
 
     async def result(self, job_id: str, key: KeyRecord | None) -> Job:

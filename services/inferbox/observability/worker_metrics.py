@@ -93,3 +93,9 @@ WEBHOOKS = Counter(
     "Completion webhook deliveries tried, by outcome (delivered, retry, failed).",
     ["outcome"],
 )
+
+# Series that exist before the first event, so dashboards and alerts see zeros, not gaps.
+for _reason in ("worker_lost", "transport_lost", "released"):
+    JOBS_REQUEUED.labels(_reason)
+for _outcome in ("delivered", "retry", "failed"):
+    WEBHOOKS.labels(_outcome)
