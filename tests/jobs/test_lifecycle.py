@@ -271,3 +271,28 @@ def test_bad_lookups(jobs_http, path, status):
     response = jobs_http.get(path)
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/problem+json"
+
+
+def test_retention_per_model(jobs_appliance, jobs_http):
+    config = "/v1/models/add_sub/versions/1/config"
+    response = jobs_http.patch(config, json={"job_retention_s": 2})
+    assert response.status_code == 200, response.text
+    assert jobs_http.patch(config, json={"job_retention_s": 0}).status_code == 400
+    body = {
+        "inputs": [
+            {"name": n, "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}
+            for n in ("INPUT0", "INPUT1")
+        ]
+    }
+    try:
+        job_id = wait_for(
+            lambda: jobs_http.post("/v2/models/add_sub/jobs", json=body).json().get("job_id"),
+            30,
+            "add_sub to take jobs again after its reload",
+        )
+        job = wait_job(jobs_http, job_id)
+        assert job["state"] == "succeeded", job
+        # The model's retention applies: 2 s, not the appliance's week.
+        assert wait_job(jobs_http, job_id, timeout=20, states=("expired",))["state"] == "expired"
+    finally:
+        jobs_http.patch(config, json={"job_retention_s": None})

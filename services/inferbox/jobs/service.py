@@ -188,7 +188,7 @@ class JobService:
                 priority=priority,
                 rows_total=rows,
                 webhook_url=options.webhook_url,
-                retention_s=options.retention_s or self.settings.jobs_retention_s,
+                retention_s=self._retention(spec, options),
             )
         job, created = await self.store.create(row)
         if not created:
@@ -225,7 +225,13 @@ class JobService:
             priority=key.priority if key is not None else 0,
             rows_total=row.rows,
             webhook_url=options.webhook_url,
-            retention_s=options.retention_s or self.settings.jobs_retention_s,
+            retention_s=self._retention(spec, options),
+        )
+
+    def _retention(self, spec: ModelSpec, options: JobOptions) -> int:
+        """The job's own retention, else its model's, else the appliance's."""
+        return (
+            options.retention_s or spec.config.job_retention_s or self.settings.jobs_retention_s
         )
 
     async def _deliver(self, job: Job) -> None:

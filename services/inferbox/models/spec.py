@@ -60,6 +60,9 @@ class ModelConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Run one synthetic request after loading, before reporting ready."""
     pinned: bool = False
     """Never evicted to make room for other models."""
+    job_retention_s: int | None = None
+    """How long results of this model's async jobs are kept (a job's own ``retention_s`` wins;
+    None: ``INFERBOX_JOBS_RETENTION_S``)."""
 
 
 class ModelSpec(msgspec.Struct, frozen=True, kw_only=True):

@@ -150,6 +150,8 @@ def check_config(
         problems.append(f"graph_optimization_level must be one of {GRAPH_OPTIMIZATION_LEVELS}")
     if config.timeout_ms is not None and config.timeout_ms <= 0:
         problems.append("timeout_ms must be > 0")
+    if config.job_retention_s is not None and config.job_retention_s <= 0:
+        problems.append("job_retention_s must be > 0")
     if problems:
         raise BadRequest("invalid model config: " + "; ".join(problems))
     return config
