@@ -33,6 +33,7 @@ from inferbox.testing import onnx_models
 REDIS_URL = os.environ.get("INFERBOX_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES = os.environ.get("INFERBOX_TEST_POSTGRES", "host=127.0.0.1 port=5432 user=postgres")
 INFERBOX = str(Path(sys.executable).with_name("inferbox"))
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -304,6 +305,8 @@ def appliance(redis_client, model_repo, tmp_path_factory, make_database, s3_endp
     could never get it past validation)."""
     broken = tmp_path_factory.mktemp("broken") / "model.onnx"
     broken.write_bytes(os.urandom(2048))
+    certs = tmp_path_factory.mktemp("certs")
+    subprocess.run([str(ROOT / "scripts" / "certs"), str(certs)], check=True, capture_output=True)
     with running_appliance(
         redis_client,
         tmp_path_factory,
@@ -314,6 +317,7 @@ def appliance(redis_client, model_repo, tmp_path_factory, make_database, s3_endp
         extra_catalog=[
             ModelSpec(name="broken", version=1, path=str(broken), sha256="0" * 64, size=2048)
         ],
+        INFERBOX_TLS_CERT_FILE=str(certs / "tls.crt"),
     ) as running:
         yield running
 

@@ -169,6 +169,12 @@ class Settings(BaseSettings):
     """Queued plus running requests a model accepts before answering 503."""
 
 
+    # --- gateway certificate (watched by the API) ----------------------------------------------
+    tls_cert_file: Path | None = None
+    """The certificate nginx serves (mounted read-only); its expiry is exported as
+    ``inferbox_tls_certificate_expiry_timestamp_seconds`` for the expiry alert. None: not
+    exported."""
+
     # --- async jobs ----------------------------------------------------------------------------
     jobs_enabled: bool = True
     """Whether this worker also runs async jobs (the API accepts them regardless)."""

@@ -52,13 +52,38 @@ EXPECTED = {
     ("GET", "/v1/keys"): "admin",
     ("DELETE", "/v1/keys/{key_id}"): "admin",
     ("GET", "/v1/audit"): "admin",
+    ("POST", "/v2/models/{name}/jobs"): "jobs",
+    ("POST", "/v2/models/{name}/versions/{version}/jobs"): "jobs",
+    ("GET", "/v1/jobs"): "jobs",
+    ("GET", "/v1/jobs/{job_id}"): "jobs",
+    ("GET", "/v1/jobs/{job_id}/result"): "jobs",
+    ("DELETE", "/v1/jobs/{job_id}"): "jobs",
+    ("POST", "/v1/jobs/inputs"): "jobs",
+    ("GET", "/v1/jobs/inputs/{input_id}"): "jobs",
 }
 GHOST = "matrix-ghost"
 """A model that does not exist: write routes answer 404 with the right key and harm nothing."""
-VALUES = {"name": GHOST, "version": "1", "alias": "production", "key_id": "ibk_NoSuchK1"}
+VALUES = {
+    "name": GHOST,
+    "version": "1",
+    "alias": "production",
+    "key_id": "ibk_NoSuchK1",
+    "job_id": "00000000-0000-4000-8000-000000000000",
+    "input_id": "in_000000000000000000000000",
+}
 # A key of each kind lacking the scope the route needs.
-LACKING = {"infer": ("jobs",), "models:write": ("infer",), "admin": ("infer", "models:write")}
-HAVING = {"infer": ("infer",), "models:write": ("models:write",), ANY: ("jobs",)}
+LACKING = {
+    "infer": ("jobs",),
+    "jobs": ("infer",),
+    "models:write": ("infer",),
+    "admin": ("infer", "models:write"),
+}
+HAVING = {
+    "infer": ("infer",),
+    "jobs": ("jobs",),
+    "models:write": ("models:write",),
+    ANY: ("jobs",),
+}
 
 
 def routes() -> list[tuple[str, str]]:
@@ -110,7 +135,7 @@ def matrix_keys(make_key) -> dict[str, str]:
     keys = {f"lacks {need}": make_key(*scopes)[0] for need, scopes in LACKING.items()}
     keys.update({f"has {need}": make_key(*scopes)[0] for need, scopes in HAVING.items()})
     keys["other model"] = make_key("infer", "jobs", "models:write", allowed_models=["mlp"])[0]
-    keys["right model"] = make_key("infer", "models:write", allowed_models=[GHOST])[0]
+    keys["right model"] = make_key("infer", "jobs", "models:write", allowed_models=[GHOST])[0]
     return keys
 
 

@@ -34,6 +34,7 @@ from inferbox.jobs.transport import JobTransport
 from inferbox.keys import Keys
 from inferbox.lanes.client import InteractiveClient
 from inferbox.logs import configure_logging
+from inferbox.observability import certificate
 from inferbox.registry.wiring import object_store, registry_service
 from inferbox.security.audit import AuditLog
 from inferbox.security.auth import Gate
@@ -138,6 +139,9 @@ def create_app(settings: Settings) -> Litestar:
             )
             # Redis may have lost the catalog (restart without data): rebuild it now, and
             # whenever it goes missing later.
+            watcher = None
+            if settings.tls_cert_file is not None:
+                watcher = asyncio.create_task(certificate.watch(settings.tls_cert_file))
             keeper = asyncio.create_task(
                 keep_catalog(registry, client, keys, app.state.directory), name="catalog"
             )
@@ -148,6 +152,8 @@ def create_app(settings: Settings) -> Litestar:
                 yield
             finally:
                 keeper.cancel()
+                if watcher is not None:
+                    watcher.cancel()
                 if app.state.key_cache is not None:
                     await app.state.key_cache.close()
                 await lane.close()

@@ -13,7 +13,7 @@ import uuid
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.datastructures import State
-from litestar.params import Parameter
+from litestar.params import QueryParameter
 from litestar.response import Stream
 
 from inferbox.api.uploads import upload_chunks
@@ -105,7 +105,7 @@ class JobsController(Controller):
         self,
         request: Request,
         state: State,
-        job_state: str | None = Parameter(query="state", default=None),
+        job_state: str | None = QueryParameter(name="state", default=None),
         model: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
@@ -122,7 +122,7 @@ class JobsController(Controller):
         self,
         request: Request,
         state: State,
-        input_format: str | None = Parameter(query="format", default=None),
+        input_format: str | None = QueryParameter(name="format", default=None),
         filename: str | None = None,
     ) -> Response:
         """Upload a job input file (``.npy``, ``.npz``, JSON lines; raw body or multipart)."""

@@ -30,13 +30,12 @@ TERMINAL = (SUCCEEDED, FAILED, CANCELLED, EXPIRED)
 OPEN = (QUEUED, RUNNING)
 
 
-class Job(msgspec.Struct, kw_only=True):
-    """One row of ``jobs``."""
+class NewJob(msgspec.Struct, kw_only=True):
+    """What a submission writes; the database fills in the rest."""
 
     id: uuid.UUID
     model: str
     version: int
-    state: str
     kind: str
     """``request`` (a V2 request body) or ``bulk`` (a job input file)."""
     input_key: str
@@ -44,11 +43,22 @@ class Job(msgspec.Struct, kw_only=True):
     header_length: int | None = None
     options: dict[str, Any] = {}
     priority: int = 0
-    progress: float = 0.0
     rows_total: int | None = None
+    max_attempts: int
+    idempotency_key: str | None = None
+    api_key_id: str | None = None
+    request_id: str | None = None
+    webhook_url: str | None = None
+    retention_s: int
+
+
+class Job(NewJob, kw_only=True):
+    """One row of ``jobs``: the submission plus its state, lease, progress and result."""
+
+    state: str
+    progress: float = 0.0
     rows_done: int = 0
     attempts: int = 0
-    max_attempts: int
     lease_owner: str | None = None
     lease_expires_at: datetime | None = None
     transport_id: str | None = None
@@ -58,15 +68,10 @@ class Job(msgspec.Struct, kw_only=True):
     result_content_type: str | None = None
     result_header_length: int | None = None
     result_size: int | None = None
-    idempotency_key: str | None = None
-    api_key_id: str | None = None
-    request_id: str | None = None
-    webhook_url: str | None = None
     webhook_state: str | None = None
     webhook_attempts: int = 0
     webhook_next_at: datetime | None = None
     webhook_error: str | None = None
-    retention_s: int
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -131,27 +136,6 @@ class JobInput(msgspec.Struct, kw_only=True):
             "created_at": self.created_at,
             "expires_at": self.expires_at,
         }
-
-
-class NewJob(msgspec.Struct, kw_only=True):
-    """What a submission writes; the database fills in the rest."""
-
-    id: uuid.UUID
-    model: str
-    version: int
-    kind: str
-    input_key: str
-    input_id: str | None = None
-    header_length: int | None = None
-    options: dict[str, Any] = {}
-    priority: int = 0
-    rows_total: int | None = None
-    max_attempts: int
-    idempotency_key: str | None = None
-    api_key_id: str | None = None
-    request_id: str | None = None
-    webhook_url: str | None = None
-    retention_s: int
 
 
 def _json(value: Any) -> Jsonb:
