@@ -230,9 +230,7 @@ class JobService:
 
     def _retention(self, spec: ModelSpec, options: JobOptions) -> int:
         """The job's own retention, else its model's, else the appliance's."""
-        return (
-            options.retention_s or spec.config.job_retention_s or self.settings.jobs_retention_s
-        )
+        return options.retention_s or spec.config.job_retention_s or self.settings.jobs_retention_s
 
     async def _deliver(self, job: Job) -> None:
         try:
