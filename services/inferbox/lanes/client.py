@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import uuid
+from collections.abc import Awaitable, Callable
 
 import structlog
 from redis.exceptions import RedisError, ResponseError
@@ -33,6 +34,10 @@ _ENQUEUE = """
 if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end
 return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
 """
+
+
+WATCH_DISCONNECT_AFTER_S = 0.02
+"""How long a call waits before its client's departure is watched for."""
 
 
 class ClientGone(Exception):
@@ -116,9 +121,14 @@ class InteractiveClient:
         *,
         max_queue: int,
         timeout_s: float,
-        disconnected: asyncio.Future | None = None,
+        receive: Callable[[], Awaitable[dict]] | None = None,
     ) -> tuple[ReplyHeader, list[memoryview]]:
-        """Queue one call and wait for its reply, its deadline, or the client's departure."""
+        """Queue one call and wait for its reply, its deadline, or the client's departure.
+
+        ``receive`` is the ASGI receive of the HTTP request whose body was read: its next
+        message can only be the client leaving. It is watched only once the call has waited
+        ``WATCH_DISCONNECT_AFTER_S``: most calls are answered sooner, and a watcher is a task.
+        """
         token = str(next(self._tokens))
         header.channel = self.channel
         header.token = token
@@ -126,6 +136,14 @@ class InteractiveClient:
         future = loop.create_future()
         self._waiting[token] = future
         entry_id = None
+        watcher: asyncio.Future | None = None
+
+        def watch() -> None:
+            nonlocal watcher
+            watcher = asyncio.ensure_future(receive())
+            watcher.add_done_callback(lambda _: _fail(future, ClientGone()))
+
+        watching = loop.call_later(WATCH_DISCONNECT_AFTER_S, watch) if receive else None
         # A timer and a callback resolve the future instead of wrapping the wait in tasks or
         # timeout scopes: this runs for every request.
         timer = loop.call_later(
@@ -147,8 +165,6 @@ class InteractiveClient:
                 raise Unavailable("the queue is unreachable") from exc
             if entry_id is None:
                 raise Unavailable("the model's queue is full", retry_after=1.0)
-            if disconnected is not None:
-                disconnected.add_done_callback(lambda _: _fail(future, ClientGone()))
             reply = await future
             entry_id = None  # answered: the worker has deleted it
             if reply[0].error is not None:
@@ -158,6 +174,10 @@ class InteractiveClient:
             return reply
         finally:
             timer.cancel()
+            if watching is not None:
+                watching.cancel()
+            if watcher is not None:
+                watcher.cancel()
             self._waiting.pop(token, None)
             if entry_id is not None:
                 # Not answered: withdraw the call so no worker computes it for nobody.

@@ -131,9 +131,18 @@ class Gate:
         self.cache = cache
         self.limiter = limiter
         self.audit = audit
+        # Authorization header -> (key id, the stored hash its secret matched). A client sends
+        # the same header on every call: hashing it again each time is wasted work. The key's
+        # record (revocation, expiry, scopes) is still looked up on every call.
+        self._verified: dict[bytes, tuple[str, str]] = {}
 
     async def authenticate(self, authorization: bytes | None, need: Need) -> KeyRecord:
         """The key presented for ``need``, or ``KeyRefused`` (401) / ``ScopeRefused`` (403)."""
+        known = self._verified.get(authorization) if authorization else None
+        if known is not None:
+            key = await self._lookup(known[0])
+            if key is not None and key.secret_hash == known[1]:
+                return self._check(key, need)
         token = bearer_token(authorization)
         if token is None:
             raise KeyRefused("an API key is required: Authorization: Bearer <key>")
@@ -141,13 +150,24 @@ class Gate:
         if parts is None:
             raise KeyRefused("the API key is malformed", key_id_of(token))
         key_id, secret = parts
+        key = await self._lookup(key_id)
+        if key is None or not secret_matches(secret, key.secret_hash):
+            raise KeyRefused("the API key is not valid", key_id)
+        if len(self._verified) >= 4096:
+            self._verified.clear()
+        self._verified[authorization] = (key_id, key.secret_hash)
+        return self._check(key, need)
+
+    async def _lookup(self, key_id: str) -> KeyRecord | None:
         try:
-            key = await self.cache.get(key_id)
+            return await self.cache.get(key_id)
         except (RedisError, psycopg.Error) as exc:
             log.warning("API key lookup failed", error=str(exc))
             raise Unavailable("API keys cannot be checked right now") from None
-        if key is None or not secret_matches(secret, key.secret_hash):
-            raise KeyRefused("the API key is not valid", key_id)
+
+    def _check(self, key: KeyRecord, need: Need) -> KeyRecord:
+        """Revocation, expiry, scope and model of a key whose secret matched."""
+        key_id = key.id
         if key.revoked_at is not None:
             raise KeyRefused(f"API key {key_id} was revoked", key_id)
         if key.expired():
