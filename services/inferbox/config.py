@@ -218,7 +218,7 @@ class Settings(BaseSettings):
     jobs_input_retention_s: int = Field(default=7 * 24 * 3600, gt=0)
     """How long an uploaded job input file is kept."""
 
-    jobs_max_input_bytes: int = Field(default=4 * 1024**3, gt=0)
+    jobs_max_input_bytes: int = Field(default=2 * 1024**3, gt=0)
     """Largest job input file accepted by ``POST /v1/jobs/inputs``."""
 
     jobs_spool_dir: Path = Path("/tmp/inferbox-jobs")
@@ -233,6 +233,10 @@ class Settings(BaseSettings):
 
     jobs_webhook_timeout_s: float = Field(default=10.0, gt=0)
     """Time limit of one webhook delivery."""
+
+    jobs_webhook_allow_private: bool = False
+    """Whether webhooks may call private, loopback and link-local addresses. Off, a job cannot
+    make the appliance call its own internal services (Redis, PostgreSQL, MinIO...)."""
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -113,7 +113,12 @@ class Reconciler:
 
     async def _webhooks(self) -> None:
         for job in await self.store.due_webhooks():
-            error = await webhooks.deliver(self.http, job, self.settings.jobs_webhook_secret)
+            error = await webhooks.deliver(
+                self.http,
+                job,
+                self.settings.jobs_webhook_secret,
+                allow_private=self.settings.jobs_webhook_allow_private,
+            )
             if error is None:
                 metrics.WEBHOOKS.labels("delivered").inc()
                 await self.store.webhook_outcome(

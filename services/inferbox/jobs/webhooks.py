@@ -4,12 +4,18 @@ The body is JSON (``job_id``, ``state``, ``model``, ``version``, ``error``, ``fi
 With ``Settings.jobs_webhook_secret`` set, ``X-Inferbox-Signature`` is ``sha256=<hex>``, the
 HMAC-SHA256 of ``<X-Inferbox-Timestamp>.<body>`` under that secret: a receiver recomputes it,
 compares in constant time, and rejects old timestamps to stop replays.
+
+Unless ``Settings.jobs_webhook_allow_private`` is set, a URL whose host resolves to a private,
+loopback or link-local address is refused, so a job cannot make the appliance call its own
+internal services.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import ipaddress
 import time
 
 import httpx
@@ -47,8 +53,29 @@ def backoff_s(attempts: int) -> float:
     return min(_MAX_BACKOFF_S, 2.0 ** max(attempts - 1, 0))
 
 
-async def deliver(client: httpx.AsyncClient, job: Job, secret: str) -> str | None:
+async def refusal(url: str) -> str | None:
+    """Why ``url`` may not be called (its host is or resolves to a private, loopback,
+    link-local or otherwise internal address), or None."""
+    host = httpx.URL(url).host
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, None)
+    except OSError as exc:
+        return f"cannot resolve {host!r}: {exc}"
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0].split("%")[0])
+        if not address.is_global or address.is_multicast:
+            return f"{host!r} is an internal address ({address}); webhooks call public ones"
+    return None
+
+
+async def deliver(
+    client: httpx.AsyncClient, job: Job, secret: str, *, allow_private: bool = False
+) -> str | None:
     """POST the job's completion to its webhook; None on a 2xx answer, else why it failed."""
+    if not allow_private:
+        refused = await refusal(job.webhook_url)
+        if refused is not None:
+            return refused
     body = payload(job)
     timestamp = str(int(time.time()))
     headers = {
