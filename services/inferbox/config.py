@@ -179,8 +179,9 @@ class Settings(BaseSettings):
     jobs_enabled: bool = True
     """Whether this worker also runs async jobs (the API accepts them regardless)."""
 
-    jobs_threads: int = Field(default=1, ge=1, le=16)
-    """Jobs a worker runs at the same time (each splits into chunks queued on the low lane)."""
+    jobs_threads: int = Field(default=2, ge=1, le=16)
+    """Jobs a worker runs at the same time (each splits into chunks queued on the low lane), so
+    a short job need not wait for a long one to finish."""
 
     jobs_max_attempts: int = Field(default=3, ge=1)
     """Runs a job gets (the first plus retries after a worker is lost) before it fails."""

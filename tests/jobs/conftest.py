@@ -18,6 +18,8 @@ TERMINAL = ("succeeded", "failed", "cancelled", "expired")
 # Short enough that the crash and redelivery tests take seconds, long enough to renew under load.
 JOB_ENV = {
     "INFERBOX_JOBS_LEASE_S": "3",
+    # One job at a time per worker, so a test can keep a job queued behind another.
+    "INFERBOX_JOBS_THREADS": "1",
     "INFERBOX_JOBS_RECONCILE_S": "0.5",
     "INFERBOX_JOBS_REQUEUE_AFTER_S": "2",
     "INFERBOX_JOBS_WEBHOOK_SECRET": WEBHOOK_SECRET,

@@ -37,9 +37,10 @@ def bare(redis_client, jobs_repo, tmp_path_factory, make_database, s3_endpoint):
         yield running, http
 
 
-def _job_worker(appliance, name: str, tmp_path):
+def _job_worker(appliance, name: str, tmp_path, **extra: str):
     env = {
         **appliance.env,
+        **extra,
         "INFERBOX_JOBS_ENABLED": "true",
         "INFERBOX_WORKER_ID": name,
         "INFERBOX_WORKER_METRICS_PORT": "0",
@@ -172,5 +173,20 @@ def test_interactive_calls_go_before_job_chunks(bare, tmp_path):
         # most the batch already running.
         assert waited < 2 * batch_s + 0.5, (waited, batch_s)
         http.delete(f"/v1/jobs/{job_id}")
+    finally:
+        stop_process(worker)
+
+
+def test_a_short_job_does_not_wait_for_a_long_one(bare, tmp_path):
+    appliance, http = bare
+    worker = _job_worker(appliance, "jobs-g", tmp_path, INFERBOX_JOBS_THREADS="2")
+    try:
+        body, headers = _slow_body(8 * 1024)
+        long_id = http.post("/v2/models/slow/jobs", content=body, headers=headers).json()["job_id"]
+        wait_job(http, long_id, states=("running",))
+        short_id = http.post("/v2/models/mlp/jobs", json=X).json()["job_id"]
+        assert wait_job(http, short_id, timeout=30)["state"] == "succeeded"
+        assert http.get(f"/v1/jobs/{long_id}").json()["state"] == "running"
+        assert wait_job(http, long_id, timeout=90)["state"] == "succeeded"
     finally:
         stop_process(worker)
