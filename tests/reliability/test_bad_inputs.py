@@ -25,7 +25,7 @@ from inferbox.registry.objects import ObjectStore
 from tests.registry.bad_models import CORPUS
 from tests.reliability.report import record
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST_S = 1.0

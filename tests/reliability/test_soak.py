@@ -96,5 +96,5 @@ def test_soak_at_a_fraction_of_the_measured_maximum(healthy):
     )
     assert set(counts) == {200}, describe(calls)
     assert p99 <= SETTINGS.p99_target_s, f"p99 {p99 * 1000:.1f} ms; {describe(calls)}"
-    assert held >= 0.9 * target, f"held {held:.0f}/s of {target:.0f}/s; {describe(calls)}"
+    assert held >= 0.85 * target, f"held {held:.0f}/s of {target:.0f}/s; {describe(calls)}"
     assert not too_much, too_much

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
+import structlog
 from redis.exceptions import RedisError
 
 from inferbox.errors import NotFound, Unavailable
@@ -23,6 +24,8 @@ from inferbox.models.catalog import (
     summarize,
 )
 from inferbox.models.spec import ModelSpec
+
+log = structlog.get_logger(__name__)
 
 PRODUCTION = "production"
 
@@ -68,6 +71,7 @@ class ModelDirectory:
             pipe.hgetall(self.keys.status(name))
             catalog_exists, raw, statuses = await pipe.execute()
         except RedisError as exc:
+            log.warning("reading the catalog failed", model=name[:128], error=repr(exc)[:300])
             raise Unavailable("the model catalog is unreachable") from exc
         if not catalog_exists and self.expect_catalog:
             # No catalog at all (not just no such model) though the registry has models:
@@ -146,6 +150,7 @@ class ModelDirectory:
                 self._asked[key] = now
                 await self.client.publish(self.keys.events, f"want:{spec.name}:{spec.version}")
         except RedisError as exc:
+            log.warning("checking workers failed", model=spec.name, error=repr(exc)[:300])
             raise Unavailable("the model catalog is unreachable") from exc
 
     async def versions(self, name: str) -> list[ModelSpec]:

@@ -43,6 +43,8 @@ _MISSING = b"-"
 _INT_MAX = 2**31 - 1
 _STALE_RETRY_S = 5.0
 """While PostgreSQL is unreachable, how long a stale key record is used before looking again."""
+_REFRESH_TIMEOUT_S = 1.0
+"""Longest a request waits to refresh a key record it already has (else it uses that one)."""
 
 
 class KeyRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -268,15 +270,21 @@ class KeyCache:
         if hit is not None and hit[0] > now:
             return hit[1]
         try:
-            record = await self._fetch(key_id)
-        except psycopg.Error:
+            if hit is None:
+                record = await self._fetch(key_id)
+            else:
+                # One request refreshes the record; the others keep the one in hand until it
+                # is done (at most _REFRESH_TIMEOUT_S), instead of all waiting on PostgreSQL.
+                self._local[key_id] = (now + _REFRESH_TIMEOUT_S, hit[1])
+                async with asyncio.timeout(_REFRESH_TIMEOUT_S):
+                    record = await self._fetch(key_id)
+        except (psycopg.Error, TimeoutError):
             if hit is None:
                 raise
-            # PostgreSQL is down and Redis has let its copy expire: keep serving the last
-            # record seen. It stays safe: revoking a key needs PostgreSQL, and a revocation
-            # made before the outage already replaced this copy (through Redis and pub/sub).
-            # Look again in a few seconds, not on every request (each lookup waits for the
-            # pool's timeout while PostgreSQL is down).
+            # PostgreSQL is down (or slow) and Redis has let its copy expire: keep serving the
+            # last record seen. It stays safe: revoking a key needs PostgreSQL, and a
+            # revocation made before the outage already replaced this copy (through Redis and
+            # pub/sub). Look again in a few seconds, not on every request.
             self._local[key_id] = (now + _STALE_RETRY_S, hit[1])
             return hit[1]
         if len(self._local) > 10_000:
