@@ -509,9 +509,7 @@ class InferboxServer(Server):
             capture_output=True,
         )
         self.auth = f"Bearer {key_file.read_text().strip()}"
-        self.worker = subprocess.Popen(
-            [inferbox, *self.worker_command], env=env, cwd=ROOT, **logs
-        )
+        self.worker = subprocess.Popen([inferbox, *self.worker_command], env=env, cwd=ROOT, **logs)
         self.api = subprocess.Popen([inferbox, "api"], env=env, cwd=ROOT, **logs)
         self.procs += [self.worker, self.api]
         log(

@@ -168,7 +168,6 @@ class Settings(BaseSettings):
     default_max_queue_size: int = Field(default=2048, gt=0)
     """Queued plus running requests a model accepts before answering 503."""
 
-
     # --- gateway certificate (watched by the API) ----------------------------------------------
     tls_cert_file: Path | None = None
     """The certificate nginx serves (mounted read-only); its expiry is exported as
