@@ -238,6 +238,10 @@ def chaos_stack(tmp_path_factory) -> Iterator[ChaosStack]:
             INFERBOX_SLOW_REQUEST_MS="0",
             # An unreachable S3 server fails an upload within seconds here (30 s by default).
             INFERBOX_S3_TIMEOUT_S="5",
+            # Jobs of a lost worker, or lost by Redis, are redelivered within seconds here.
+            INFERBOX_JOBS_LEASE_S="4",
+            INFERBOX_JOBS_RECONCILE_S="1",
+            INFERBOX_JOBS_REQUEUE_AFTER_S="3",
         )
         run_cli(["migrate"], env)
         key_file = work / "admin.key"

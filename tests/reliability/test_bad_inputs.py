@@ -278,10 +278,7 @@ OPEN = {("GET", "/v2"), ("GET", "/v2/health/live"), ("GET", "/v2/health/ready")}
 
 
 def routes() -> list[tuple[str, str]]:
-    """(method, template) of every route the app has, the inference routes included.
-
-    Jobs routes are left to their own suite (that feature is being built now).
-    """
+    """(method, template) of every route the app has, the inference routes included."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # deprecation notes of route declarations
         from inferbox.api.app import create_app
@@ -293,7 +290,7 @@ def routes() -> list[tuple[str, str]]:
     }
     for route in app.routes:
         template = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)
-        if template.startswith(("/docs", "/v1/jobs")):
+        if template.startswith("/docs"):
             continue
         for method in getattr(route, "methods", ()):
             if method not in ("HEAD", "OPTIONS"):

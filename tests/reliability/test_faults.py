@@ -3,7 +3,9 @@
 For every fault: each sync call gets a result or a planned error (429/503/504) within its
 deadline plus slack (``HANG_S``), never a hang; readiness turns false while a dependency is
 down (where the fault takes one down) and true after; throughput is back to half of its
-baseline within ``recovery_bound_s`` of the repair. Figures go to ``INFERBOX_CHAOS_REPORT``.
+baseline within ``recovery_bound_s`` of the repair; every async job accepted before or during
+the fault ends ``succeeded`` exactly once, with its result (``tests/reliability/jobs.py``).
+Figures go to ``INFERBOX_CHAOS_REPORT``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pytest
 from inferbox.testing import onnx_models
 from tests.conftest import wait_for
 from tests.reliability.conftest import HANG_S, SETTINGS, ChaosStack
+from tests.reliability.jobs import JobProbe
 from tests.reliability.load import (
     PLANNED,
     Load,
@@ -46,10 +49,14 @@ def run_fault(
     allowed: frozenset = frozenset(PLANNED),
     concurrency: int = 4,
 ) -> dict:
-    """Break, hold ``down_s``, repair, under load; check the answers and the recovery."""
+    """Break, hold ``down_s``, repair, under load; check the answers and the recovery, and
+    that every async job accepted before or during the fault ends once with its result."""
     load = Load(stack.url, stack.headers, concurrency=concurrency, verify=stack.verify)
     figures: dict = {"fault": name, "down_s": down_s}
-    with load:
+    jobs_client = stack.client()
+    jobs = JobProbe(jobs_client, stack.env["INFERBOX_DATABASE_URL"])
+    with load, jobs_client:
+        jobs.submit(3)
         time.sleep(BASELINE_S)
         broken_at = time.monotonic()
         baseline = throughput(load.calls, broken_at - BASELINE_S + 0.5, broken_at)
@@ -61,6 +68,7 @@ def run_fault(
                 figures["unready_after_s"] = round(stack.wait_ready(False, 20), 2)
             if during is not None:
                 figures.update(during())
+            jobs.submit(2)
             remaining = down_s - (time.monotonic() - broken_at)
             if remaining > 0:
                 time.sleep(remaining)
@@ -78,6 +86,7 @@ def run_fault(
                 break
             time.sleep(0.5)
         time.sleep(1.0)
+        figures.update(jobs.settle())
     calls = load.calls
     recovered = recovery_seconds(calls, restored_at, baseline)
     counts = statuses(calls)
