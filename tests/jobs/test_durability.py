@@ -12,8 +12,8 @@ import psycopg
 import pytest
 
 from tests.conftest import _start, running_appliance, stop_process, wait_for
-from tests.jobs.conftest import JOB_ENV, SLOW_WIDTH, wait_job
-from tests.jobs.test_lifecycle import X, _job_objects, _slow_body
+from tests.jobs.conftest import JOB_ENV, SLOW_WIDTH, long_job_body, slow_body, wait_job
+from tests.jobs.test_lifecycle import X, _job_objects
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -62,7 +62,7 @@ def test_a_worker_killed_mid_job_loses_nothing(bare, tmp_path):
     appliance, http = bare
     workers = {name: _job_worker(appliance, name, tmp_path) for name in ("jobs-a", "jobs-b")}
     try:
-        body, headers = _slow_body(8 * 1024)  # eight chunks of about a second
+        body, headers = long_job_body(http, 8)
         slow = [
             http.post("/v2/models/slow/jobs", content=body, headers=headers).json()["job_id"]
             for _ in range(2)
@@ -126,7 +126,7 @@ def test_jobs_survive_redis_losing_the_queue(bare, tmp_path):
 def test_a_stopping_worker_hands_its_job_back(bare, tmp_path):
     appliance, http = bare
     first = _job_worker(appliance, "jobs-d", tmp_path)
-    body, headers = _slow_body(4 * 1024)
+    body, headers = long_job_body(http, 6)
     job_id = http.post("/v2/models/slow/jobs", content=body, headers=headers).json()["job_id"]
     wait_job(http, job_id, states=("running",))
     stop_process(first)  # SIGTERM: the job goes back to the queue, its attempt not counted
@@ -141,13 +141,13 @@ def test_a_stopping_worker_hands_its_job_back(bare, tmp_path):
 
 def test_interactive_calls_go_before_job_chunks(bare, tmp_path):
     appliance, http = bare
-    body, headers = _slow_body(1024)
+    body, headers = slow_body(1024)
     started = time.monotonic()
     assert http.post("/v2/models/slow/infer", content=body, headers=headers).status_code == 200
     batch_s = time.monotonic() - started
     worker = _job_worker(appliance, "jobs-f", tmp_path)
     try:
-        big, big_headers = _slow_body(12 * 1024)
+        big, big_headers = long_job_body(http, 12, least_chunks=12)
         job_id = http.post("/v2/models/slow/jobs", content=big, headers=big_headers).json()[
             "job_id"
         ]
@@ -181,7 +181,7 @@ def test_a_short_job_does_not_wait_for_a_long_one(bare, tmp_path):
     appliance, http = bare
     worker = _job_worker(appliance, "jobs-g", tmp_path, INFERBOX_JOBS_THREADS="2")
     try:
-        body, headers = _slow_body(8 * 1024)
+        body, headers = long_job_body(http, 8)
         long_id = http.post("/v2/models/slow/jobs", content=body, headers=headers).json()["job_id"]
         wait_job(http, long_id, states=("running",))
         short_id = http.post("/v2/models/mlp/jobs", json=X).json()["job_id"]

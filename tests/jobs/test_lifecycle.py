@@ -8,14 +8,12 @@ import time
 import uuid
 
 import httpx
-import numpy as np
 import pytest
-import tritonclient.http as triton_http
 
 from inferbox.jobs.webhooks import signature
 from inferbox.registry.objects import ObjectStore
 from tests.conftest import wait_for
-from tests.jobs.conftest import SLOW_WIDTH, WEBHOOK_SECRET, wait_job
+from tests.jobs.conftest import WEBHOOK_SECRET, long_job_body, wait_job
 
 pytestmark = pytest.mark.integration
 
@@ -50,15 +48,6 @@ def _client_with(appliance, scopes: list[str]) -> httpx.Client:
         timeout=30,
         headers={"Authorization": f"Bearer {response.json()['key']}"},
     )
-
-
-def _slow_body(rows: int) -> tuple[bytes, dict]:
-    x = np.full((rows, SLOW_WIDTH), 0.01, np.float32)
-    tensor = triton_http.InferInput("x", list(x.shape), "FP32")
-    tensor.set_data_from_numpy(x, binary_data=True)
-    out = triton_http.InferRequestedOutput("y", binary_data=True)
-    body, size = triton_http.InferenceServerClient.generate_request_body([tensor], outputs=[out])
-    return body, {"Inference-Header-Content-Length": str(size)}
 
 
 def test_idempotency_key_returns_the_same_job(jobs_appliance, jobs_http):
@@ -113,7 +102,7 @@ def test_listing_pages_through_every_job(jobs_appliance):
 
 
 def test_cancel_queued_and_running_jobs(jobs_appliance, jobs_http):
-    body, headers = _slow_body(8 * 1024)  # eight chunks of about a second each
+    body, headers = long_job_body(jobs_http, 8)
     running = jobs_http.post("/v2/models/slow/jobs", content=body, headers=headers).json()
     queued = jobs_http.post("/v2/models/mlp/jobs", json=X).json()  # behind it (one job at a time)
     job = wait_job(jobs_http, running["job_id"], states=("running",))

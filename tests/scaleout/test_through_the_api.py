@@ -26,7 +26,7 @@ from tests.scaleout.conftest import NAMESPACE
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 
-def test_tritonclient_answers_come_from_ray_actors(
+def test_tritonclient_answers_and_jobs_come_from_ray_actors(
     redis_client, ray_cluster, make_database, s3_endpoint, tmp_path_factory
 ):
     repo = tmp_path_factory.mktemp("api-models")
@@ -44,7 +44,6 @@ def test_tritonclient_answers_come_from_ray_actors(
         INFERBOX_WORKER_CACHE_DIR=str(tmp_path_factory.mktemp("api-cache")),
         INFERBOX_UPLOAD_DIR=str(tmp_path_factory.mktemp("api-uploads")),
         INFERBOX_WORKER_CAPACITY_SWEEP_S="0",
-        INFERBOX_JOBS_ENABLED="false",
         INFERBOX_RAY_ADDRESS=ray_cluster,
         INFERBOX_RAY_NAMESPACE=NAMESPACE,
         INFERBOX_RAY_ACTOR_GPUS="0",
@@ -89,6 +88,29 @@ def test_tritonclient_answers_come_from_ray_actors(
         metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
         assert 'inferbox_ray_replicas{model="mlp",version="1"} 1.0' in metrics
         assert 'inferbox_worker_calls_total{model="mlp",outcome="ok",version="1"} 1.0' in metrics
+
+        # An async job: the Ray worker's job lane runs it, its chunks run on the actors.
+        rows = np.random.default_rng(5).standard_normal((300, 64)).astype(np.float32)
+        body = {
+            "inputs": [
+                {"name": "x", "datatype": "FP32", "shape": [300, 64], "data": rows.ravel().tolist()}
+            ]
+        }
+        auth = {"Authorization": f"Bearer {api_key}"}
+        job = httpx.post(f"{url}/v2/models/mlp/jobs", json=body, headers=auth).json()
+        wait_for(
+            lambda: (
+                httpx.get(f"{url}{job['status_url']}", headers=auth).json()["state"]
+                in ("succeeded", "failed")
+            ),
+            60,
+            "the job to end",
+        )
+        state = httpx.get(f"{url}{job['status_url']}", headers=auth).json()
+        assert state["state"] == "succeeded", state
+        answer = httpx.get(f"{url}{job['result_url']}", headers=auth).json()
+        got = np.array(answer["outputs"][0]["data"], np.float32).reshape(300, 10)
+        np.testing.assert_allclose(got, session.run(None, {"x": rows})[0], rtol=1e-5, atol=1e-5)
     finally:
         for proc in procs:
             stop_process(proc)
