@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import bad_models
@@ -78,6 +79,23 @@ def test_tiny_memory_limit_is_a_clean_rejection(tmp_path: Path) -> None:
     limits = ValidationLimits(memory_bytes=1 << 20, memory_per_file_byte=0)
     with pytest.raises(UnprocessableModel, match="memory limit"):
         validate_model(path, limits)
+
+
+def test_a_parse_that_runs_out_of_memory_counts_as_the_memory_limit(tmp_path, monkeypatch):
+    # Under the address-space cap protobuf may fail its arena allocation while parsing, and says
+    # so as a parse error; whether it happens there or later depends on the allocator.
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    from inferbox.registry import _validate_child
+
+    def failing_parse(data):
+        raise DecodeError("Error parsing message with type 'onnx.ModelProto': Arena alloc failed")
+
+    monkeypatch.setattr(onnx.ModelProto, "FromString", failing_parse)
+    path = onnx_models.mlp(tmp_path / "mlp.onnx")
+    with pytest.raises(MemoryError):
+        _validate_child.check(str(path), asdict(ValidationLimits()))
 
 
 def test_timeout_is_a_clean_rejection(tmp_path: Path) -> None:

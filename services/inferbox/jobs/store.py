@@ -200,6 +200,12 @@ class JobStore:
             await cursor.execute(query, params)
             return await cursor.fetchone()
 
+    async def _many(self, query: str, params: tuple) -> list[Job]:
+        async with self.pool.connection() as conn:
+            cursor = conn.cursor(row_factory=class_row(Job))
+            await cursor.execute(query, params)
+            return await cursor.fetchall()
+
     async def get(self, job_id: uuid.UUID) -> Job | None:
         """One job, or None."""
         return await self._one("SELECT * FROM jobs WHERE id = %s", (job_id,))
@@ -229,13 +235,10 @@ class JobStore:
             clauses.append("(created_at, id) < (%s, %s)")
             params.extend(before)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        async with self.pool.connection() as conn:
-            cursor = conn.cursor(row_factory=class_row(Job))
-            await cursor.execute(
-                f"SELECT * FROM jobs {where} ORDER BY created_at DESC, id DESC LIMIT %s",
-                (*params, limit),
-            )
-            return await cursor.fetchall()
+        return await self._many(
+            f"SELECT * FROM jobs {where} ORDER BY created_at DESC, id DESC LIMIT %s",
+            (*params, limit),
+        )
 
     async def counts(self) -> dict[tuple[str, str], int]:
         """Jobs per (model, state), for the metrics."""
@@ -371,41 +374,32 @@ class JobStore:
 
     async def stale_queued(self, older_than_s: float, limit: int = 500) -> list[Job]:
         """Queued jobs not (re)enqueued for ``older_than_s``: their RQ entry may be lost."""
-        async with self.pool.connection() as conn:
-            cursor = conn.cursor(row_factory=class_row(Job))
-            await cursor.execute(
-                "SELECT * FROM jobs WHERE state = 'queued'"
-                " AND created_at < now() - make_interval(secs => %s) AND (enqueued_at IS NULL"
-                " OR enqueued_at < now() - make_interval(secs => %s))"
-                " ORDER BY created_at LIMIT %s",
-                (older_than_s, older_than_s, limit),
-            )
-            return await cursor.fetchall()
+        return await self._many(
+            "SELECT * FROM jobs WHERE state = 'queued'"
+            " AND created_at < now() - make_interval(secs => %s) AND (enqueued_at IS NULL"
+            " OR enqueued_at < now() - make_interval(secs => %s))"
+            " ORDER BY created_at LIMIT %s",
+            (older_than_s, older_than_s, limit),
+        )
 
     async def expire(self, limit: int = 500) -> list[Job]:
         """Finished jobs past their retention -> ``expired`` (returned: their data to delete)."""
-        async with self.pool.connection() as conn:
-            cursor = conn.cursor(row_factory=class_row(Job))
-            await cursor.execute(
-                "UPDATE jobs SET state = 'expired' WHERE id IN (SELECT id FROM jobs"
-                " WHERE expires_at < now() AND state IN ('succeeded', 'failed', 'cancelled')"
-                " LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING *",
-                (limit,),
-            )
-            return await cursor.fetchall()
+        return await self._many(
+            "UPDATE jobs SET state = 'expired' WHERE id IN (SELECT id FROM jobs"
+            " WHERE expires_at < now() AND state IN ('succeeded', 'failed', 'cancelled')"
+            " LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING *",
+            (limit,),
+        )
 
     async def due_webhooks(self, limit: int = 50) -> list[Job]:
         """Finished jobs whose webhook delivery is due, pushed 60 s into the future so that
         only one reconciler delivers each (it records the outcome right after)."""
-        async with self.pool.connection() as conn:
-            cursor = conn.cursor(row_factory=class_row(Job))
-            await cursor.execute(
-                "UPDATE jobs SET webhook_next_at = now() + interval '60 seconds'"
-                " WHERE id IN (SELECT id FROM jobs WHERE webhook_state = 'pending'"
-                " AND webhook_next_at <= now() LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING *",
-                (limit,),
-            )
-            return await cursor.fetchall()
+        return await self._many(
+            "UPDATE jobs SET webhook_next_at = now() + interval '60 seconds'"
+            " WHERE id IN (SELECT id FROM jobs WHERE webhook_state = 'pending'"
+            " AND webhook_next_at <= now() LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING *",
+            (limit,),
+        )
 
     async def webhook_outcome(
         self, job_id: uuid.UUID, *, delivered: bool, error: str | None, retry_in_s: float | None

@@ -118,3 +118,14 @@ def put_specs(redis, keys: Keys, specs: list[ModelSpec]) -> None:
 def read_catalog(redis, keys: Keys) -> dict[str, CatalogEntry]:
     """Every model in the catalog (sync client)."""
     return {name.decode(): decode_entry(raw) for name, raw in redis.hgetall(keys.catalog).items()}
+
+
+def servable_versions(redis, keys: Keys) -> dict[tuple[str, int], ModelSpec]:
+    """The versions a worker should hold: marked loaded and without a load error, by
+    ``(name, version)`` (sync client)."""
+    return {
+        (name, spec.version): spec
+        for name, entry in read_catalog(redis, keys).items()
+        for spec in entry.versions
+        if spec.loaded and not spec.error
+    }

@@ -84,6 +84,9 @@ def check(path: str, limits: dict) -> dict:
     try:
         model = onnx.ModelProto.FromString(data)
     except (DecodeError, RuntimeError, ValueError) as exc:
+        # Under the address-space cap protobuf reports a failed allocation as a parse error.
+        if "alloc failed" in str(exc).lower():
+            raise MemoryError(str(exc)) from exc
         return reject(f"not an ONNX protobuf (truncated or corrupt): {exc}")
     finally:
         del data  # the only reference: parsing must not keep two copies alive

@@ -17,7 +17,7 @@ import redis
 import structlog
 
 from inferbox.config import Settings
-from inferbox.models.catalog import FAILED, LOADING, READY, read_catalog
+from inferbox.models.catalog import FAILED, LOADING, READY, servable_versions
 from inferbox.models.spec import ModelSpec
 from inferbox.observability import worker_metrics
 from inferbox.scaleout import metrics
@@ -101,12 +101,7 @@ class RayWorker(Worker):
     def sync(self) -> None:
         """Keep the actor count on target, then place what the catalog wants."""
         self._supervise()
-        desired = {
-            (name, spec.version): spec
-            for name, entry in read_catalog(self.client, self.keys).items()
-            for spec in entry.versions
-            if spec.loaded and not spec.error
-        }
+        desired = servable_versions(self.client, self.keys)
         for key in [k for k in self.specs if desired.get(k) != self.specs[k]]:
             self._unload(key)
         self.wanted &= set(desired)

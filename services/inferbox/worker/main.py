@@ -23,7 +23,7 @@ from inferbox.models.catalog import (
     VersionStatus,
     WorkerInfo,
     encode,
-    read_catalog,
+    servable_versions,
 )
 from inferbox.models.spec import ModelSpec
 from inferbox.observability import worker_metrics as metrics
@@ -145,12 +145,7 @@ class Worker:
 
     def sync(self) -> None:
         """Unload what the catalog dropped or changed; load what it wants and what fits."""
-        desired = {
-            (name, spec.version): spec
-            for name, entry in read_catalog(self.client, self.keys).items()
-            for spec in entry.versions
-            if spec.loaded and not spec.error
-        }
+        desired = servable_versions(self.client, self.keys)
         for key in [k for k in self.specs if desired.get(k) != self.specs[k]]:
             self._unload(key)
         self.wanted &= set(desired)
