@@ -42,9 +42,10 @@ class ModelConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Threads (each with its own batch loop) serving this model in each worker; 0 picks one
     on a GPU and two on a CPU worker, as Triton does."""
     intra_op_threads: int = 0
-    """ONNX Runtime threads per run; 0 divides the CPU cores among the instances (on a CPU
-    worker, instances that each keep a core busy beat one instance whose threads wait for
-    each other while the API and Redis share the cores)."""
+    """ONNX Runtime intra-op threads of the session the instances share; 0 means one per CPU
+    core. A lone call then computes on every core, while under load each instance's run keeps
+    a core busy by itself (the calling thread works too) and the pool threads help where one
+    is idle."""
 
     def instances(self, device: str) -> int:
         """How many batch loops serve this model on a worker running on ``device``."""

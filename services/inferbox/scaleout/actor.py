@@ -71,7 +71,7 @@ class SessionHost:
             )
             spec = msgspec.structs.replace(spec, config=config)
         before = self._memory()
-        model = load_model(spec, device=self.device, path=path)
+        model = load_model(spec, path=path)
         key = (spec.name, spec.version)
         self.models[key] = model
         size = max(self._memory() - before, spec.size)

@@ -239,13 +239,13 @@ class Worker:
         """Load from the local copy; a copy that fails to load is fetched again, once."""
         path = self.cache.path_for(spec)
         try:
-            return load_model(spec, device=self.device, path=path)
+            return load_model(spec, path=path)
         except Exception:
             if spec.object_key is None:
                 raise
             log.warning("cached model file failed to load; fetching it again", model=spec.name)
             self.cache.discard(spec)
-            return load_model(spec, device=self.device, path=self.cache.path_for(spec))
+            return load_model(spec, path=self.cache.path_for(spec))
 
     def _measure_capacity(self, key: tuple[str, int], model: LoadedModel, size: int) -> None:
         seconds = self.settings.worker_capacity_sweep_s

@@ -98,14 +98,10 @@ def probe_device(preferred: list[str]) -> str:
 def load_model(
     spec: ModelSpec,
     available: list[str] | None = None,
-    device: str = "cpu",
     path: Path | None = None,
 ) -> LoadedModel:
-    """Create the session for ``spec``, then warm it up; raises on a file that will not load.
-
-    ``device`` is what the worker's probe found (``cuda`` or ``cpu``): it decides how many
-    instances share the CPU cores.
-    """
+    """Create the session for ``spec`` (read from ``path`` when given), then warm it up;
+    raises on a file that will not load. The worker's instances share this one session."""
     if spec.error:
         raise ValueError(spec.error)
     started = time.perf_counter()
@@ -116,9 +112,9 @@ def load_model(
     # same host; batches are long enough that waking a sleeping thread costs nothing visible.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    options.intra_op_num_threads = config.intra_op_threads or max(
-        1, (os.cpu_count() or 1) // config.instances(device)
-    )
+    # Every core for one session that the instances share: a lone call uses them all (c=1
+    # latency), and under load each instance's calling thread keeps its own core busy anyway.
+    options.intra_op_num_threads = config.intra_op_threads or (os.cpu_count() or 1)
     available = ort.get_available_providers() if available is None else available
     wanted = choose_providers(config.execution_providers, available)
     session = ort.InferenceSession(
