@@ -1,13 +1,23 @@
-"""Webhook signatures and the refusal of internal addresses."""
+"""Webhook signatures, the refusal of internal addresses, and calls pinned to the checked address."""
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import hmac
+import http.server
+import ssl
+import threading
+from pathlib import Path
 
+import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
-from inferbox.jobs.webhooks import backoff_s, refusal, signature
+from inferbox.jobs.webhooks import backoff_s, pinned_request, refusal, signature
 
 pytestmark = pytest.mark.unit
 
@@ -41,3 +51,86 @@ async def test_internal_addresses_are_refused(url):
 async def test_public_addresses_pass_and_unresolvable_names_are_refused():
     assert await refusal("https://8.8.8.8/hook") is None
     assert "cannot resolve" in await refusal("https://no-such-host.invalid/hook")
+
+
+def _self_signed(folder: Path, name: str) -> tuple[Path, Path]:
+    """A certificate for ``name`` only (no IP address in it), and its key."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = folder / "hook.crt", folder / "hook.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+@pytest.fixture
+def https_receiver(tmp_path):
+    """An HTTPS server on 127.0.0.1 for ``hooks.example.test`` that records each request's
+    Host header; yields (port, CA file, seen hosts)."""
+    cert_file, key_file = _self_signed(tmp_path, "hooks.example.test")
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append(self.headers["Host"])
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], cert_file, seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_pinned_request_goes_to_the_checked_address_with_the_hosts_name_and_certificate(
+    https_receiver,
+):
+    port, ca_file, seen = https_receiver
+    # The name does not resolve at all: only the pinned address can reach the server.
+    url = f"https://hooks.example.test:{port}/hook"
+    target, headers, extensions = pinned_request(url, "127.0.0.1")
+    assert target.host == "127.0.0.1" and headers == {"Host": f"hooks.example.test:{port}"}
+    verify = ssl.create_default_context(cafile=str(ca_file))
+    with httpx.Client(verify=verify) as client:
+        response = client.post(target, content=b"{}", headers=headers, extensions=extensions)
+        assert response.status_code == 204
+        assert seen == [f"hooks.example.test:{port}"]
+        # Without the SNI extension the certificate is checked against the address: refused.
+        with pytest.raises(httpx.ConnectError):
+            client.post(target, content=b"{}", headers=headers)
+
+
+def test_pinned_request_keeps_plain_http_ports_and_brackets_ipv6():
+    target, headers, extensions = pinned_request("http://example.com:8080/x?y=1", "2001:db8::1")
+    assert str(target) == "http://[2001:db8::1]:8080/x?y=1"
+    assert headers == {"Host": "example.com:8080"} and extensions == {}

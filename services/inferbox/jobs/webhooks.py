@@ -7,7 +7,9 @@ compares in constant time, and rejects old timestamps to stop replays.
 
 Unless ``Settings.jobs_webhook_allow_private`` is set, a URL whose host resolves to a private,
 loopback or link-local address is refused, so a job cannot make the appliance call its own
-internal services.
+internal services. The request then goes to the address that was checked (the URL's host stays
+in ``Host`` and in TLS's SNI and certificate check): a name that resolves to another address a
+moment later (DNS rebinding) cannot slip past the check.
 """
 
 from __future__ import annotations
@@ -53,32 +55,58 @@ def backoff_s(attempts: int) -> float:
     return min(_MAX_BACKOFF_S, 2.0 ** max(attempts - 1, 0))
 
 
-async def refusal(url: str) -> str | None:
-    """Why ``url`` may not be called (its host is or resolves to a private, loopback,
-    link-local or otherwise internal address), or None."""
+class Refused(Exception):
+    """The webhook URL may not be called; the message says why."""
+
+
+async def public_address(url: str) -> str:
+    """The address to call for ``url``'s host, once every address it resolves to is public;
+    raises ``Refused`` for a private, loopback, link-local or otherwise internal one."""
     host = httpx.URL(url).host
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, None)
     except OSError as exc:
-        return f"cannot resolve {host!r}: {exc}"
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0].split("%")[0])
+        raise Refused(f"cannot resolve {host!r}: {exc}") from None
+    addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+    for address in addresses:
         if not address.is_global or address.is_multicast:
-            return f"{host!r} is an internal address ({address}); webhooks call public ones"
+            raise Refused(f"{host!r} is an internal address ({address}); webhooks call public ones")
+    return str(addresses[0])
+
+
+async def refusal(url: str) -> str | None:
+    """Why ``url`` may not be called, or None."""
+    try:
+        await public_address(url)
+    except Refused as exc:
+        return str(exc)
     return None
+
+
+def pinned_request(url: str, address: str) -> tuple[httpx.URL, dict[str, str], dict]:
+    """``url`` aimed at ``address``: the URL to connect to, the ``Host`` header, and the
+    request extensions that keep TLS's SNI and certificate check on the original host."""
+    original = httpx.URL(url)
+    headers = {"Host": original.netloc.decode("ascii")}
+    extensions = {"sni_hostname": original.host} if original.scheme == "https" else {}
+    return original.copy_with(host=address), headers, extensions
 
 
 async def deliver(
     client: httpx.AsyncClient, job: Job, secret: str, *, allow_private: bool = False
 ) -> str | None:
     """POST the job's completion to its webhook; None on a 2xx answer, else why it failed."""
+    target, extra, extensions = httpx.URL(job.webhook_url), {}, {}
     if not allow_private:
-        refused = await refusal(job.webhook_url)
-        if refused is not None:
-            return refused
+        try:
+            address = await public_address(job.webhook_url)
+        except Refused as exc:
+            return str(exc)
+        target, extra, extensions = pinned_request(job.webhook_url, address)
     body = payload(job)
     timestamp = str(int(time.time()))
     headers = {
+        **extra,
         "Content-Type": "application/json",
         "User-Agent": "inferbox-webhook",
         "X-Inferbox-Event": EVENT,
@@ -88,7 +116,7 @@ async def deliver(
     if secret:
         headers["X-Inferbox-Signature"] = signature(secret, timestamp, body)
     try:
-        response = await client.post(job.webhook_url, content=body, headers=headers)
+        response = await client.post(target, content=body, headers=headers, extensions=extensions)
     except httpx.HTTPError as exc:
         return f"{type(exc).__name__}: {exc}"[:500]
     if 200 <= response.status_code < 300:
