@@ -36,7 +36,7 @@ from inferbox.errors import (
 )
 from inferbox.jobs.inputs import RowReader
 from inferbox.jobs.store import CANCELLED, FAILED, SUCCEEDED, Job, JobStore
-from inferbox.jobs.tensors import OutputJoiner, chunk_call, to_array
+from inferbox.jobs.tensors import OutputJoiner, SpooledOutputs, chunk_call, to_array
 from inferbox.keys import Keys
 from inferbox.lanes.client import InteractiveClient
 from inferbox.lanes.wire import CallHeader
@@ -251,21 +251,36 @@ class JobRunner:
             )
         work = await self._prepare(job, spec, workdir)
         progress.total = work.rows
-        try:
-            outputs = await self._run_chunks(job, spec, work, progress)
-        finally:
-            if work.reader is not None:
+        key = result_key(job.id, job.attempts)
+        if work.reader is not None:
+            # Bulk: outputs go to disk chunk by chunk, and the result is uploaded from there.
+            spooled = SpooledOutputs(workdir / "outputs")
+            try:
+                await self._run_chunks(job, spec, work, progress, spooled)
+            finally:
                 work.reader.close()
+            path = workdir / "result"
+            header_length, size = await asyncio.to_thread(
+                spooled.write_response,
+                path,
+                model_name=spec.name,
+                model_version=str(spec.version),
+                request_id=work.response_id,
+                requested=work.requested,
+            )
+            await asyncio.to_thread(self.objects.put_path, key, path, BINARY_TYPE)
+            return key, BINARY_TYPE, header_length, size
+        joiner = OutputJoiner()
+        await self._run_chunks(job, spec, work, progress, joiner)
         payload, header_length = encode_infer_response(
             model_name=spec.name,
             model_version=str(spec.version),
             request_id=work.response_id,
-            outputs=outputs,
+            outputs=joiner.join(),
             requested=work.requested,
             binary_default=work.binary_default,
         )
         content_type = JSON_TYPE if header_length is None else BINARY_TYPE
-        key = result_key(job.id, job.attempts)
         await asyncio.to_thread(self.objects.put_bytes, key, payload, content_type)
         return key, content_type, header_length, len(payload)
 
@@ -303,13 +318,21 @@ class JobRunner:
             names, datatypes, job.rows_total, None, reader, requested, True, options.get("id")
         )
 
-    async def _run_chunks(self, job: Job, spec: ModelSpec, work: _Work, progress: _Progress):
-        joiner = OutputJoiner()
+    async def _run_chunks(
+        self,
+        job: Job,
+        spec: ModelSpec,
+        work: _Work,
+        progress: _Progress,
+        joiner: OutputJoiner | SpooledOutputs,
+    ) -> None:
+        """Run the work chunk by chunk on the low lane, handing each chunk's outputs to
+        ``joiner`` with its first row."""
         if work.rows is None:  # no batch dimension: the request is one call
             metas, raws = chunk_call(work.names, work.datatypes, work.arrays, 0, None)
             out_metas, out_raws = await self._call(job, spec, metas, raws)
             joiner.add(0, out_metas, out_raws)
-            return joiner.join()
+            return
         size = self.settings.jobs_chunk_rows or spec.config.max_batch_size
         size = max(1, min(size, spec.config.max_batch_size))
         window = asyncio.Semaphore(self.settings.jobs_chunks_in_flight)
@@ -318,7 +341,7 @@ class JobRunner:
         async def one(start: int, metas, raws) -> None:
             try:
                 out_metas, out_raws = await self._call(job, spec, metas, raws)
-                joiner.add(start, out_metas, out_raws)
+                await asyncio.to_thread(joiner.add, start, out_metas, out_raws)
                 progress.done += metas[0].shape[0]
             finally:
                 window.release()
@@ -344,7 +367,6 @@ class JobRunner:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        return joiner.join()
 
     @staticmethod
     def _raise_finished(tasks: set[asyncio.Task]) -> None:

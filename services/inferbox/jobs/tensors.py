@@ -1,14 +1,17 @@
 """Tensors of a job as numpy arrays: cut into chunks along the batch dimension, and the chunks'
-outputs joined back into one tensor per output."""
+outputs joined back into one tensor per output (in memory, or on disk for bulk jobs)."""
 
 from __future__ import annotations
 
 import math
+import shutil
+from pathlib import Path
 
 import numpy as np
 
+from inferbox.errors import BadRequest, InferboxError
 from inferbox.lanes.wire import TensorMeta
-from inferbox.protocol.codec import OutputTensor
+from inferbox.protocol.codec import OutputTensor, RequestedOutput, encode_binary_header
 from inferbox.protocol.datatypes import (
     V2_TO_NUMPY,
     deserialize_bytes_tensor,
@@ -72,3 +75,68 @@ class OutputJoiner:
                 )
             )
         return joined
+
+
+class SpooledOutputs:
+    """A bulk job's chunk outputs, each written to a file under ``folder`` as it arrives, then
+    laid out as one binary V2 response file: the result never sits in memory whole."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self._metas: dict[int, list[TensorMeta]] = {}
+
+    def add(self, start: int, metas: list[TensorMeta], raws: list) -> None:
+        """The outputs of the chunk that began at row ``start``."""
+        for index, raw in enumerate(raws):
+            self._part(index, start).write_bytes(raw)
+        self._metas[start] = list(metas)
+
+    def _part(self, index: int, start: int) -> Path:
+        return self.folder / f"{index}.{start:015d}"
+
+    def write_response(
+        self,
+        path: Path,
+        *,
+        model_name: str,
+        model_version: str,
+        request_id: str | None,
+        requested: list[RequestedOutput] | None,
+    ) -> tuple[int, int]:
+        """Write the response (header, then every chosen output's bytes, binary) to ``path``;
+        returns (header length, total size)."""
+        starts = sorted(self._metas)
+        first = self._metas[starts[0]]
+        index_of = {meta.name: index for index, meta in enumerate(first)}
+        if requested is None:
+            chosen = list(range(len(first)))
+        else:
+            unknown = [r.name for r in requested if r.name not in index_of]
+            if unknown:
+                raise BadRequest(f"requested output {unknown[0]!r} is not an output of the model")
+            chosen = [index_of[r.name] for r in requested]
+        outputs = []
+        for index in chosen:
+            meta = first[index]
+            rows = sum(self._metas[start][index].shape[0] for start in starts)
+            shape = (rows, *meta.shape[1:])
+            size = sum(self._part(index, start).stat().st_size for start in starts)
+            if meta.datatype != "BYTES":
+                expected = math.prod(shape) * V2_TO_NUMPY[meta.datatype].itemsize
+                if size != expected:  # a chunk answered with another row shape: a server bug
+                    raise InferboxError(f"output {meta.name!r}: {size} bytes for shape {shape}")
+            outputs.append((meta.name, meta.datatype, shape, size))
+        header = encode_binary_header(
+            model_name=model_name,
+            model_version=model_version,
+            request_id=request_id,
+            outputs=outputs,
+        )
+        with path.open("wb") as out:
+            out.write(header)
+            for index in chosen:
+                for start in starts:
+                    with self._part(index, start).open("rb") as part:
+                        shutil.copyfileobj(part, out, 1 << 20)
+        return len(header), path.stat().st_size

@@ -423,15 +423,42 @@ def encode_infer_response(
             entry["data"] = _json_values(tensor)
         entries.append(entry)
 
+    header = _response_header(model_name, model_version, request_id, entries)
+    if not any(as_binary for _, as_binary in chosen):
+        return header, None
+    return b"".join([header, *blobs]), len(header)
+
+
+def encode_binary_header(
+    *,
+    model_name: str,
+    model_version: str,
+    request_id: str | None,
+    outputs: list[tuple[str, str, tuple[int, ...], int]],
+) -> bytes:
+    """The JSON header of a response whose outputs (name, datatype, shape, byte size) all
+    follow it in the binary section, in this order: for answers written piece by piece."""
+    entries = [
+        {
+            "name": name,
+            "datatype": datatype,
+            "shape": list(shape),
+            "parameters": {"binary_data_size": size},
+        }
+        for name, datatype, shape, size in outputs
+    ]
+    return _response_header(model_name, model_version, request_id, entries)
+
+
+def _response_header(
+    model_name: str, model_version: str, request_id: str | None, entries: list[dict[str, Any]]
+) -> bytes:
     doc: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
     if request_id is not None:
         doc["id"] = request_id
     doc["outputs"] = entries
     # msgspec writes NaN/inf as null, which tritonclient reads back as NaN.
-    header = msgspec.json.encode(doc)
-    if not any(as_binary for _, as_binary in chosen):
-        return header, None
-    return b"".join([header, *blobs]), len(header)
+    return msgspec.json.encode(doc)
 
 
 def encode_error(message: str) -> bytes:
