@@ -123,6 +123,25 @@ def test_jobs_survive_redis_losing_the_queue(bare, tmp_path):
         stop_process(worker)
 
 
+def test_a_delivery_taken_by_a_worker_that_died_is_made_again(bare, tmp_path):
+    appliance, http = bare
+    job_id = http.post("/v2/models/mlp/jobs", json=X).json()["job_id"]
+    redis = appliance.redis
+    queue = f"rq:queue:{appliance.keys.prefix}.jobs"
+    (transport_id,) = [
+        t.decode() for t in redis.lrange(queue, 0, -1) if t.decode().startswith(job_id)
+    ]
+    # A worker popped the delivery and died before RQ marked it started: RQ still says queued.
+    assert redis.lrem(queue, 1, transport_id) == 1
+    assert redis.hget(f"rq:job:{transport_id}", "status") == b"queued"
+    worker = _job_worker(appliance, "jobs-h", tmp_path)
+    try:
+        job = wait_job(http, job_id, timeout=60)
+        assert job["state"] == "succeeded" and job["attempts"] == 1, job
+    finally:
+        stop_process(worker)
+
+
 def test_a_stopping_worker_hands_its_job_back(bare, tmp_path):
     appliance, http = bare
     first = _job_worker(appliance, "jobs-d", tmp_path)

@@ -63,7 +63,8 @@ class JobLane:
         self._stop: asyncio.Event | None = None
         self._runner: JobRunner | None = None
         self._threads: list[threading.Thread] = []
-        self._rq_workers: list[_ThreadWorker] = []
+        self._rq_workers: list[_ThreadWorker | None] = []
+        self._stopping = threading.Event()
 
     def start(self) -> None:
         """Start the loop thread, then the RQ threads once the loop is serving."""
@@ -73,7 +74,20 @@ class JobLane:
         if not self._ready.wait(timeout=30):
             log.warning("job lane is slow to start; RQ deliveries wait for it")
         execution.install(self)
+        self._rq_workers = [None] * self.settings.jobs_threads
         for index in range(self.settings.jobs_threads):
+            thread = threading.Thread(
+                target=self._take_deliveries, args=(index,), name=f"jobs-rq-{index}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+        log.info("job lane started", count=self.settings.jobs_threads)
+
+    def _take_deliveries(self, index: int) -> None:
+        while not self._stopping.is_set():
+            # A new name on every start: a worker that failed while Redis was away could not
+            # register its death, and RQ refuses a second birth under a name whose record
+            # survived (a restart from the AOF keeps it for its TTL, 80 s).
             worker = _ThreadWorker(
                 [self.transport.queue],
                 connection=self.redis,
@@ -81,22 +95,14 @@ class JobLane:
                 name=f"{self.owner}.{index}.{uuid.uuid4().hex[:6]}",
                 worker_ttl=_RQ_WORKER_TTL,
             )
-            self._rq_workers.append(worker)
-            thread = threading.Thread(
-                target=self._take_deliveries, args=(worker,), name=f"jobs-rq-{index}", daemon=True
-            )
-            thread.start()
-            self._threads.append(thread)
-        log.info("job lane started", count=self.settings.jobs_threads)
-
-    def _take_deliveries(self, worker: _ThreadWorker) -> None:
-        while not worker._stop_requested:
+            self._rq_workers[index] = worker
+            if self._stopping.is_set():  # stop() ran between the check and the publication
+                break
             try:
                 worker.work(logging_level=self.settings.log_level.upper())
             except Exception as exc:  # Redis away: RQ's loop gives up; start it again
                 log.warning("job queue unreachable; retrying", error=str(exc))
-            if not worker._stop_requested:
-                threading.Event().wait(1.0)
+            self._stopping.wait(1.0)
 
     def execute(self, job_id: str) -> str | None:
         """Run a job on the loop and wait for it (called from an RQ thread)."""
@@ -107,8 +113,10 @@ class JobLane:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop taking jobs; running ones are handed back to the queue for another worker."""
+        self._stopping.set()
         for worker in self._rq_workers:
-            worker._stop_requested = True
+            if worker is not None:
+                worker._stop_requested = True
         if self._loop is not None and self._stop is not None:
             runner = self._runner
             if runner is not None:

@@ -12,8 +12,6 @@ import uuid
 
 import redis
 from rq import Queue
-from rq.job import Job as RQJob
-from rq.job import JobStatus
 from rq.serializers import JSONSerializer
 
 from inferbox.keys import Keys
@@ -23,7 +21,6 @@ FUNCTION = "inferbox.jobs.execution.run"
 
 # RQ's own bookkeeping for a finished delivery is useless to us: the ledger has the outcome.
 _KEEP_FAILED_S = 24 * 3600
-_WAITING = frozenset(s.value for s in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED))
 
 
 def queue_name(keys: Keys) -> str:
@@ -54,12 +51,14 @@ class JobTransport:
 
     def pending(self, transport_id: str | None) -> bool:
         """Whether that delivery still waits on the queue (False: lost, or taken by a worker
-        that has not claimed the job, i.e. it died in between)."""
+        that has not claimed the job, i.e. it died in between).
+
+        The queue's list is what counts: a worker that pops an id and dies before RQ marks
+        it started leaves the RQ job ``queued`` with nobody to run it.
+        """
         if transport_id is None:
             return False
-        # One HGET instead of RQ's Job.fetch: the reconciler asks this for every old job.
-        status = self.client.hget(RQJob.key_for(transport_id), "status")
-        return status is not None and status.decode() in _WAITING
+        return self.client.lpos(self.queue.key, transport_id) is not None
 
     def withdraw(self, transport_id: str | None) -> None:
         """Take a delivery off the queue (a cancelled job); harmless if already taken."""
