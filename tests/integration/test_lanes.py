@@ -27,6 +27,20 @@ def keys(redis_client):
     delete_prefix(redis_client, keys.prefix)
 
 
+@pytest.fixture
+def consumer_for(redis_client, keys):
+    """Makes LaneConsumers of the mlp model (closed after the test)."""
+    made: list[LaneConsumer] = []
+
+    def make(name: str) -> LaneConsumer:
+        made.append(LaneConsumer(redis_client, keys, "mlp", 1, name))
+        return made[-1]
+
+    yield make
+    for consumer in made:
+        consumer.close()
+
+
 def _queue(redis_client, keys: Keys, lane: str, token: str) -> None:
     header = CallHeader(
         channel=keys.reply_channel("test"),
@@ -40,13 +54,13 @@ def _queue(redis_client, keys: Keys, lane: str, token: str) -> None:
 
 
 def test_high_priority_calls_come_first_and_low_ones_wait_in_the_backlog(
-    redis_client, keys, tmp_path
+    redis_client, keys, consumer_for, tmp_path
 ):
     spec = spec_from_onnx("mlp", 1, onnx_models.mlp(tmp_path / "mlp.onnx"), max_batch_size=3)
     server = ModelServer(
         load_model(spec), redis_client, keys, "w1", block_ms=100, claim_idle_ms=1000
     )
-    consumer = LaneConsumer(redis_client, keys, "mlp", 1, "w1")
+    consumer = consumer_for("w1")
     consumer.ensure_groups()
     for token in ("lo-1", "lo-2"):
         _queue(redis_client, keys, "lo", token)
@@ -60,9 +74,9 @@ def test_high_priority_calls_come_first_and_low_ones_wait_in_the_backlog(
     assert [c.header.token for c in second] == ["lo-2"]
 
 
-def test_calls_of_a_dead_consumer_are_claimed_by_a_live_one(redis_client, keys):
-    dead = LaneConsumer(redis_client, keys, "mlp", 1, "dead")
-    live = LaneConsumer(redis_client, keys, "mlp", 1, "live")
+def test_calls_of_a_dead_consumer_are_claimed_by_a_live_one(redis_client, keys, consumer_for):
+    dead = consumer_for("dead")
+    live = consumer_for("live")
     dead.ensure_groups()
     _queue(redis_client, keys, "hi", "orphan")
     high, _ = dead.read(10, None)

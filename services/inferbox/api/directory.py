@@ -6,6 +6,7 @@ and trusted for ``Settings.status_cache_s`` so the hot path usually makes no tri
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ class ModelDirectory:
         self.keys = keys
         self.ttl_s = ttl_s
         self._cache: dict[str, _Cached] = {}
+        self._fetching: dict[str, asyncio.Future[_Cached]] = {}
         self._asked: dict[tuple[str, int], float] = {}
         self._workers = 0
         self._workers_checked = -1e9
@@ -60,10 +62,25 @@ class ModelDirectory:
         """Whether the registry has models (so a missing catalog means Redis lost it)."""
 
     async def _fetch(self, name: str) -> _Cached:
-        now = time.monotonic()
         cached = self._cache.get(name)
-        if cached is not None and now - cached.fetched < self.ttl_s:
+        if cached is not None and time.monotonic() - cached.fetched < self.ttl_s:
             return cached
+        # One read per model at a time: when the copy expires under load, every call in
+        # flight would otherwise read the same keys at once.
+        pending = self._fetching.get(name)
+        if pending is None:
+            pending = self._fetching[name] = asyncio.ensure_future(self._read(name))
+            pending.add_done_callback(lambda done: self._fetched(name, done))
+        return await asyncio.shield(pending)
+
+    def _fetched(self, name: str, done: asyncio.Future) -> None:
+        self._fetching.pop(name, None)
+        if not done.cancelled():
+            # Marks the error as seen even when every caller that waited for it has left.
+            done.exception()
+
+    async def _read(self, name: str) -> _Cached:
+        now = time.monotonic()
         try:
             pipe = self.client.pipeline(transaction=False)
             pipe.exists(self.keys.catalog)

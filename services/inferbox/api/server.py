@@ -7,6 +7,7 @@ import logging
 from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
 
+from inferbox import heap
 from inferbox.config import Settings
 from inferbox.logs import configure_logging
 from inferbox.observability.exposition import child_exit, prepare_multiprocess_dir
@@ -58,4 +59,6 @@ class ApiServer(BaseApplication):
         from inferbox.api.app import create_asgi
 
         configure_logging("api", self.settings.log_level, self.settings.log_format)
-        return create_asgi(self.settings)
+        app = create_asgi(self.settings)
+        heap.settle()
+        return app

@@ -146,12 +146,7 @@ class InteractiveClient:
         watching = loop.call_later(WATCH_DISCONNECT_AFTER_S, watch) if receive else None
         # A timer and a callback resolve the future instead of wrapping the wait in tasks or
         # timeout scopes: this runs for every request.
-        timer = loop.call_later(
-            timeout_s,
-            _fail,
-            future,
-            DeadlineExceeded(f"no answer within the deadline of {timeout_s * 1000:.0f} ms"),
-        )
+        timer = loop.call_later(timeout_s, _expire, future, timeout_s)
         try:
             fields = encode_call(header, raws)
             args = [max_queue]
@@ -183,6 +178,10 @@ class InteractiveClient:
                 # Not answered: withdraw the call so no worker computes it for nobody.
                 with contextlib.suppress(RedisError):
                     await self.commands.execute("XDEL", stream, entry_id)
+
+
+def _expire(future: asyncio.Future, timeout_s: float) -> None:
+    _fail(future, DeadlineExceeded(f"no answer within the deadline of {timeout_s * 1000:.0f} ms"))
 
 
 def _fail(future: asyncio.Future, error: Exception) -> None:

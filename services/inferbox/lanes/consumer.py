@@ -6,6 +6,7 @@ import redis
 import structlog
 
 from inferbox.keys import CONSUMER_GROUP, LANES, Keys
+from inferbox.lanes.resp import BlockingRespConnection, pack
 from inferbox.lanes.wire import bundle_replies, decode_call
 from inferbox.worker.batcher import Call
 
@@ -13,16 +14,22 @@ log = structlog.get_logger(__name__)
 
 
 class LaneConsumer:
-    """Reads one model version's streams as one consumer of the shared group."""
+    """Reads one model version's streams as one consumer of the shared group.
+
+    One per batch-loop thread: reads, replies and acknowledgements travel on the consumer's own
+    ``BlockingRespConnection``; the rare commands (groups, claims) go through ``client``.
+    """
 
     def __init__(self, client: redis.Redis, keys: Keys, model: str, version: int, consumer: str):
         self.client = client
         self.consumer = consumer
         self.streams = [keys.stream(model, version, lane) for lane in LANES]
         self._claim_cursor = {stream: b"0-0" for stream in self.streams}
-        # Replies and acknowledgements not sent yet: they travel with the next read, so a busy
-        # worker spends one round trip per batch instead of two.
-        self._outbox = client.pipeline(transaction=False)
+        self._connection = BlockingRespConnection(client.connection_pool.connection_kwargs)
+        self._read_tail = [*self.streams, *(">" for _ in self.streams)]
+        # Replies and acknowledgements not sent yet (packed commands): they travel with the
+        # next read, so a busy worker spends one round trip per batch instead of two.
+        self._outbox: list[list[bytes]] = []
 
     def ensure_groups(self) -> None:
         """Create the consumer group on each stream (and the stream), reading from the start."""
@@ -38,20 +45,19 @@ class LaneConsumer:
 
         ``block_ms`` None returns at once; otherwise waits that long for the first entry.
         """
-        pipe, self._outbox = self._outbox, self.client.pipeline(transaction=False)
-        pipe.xreadgroup(
-            CONSUMER_GROUP,
-            self.consumer,
-            {stream: ">" for stream in self.streams},
-            count=count,
-            block=block_ms,
-        )
-        response = pipe.execute()[-1]
+        args = ["XREADGROUP", "GROUP", CONSUMER_GROUP, self.consumer, "COUNT", count]
+        if block_ms is not None:
+            args += ["BLOCK", block_ms]
+        commands, self._outbox = self._outbox, []
+        commands.append(pack(*args, "STREAMS", *self._read_tail))
+        wait_s = (block_ms or 0) / 1000
+        response = self._connection.execute(commands, wait_s)[-1]
         high: list[Call] = []
         low: list[Call] = []
         for stream, entries in response or ():
-            target = high if stream.decode() == self.streams[0] else low
-            target.extend(self._decode(stream.decode(), entries))
+            name = stream.decode()
+            target = high if name == self.streams[0] else low
+            target.extend(self._decode(name, entries))
         return high, low
 
     def claim(self, min_idle_ms: int, count: int) -> list[Call]:
@@ -70,20 +76,23 @@ class LaneConsumer:
             if deleted:
                 # Entries deleted while pending (cancelled by a client that went away).
                 self.client.xack(stream, CONSUMER_GROUP, *deleted)
-            claimed.extend(self._decode(stream, entries))
+            claimed.extend(
+                self._decode(stream, [(entry_id, _flat(fields)) for entry_id, fields in entries])
+            )
         if claimed:
             log.info("claimed calls of another worker", count=len(claimed))
         return claimed
 
     def _decode(self, stream: str, entries) -> list[Call]:
+        """Calls of ``(entry id, [field, value, ...])`` pairs as Redis sends them."""
         calls = []
         for entry_id, fields in entries:
             if not fields:
                 # Deleted by the API after delivery (its client disconnected): nothing to run.
-                self.client.xack(stream, CONSUMER_GROUP, entry_id)
+                self._outbox.append(pack("XACK", stream, CONSUMER_GROUP, entry_id))
                 continue
             try:
-                header, raws = decode_call(fields)
+                header, raws = decode_call(dict(zip(fields[::2], fields[1::2], strict=True)))
             except Exception:
                 log.error("dropping a malformed queue entry", stream=stream, entry=entry_id)
                 self.done([(stream, entry_id)])
@@ -102,24 +111,35 @@ class LaneConsumer:
         for channel, message in replies:
             by_channel.setdefault(channel, []).append(message)
         for channel, messages in by_channel.items():
-            self._outbox.publish(channel, bundle_replies(messages))
-        self._ack(self._outbox, done)
+            self._outbox.append(pack("PUBLISH", channel, bundle_replies(messages)))
+        self.done(done)
 
     def done(self, entries: list[tuple[str, bytes]]) -> None:
         """Queue the acknowledgement and deletion of entries without replying."""
-        self._ack(self._outbox, entries)
-
-    def flush(self) -> None:
-        """Send what ``finish`` and ``done`` queued, now."""
-        if len(self._outbox):
-            pipe, self._outbox = self._outbox, self.client.pipeline(transaction=False)
-            pipe.execute()
-
-    @staticmethod
-    def _ack(pipe, entries: list[tuple[str, bytes]]) -> None:
         by_stream: dict[str, list[bytes]] = {}
         for stream, entry_id in entries:
             by_stream.setdefault(stream, []).append(entry_id)
         for stream, ids in by_stream.items():
-            pipe.xack(stream, CONSUMER_GROUP, *ids)
-            pipe.xdel(stream, *ids)
+            self._outbox.append(pack("XACK", stream, CONSUMER_GROUP, *ids))
+            self._outbox.append(pack("XDEL", stream, *ids))
+
+    def flush(self) -> None:
+        """Send what ``finish`` and ``done`` queued, now."""
+        if self._outbox:
+            commands, self._outbox = self._outbox, []
+            self._connection.execute(commands)
+
+    def close(self) -> None:
+        """Close the consumer's connection."""
+        self._connection.close()
+
+    def __enter__(self) -> LaneConsumer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _flat(fields) -> list[bytes]:
+    """redis-py's parsed entry fields (a dict, or None for a deleted entry) as Redis's list."""
+    return [item for pair in fields.items() for item in pair] if fields else []

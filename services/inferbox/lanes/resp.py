@@ -1,16 +1,21 @@
-"""A minimal asyncio Redis connection for the API's hot path, parsed by hiredis.
+"""Minimal Redis connections for the interactive lane's hot paths, parsed by hiredis.
 
 Every synchronous call makes one enqueue and receives one reply. Through redis-py's asyncio
 client each of those costs tens of microseconds of Python (pool checkout, retry wrappers,
 response callbacks) — as much as the rest of the request. Here a command is packed and
 written straight to the transport, commands of concurrent requests travel back to back on one
-connection (Redis answers in order), and hiredis parses the replies. redis-py still serves
-everything off the hot path.
+connection (Redis answers in order), and hiredis parses the replies.
+
+The worker's batch loop has the same problem in blocking form: a redis-py pipeline of a
+batch's replies, acknowledgements and the next read cost about three times the Python of
+packing the commands and reading hiredis's replies directly (``BlockingRespConnection``).
+redis-py still serves everything off the hot paths.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections import deque
 from collections.abc import Callable
 
@@ -136,3 +141,78 @@ class RespConnection:
         """Close the connection."""
         if self._protocol is not None and self._protocol.transport is not None:
             self._protocol.transport.close()
+
+
+class BlockingRespConnection:
+    """One blocking Redis connection for one thread, sending commands in batches.
+
+    ``options`` are redis-py connection keywords (``host``, ``port``, ``username``,
+    ``password``, ``db``), as ``redis.Redis.connection_pool.connection_kwargs`` holds them.
+    ``timeout_s`` bounds a wait for replies beyond any ``BLOCK`` the commands ask for.
+    Errors raise redis-py's exceptions, so callers handle both connections alike.
+    """
+
+    def __init__(self, options: dict, timeout_s: float = 30.0):
+        self.options = options
+        self.timeout_s = timeout_s
+        self._sock: socket.socket | None = None
+        self._reader: hiredis.Reader | None = None
+        self._buffer = bytearray(1 << 16)
+
+    def _connect(self) -> None:
+        try:
+            sock = socket.create_connection(
+                (self.options.get("host") or "127.0.0.1", self.options.get("port") or 6379),
+                timeout=self.timeout_s,
+            )
+        except OSError as exc:
+            raise RedisConnectionError(f"cannot connect to redis: {exc}") from exc
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._sock, self._reader = sock, hiredis.Reader(replyError=ResponseError)
+        setup = []
+        if self.options.get("password"):
+            user = self.options.get("username")
+            setup.append(pack("AUTH", *([user] if user else []), self.options["password"]))
+        if self.options.get("db"):
+            setup.append(pack("SELECT", self.options["db"]))
+        if setup:
+            self.execute(setup)
+
+    def execute(self, commands: list[list[bytes]], wait_s: float = 0.0) -> list:
+        """Send packed commands (``pack``'s output) in one write; their replies, in order.
+
+        ``wait_s``: how long the server may hold a reply (a ``BLOCK``), added to the timeout.
+        A command Redis refused raises its ``ResponseError`` once every reply is read, so the
+        connection stays in step; a broken or silent connection (``socket.timeout`` is an
+        ``OSError``) raises ``ConnectionError`` and is closed, to be opened again by the next
+        call.
+        """
+        if self._sock is None:
+            self._connect()
+        sock, reader = self._sock, self._reader
+        replies = []
+        try:
+            sock.settimeout(self.timeout_s + wait_s)
+            sock.sendall(b"".join(part for command in commands for part in command))
+            while len(replies) < len(commands):
+                reply = reader.gets()
+                if reply is False:
+                    received = sock.recv_into(self._buffer)
+                    if received == 0:
+                        raise OSError("closed by the server")
+                    reader.feed(self._buffer, 0, received)
+                    continue
+                replies.append(reply)
+        except OSError as exc:
+            self.close()
+            raise RedisConnectionError(f"connection to redis lost: {exc}") from exc
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise reply
+        return replies
+
+    def close(self) -> None:
+        """Close the connection (the next ``execute`` opens a new one)."""
+        if self._sock is not None:
+            self._sock.close()
+        self._sock = self._reader = None

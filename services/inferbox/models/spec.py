@@ -39,17 +39,23 @@ class ModelConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_queue_size: int = 2048
     """Queued plus running requests accepted before answering 503."""
     instance_count: int = 0
-    """Threads (each with its own batch loop) serving this model in each worker; 0 picks one
-    on a GPU and two on a CPU worker, as Triton does."""
+    """Threads (each with its own batch loop) serving this model in each worker; 0 picks one,
+    except for a model without batching on a CPU worker, which gets two (as Triton does on a
+    CPU) so that two calls can compute at once."""
     intra_op_threads: int = 0
     """ONNX Runtime intra-op threads of the session the instances share; 0 means one per CPU
-    core. A lone call then computes on every core, while under load each instance's run keeps
-    a core busy by itself (the calling thread works too) and the pool threads help where one
-    is idle."""
+    core. A lone call, or a batch, then computes on every core."""
 
     def instances(self, device: str) -> int:
-        """How many batch loops serve this model on a worker running on ``device``."""
-        return self.instance_count or (1 if device == "cuda" else 2)
+        """How many batch loops serve this model on a worker running on ``device``.
+
+        With batching, one loop takes everything queued as one batch and the session's thread
+        per core spreads it over the cores: a second loop only splits the queue into smaller
+        batches and doubles the per-batch work (measured in docs/benchmarks.md).
+        """
+        if self.instance_count:
+            return self.instance_count
+        return 2 if device == "cpu" and self.max_batch_size <= 0 else 1
 
     execution_providers: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_PROVIDERS))
     """ONNX Runtime execution providers in preference order."""

@@ -14,6 +14,7 @@ import msgspec
 import redis
 import structlog
 
+from inferbox import heap
 from inferbox.config import Settings
 from inferbox.keys import LANES, Keys
 from inferbox.models.catalog import (
@@ -86,12 +87,17 @@ class Worker:
             self.jobs = JobLane(self.settings, owner=self.id)
             self.jobs.start()
         pubsub = None
+        settled = False
         while not self.stopping.is_set():
             try:
                 if pubsub is None:
                     pubsub = self.client.pubsub(ignore_subscribe_messages=True)
                     pubsub.subscribe(self.keys.events)
                 self.sync()
+                if not settled:
+                    # The models of the first sync are loaded: out of the collector's sight.
+                    heap.settle()
+                    settled = True
                 self._check_memory()
                 # Wake at once on an event, or after the sync interval at the latest.
                 message = pubsub.get_message(timeout=self.settings.worker_sync_s)

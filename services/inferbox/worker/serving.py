@@ -107,6 +107,7 @@ class ModelServer:
         # Calls still in the backlog stay pending in Redis: another worker claims them.
         with contextlib.suppress(redis.RedisError):
             consumer.flush()
+        consumer.close()
 
     def _gather(self, consumer: LaneConsumer, backlog: deque[Call]) -> list[Call]:
         """High-priority calls first, then the low lane's backlog, waiting per the config."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inferbox.models.spec import spec_from_onnx
+from inferbox.models.spec import ModelConfig, spec_from_onnx
 from inferbox.testing import onnx_models
 from inferbox.worker.runtime import choose_providers, load_model, probe_device
 
@@ -56,3 +56,18 @@ def test_an_invalid_file_fails_to_load_with_its_reason(tmp_path):
     assert spec.error and "not a valid ONNX model" in spec.error
     with pytest.raises(ValueError, match="not a valid ONNX model"):
         load_model(spec)
+
+
+@pytest.mark.parametrize(
+    ("config", "device", "expected"),
+    [
+        (ModelConfig(max_batch_size=64), "cpu", 1),
+        (ModelConfig(max_batch_size=0), "cpu", 2),
+        (ModelConfig(max_batch_size=0), "cuda", 1),
+        (ModelConfig(max_batch_size=64), "cuda", 1),
+        (ModelConfig(max_batch_size=64, instance_count=3), "cpu", 3),
+    ],
+)
+def test_batch_loops_per_model(config, device, expected):
+    # One loop gathers a whole batch; only a model without batching needs two on a CPU.
+    assert config.instances(device) == expected
