@@ -22,8 +22,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="INFERBOX_", extra="ignore")
 
     # --- shared -------------------------------------------------------------------------------
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    """Redis carrying the interactive lane, the model catalog and worker status."""
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", pattern=r"^redis://")
+    """Redis carrying the interactive lane, the model catalog and worker status: a
+    ``redis://[[user]:password@]host[:port][/db]`` URL (the hot paths speak RESP over TCP)."""
 
     key_prefix: str = "inferbox"
     """Prefix of every Redis key and channel, so several appliances (or test runs) share one Redis."""
