@@ -105,11 +105,19 @@ class Running:
         return total
 
     def log_lines(self) -> list[dict]:
-        """The JSON lines the process wrote."""
+        """The JSON lines the process wrote.
+
+        stdout (our lines) and stderr (Ray's own messages) share the file, and Ray's raylet
+        warnings may end without a newline: a line of ours can follow one on the same line.
+        """
         lines = []
         for line in self.log.read_text(errors="replace").splitlines():
-            if line.startswith("{"):
-                lines.append(json.loads(line))
+            start = line.find('{"')
+            if start >= 0:
+                try:
+                    lines.append(json.loads(line[start:]))
+                except ValueError:
+                    continue
         return lines
 
     def ready(self, names: list[str], timeout: float = 60) -> None:

@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 import structlog
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
+from redis.exceptions import RedisError
 
 from inferbox.errors import BadRequest, NotFound
 from inferbox.keys import Keys
@@ -294,14 +295,21 @@ class KeyCache:
 
     async def _fetch(self, key_id: str) -> KeyRecord | None:
         name = self.keys.api_key(key_id)
-        raw = await self.redis.get(name)
+        try:
+            raw = await self.redis.get(name)
+        except RedisError as exc:
+            # Redis only caches the record: PostgreSQL, the source, answers while Redis
+            # cannot (down, restarting, or a pooled connection that died with a restart).
+            log.warning("API key cache unreachable; reading PostgreSQL", error=str(exc))
+            return await self.store.get(key_id)
         if raw is not None:
             return None if raw == _MISSING else msgspec.json.decode(raw, type=KeyRecord)
         record = await self.store.get(key_id)
         value = _MISSING if record is None else msgspec.json.encode(record)
         # Unknown ids are remembered briefly: a flood of made-up keys reaches Redis, not SQL.
         ttl = self.redis_ttl_ms if record is not None else 5000
-        await self.redis.set(name, value, px=ttl, nx=True)
+        with contextlib.suppress(RedisError):
+            await self.redis.set(name, value, px=ttl, nx=True)
         return record
 
     async def created(self, record: KeyRecord) -> None:
