@@ -16,6 +16,8 @@ from litestar import Litestar, Request, Response
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
 
 import inferbox
 from inferbox.api.admin import AuditController, KeysController
@@ -112,12 +114,27 @@ async def _open_security(app: Litestar, settings: Settings, client, keys: Keys, 
         log.warning("API keys are not required: INFERBOX_AUTH_ENABLED is false")
 
 
+def redis_client(url: str) -> aioredis.Redis:
+    """The API process's asyncio Redis client (everything but the inference hot path).
+
+    A command that meets a dead connection is sent once more, at once, on a new one: after a
+    Redis restart every pooled connection is dead, and redis-py's asyncio client would
+    otherwise fail one request per pooled connection (a 503) long after Redis is back.
+    """
+    return aioredis.Redis.from_url(
+        url,
+        max_connections=256,
+        retry=AsyncRetry(NoBackoff(), 1),
+        retry_on_error=[redis.ConnectionError],
+    )
+
+
 def create_app(settings: Settings) -> Litestar:
     """The API application; Redis clients open and close with its lifespan."""
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        client = aioredis.Redis.from_url(settings.redis_url, max_connections=256)
+        client = redis_client(settings.redis_url)
         keys = Keys(settings.key_prefix)
         lane = InteractiveClient(settings.redis_url, keys)
         await lane.start()
