@@ -57,7 +57,7 @@ class LaneConsumer:
         for stream, entries in response or ():
             name = stream.decode()
             target = high if name == self.streams[0] else low
-            target.extend(self._decode(name, entries))
+            target.extend(self._decode(name, [(i, _pairs(f)) for i, f in entries]))
         return high, low
 
     def claim(self, min_idle_ms: int, count: int) -> list[Call]:
@@ -76,15 +76,13 @@ class LaneConsumer:
             if deleted:
                 # Entries deleted while pending (cancelled by a client that went away).
                 self.client.xack(stream, CONSUMER_GROUP, *deleted)
-            claimed.extend(
-                self._decode(stream, [(entry_id, _flat(fields)) for entry_id, fields in entries])
-            )
+            claimed.extend(self._decode(stream, entries))
         if claimed:
             log.info("claimed calls of another worker", count=len(claimed))
         return claimed
 
     def _decode(self, stream: str, entries) -> list[Call]:
-        """Calls of ``(entry id, [field, value, ...])`` pairs as Redis sends them."""
+        """Calls of ``(entry id, {field: value})`` pairs (empty fields: a deleted entry)."""
         calls = []
         for entry_id, fields in entries:
             if not fields:
@@ -92,7 +90,7 @@ class LaneConsumer:
                 self._outbox.append(pack("XACK", stream, CONSUMER_GROUP, entry_id))
                 continue
             try:
-                header, raws = decode_call(dict(zip(fields[::2], fields[1::2], strict=True)))
+                header, raws = decode_call(fields)
             except Exception:
                 log.error("dropping a malformed queue entry", stream=stream, entry=entry_id)
                 self.done([(stream, entry_id)])
@@ -133,13 +131,7 @@ class LaneConsumer:
         """Close the consumer's connection."""
         self._connection.close()
 
-    def __enter__(self) -> LaneConsumer:
-        return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def _flat(fields) -> list[bytes]:
-    """redis-py's parsed entry fields (a dict, or None for a deleted entry) as Redis's list."""
-    return [item for pair in fields.items() for item in pair] if fields else []
+def _pairs(fields: list[bytes] | None) -> dict[bytes, bytes]:
+    """An entry's fields as Redis sends them (``[field, value, ...]``) as a dictionary."""
+    return dict(zip(fields[::2], fields[1::2], strict=True)) if fields else {}

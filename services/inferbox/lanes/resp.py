@@ -35,6 +35,18 @@ def pack(*args: bytes | str | int | float) -> list[bytes]:
     return parts
 
 
+def handshake(options: dict) -> list[tuple]:
+    """The commands a new connection sends first: ``AUTH`` and ``SELECT`` where the options
+    (redis-py connection keywords, as ``parse_url`` returns them) ask for them."""
+    commands: list[tuple] = []
+    if options.get("password"):
+        user = options.get("username")
+        commands.append(("AUTH", *([user] if user else []), options["password"]))
+    if options.get("db"):
+        commands.append(("SELECT", options["db"]))
+    return commands
+
+
 class _Protocol(asyncio.Protocol):
     def __init__(self, on_push: Callable[[list], None] | None):
         self.reader = hiredis.Reader(replyError=ResponseError)
@@ -110,12 +122,8 @@ class RespConnection:
             except OSError as exc:
                 raise RedisConnectionError(f"cannot connect to redis: {exc}") from exc
             self._protocol = protocol
-            password = self.options.get("password")
-            if password:
-                user = self.options.get("username")
-                await self._send(protocol, "AUTH", *([user] if user else []), password)
-            if self.options.get("db"):
-                await self._send(protocol, "SELECT", self.options["db"])
+            for command in handshake(self.options):
+                await self._send(protocol, *command)
             return protocol
 
     @property
@@ -169,12 +177,7 @@ class BlockingRespConnection:
             raise RedisConnectionError(f"cannot connect to redis: {exc}") from exc
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock, self._reader = sock, hiredis.Reader(replyError=ResponseError)
-        setup = []
-        if self.options.get("password"):
-            user = self.options.get("username")
-            setup.append(pack("AUTH", *([user] if user else []), self.options["password"]))
-        if self.options.get("db"):
-            setup.append(pack("SELECT", self.options["db"]))
+        setup = [pack(*command) for command in handshake(self.options)]
         if setup:
             self.execute(setup)
 

@@ -299,7 +299,7 @@ class KeyCache:
             raw = await self.redis.get(name)
         except RedisError as exc:
             # Redis only caches the record: PostgreSQL, the source, answers while Redis
-            # cannot (down, restarting, or a pooled connection that died with a restart).
+            # cannot (down or restarting).
             log.warning("API key cache unreachable; reading PostgreSQL", error=str(exc))
             return await self.store.get(key_id)
         if raw is not None:
