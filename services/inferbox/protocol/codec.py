@@ -138,6 +138,12 @@ _JSON_ELEMENT: dict[str, Any] = {
     "BYTES": str,
 }
 _JSON_LIST: dict[str, Any] = {name: list[elem] for name, elem in _JSON_ELEMENT.items()}
+# Long FP16 and FP32 lists skip the per-element bounds: a value past the type's range becomes
+# inf in the cast, which one vectorised test finds (the bounded conversion then names the
+# element). That saves about a third of the conversion from 1,000 elements up; below that, the
+# fixed cost of the vectorised test is larger than what it saves.
+_UNBOUNDED_FLOATS: dict[str, Any] = {"FP16": list[float], "FP32": list[float]}
+_VECTOR_CHECK_MIN = 1024
 
 
 def _shape_text(shape: tuple[int, ...] | list[int]) -> str:
@@ -212,20 +218,45 @@ def _json_data_to_raw(data: Any, datatype: str, count: int, where: str) -> bytes
     flat = _flatten(data, where) if data and type(data[0]) is list else data
     if len(flat) != count:
         raise BadRequest(f"{where}: 'data' has {len(flat)} elements but the shape needs {count}")
-    try:
-        values = msgspec.convert(flat, _JSON_LIST[datatype])
-    except msgspec.ValidationError as exc:
-        # msgspec says "at `$[3]`"; the index is into the (flattened) data list.
-        detail = str(exc).replace("`$", "`data")
-        raise BadRequest(f"{where}: invalid {datatype} data: {detail}") from None
+    unbounded = _UNBOUNDED_FLOATS.get(datatype)
+    if unbounded is not None and len(flat) >= _VECTOR_CHECK_MIN:
+        array = _float_array(flat, unbounded, V2_TO_NUMPY[datatype])
+        if array is not None:
+            return array.tobytes()
+    values = _convert(flat, _JSON_LIST[datatype], datatype, where)
     if datatype == "BYTES":
         return serialize_bytes_tensor(v.encode("utf-8") for v in values)
     try:
         # Values are type- and range-checked, so this cast cannot truncate; only a UINT64 value
-        # past 2**64 - 1 is left for numpy to refuse.
-        return np.asarray(values, dtype=V2_TO_NUMPY[datatype]).tobytes()
+        # past 2**64 - 1 is left for numpy to refuse. fromiter with a count fills the array in
+        # one pass, where asarray first walks the list to guess its shape.
+        return np.fromiter(values, V2_TO_NUMPY[datatype], len(values)).tobytes()
     except OverflowError:
         raise BadRequest(f"{where}: invalid {datatype} data: a value is out of range") from None
+
+
+def _convert(flat: list[Any], target: Any, datatype: str, where: str) -> list[Any]:
+    """``flat`` checked against ``target`` (types strictly, bounds where it has them)."""
+    try:
+        return msgspec.convert(flat, target)
+    except msgspec.ValidationError as exc:
+        # msgspec says "at `$[3]`"; the index is into the (flattened) data list.
+        detail = str(exc).replace("`$", "`data")
+        raise BadRequest(f"{where}: invalid {datatype} data: {detail}") from None
+
+
+def _float_array(flat: list[Any], target: Any, dtype: np.dtype) -> np.ndarray | None:
+    """``flat`` as an array of ``dtype`` when every element is a number within its range.
+
+    None otherwise: the caller's bounded conversion then says which element is wrong.
+    """
+    try:
+        values = msgspec.convert(flat, target)
+    except msgspec.ValidationError:
+        return None
+    with np.errstate(over="ignore"):
+        array = np.fromiter(values, dtype, len(values))
+    return None if np.isinf(array).any() else array
 
 
 def _check_binary_size(

@@ -391,13 +391,30 @@ def test_data_not_a_list() -> None:
         ("FP32", [1.0, None], "Expected `float`, got `null`"),
         ("FP32", [1.0, 1e39], "Expected `float` <= 3.4"),
         ("FP16", [1.0, -70000.0], "Expected `float` >= -65504.0"),
+        ("FP32", [0.5] * 3000 + [1e39], r"Expected `float` <= 3.4.* - at `data\[3000\]`"),
+        ("FP32", [0.5] * 3000 + [True], r"got `bool` - at `data\[3000\]`"),
         ("BOOL", [True, 1], "invalid BOOL data: Expected `bool`, got `int`"),
         ("BOOL", [True, "true"], "Expected `bool`, got `str`"),
         ("BYTES", ["a", 1], "invalid BYTES data: Expected `str`, got `int`"),
     ],
 )
 def test_json_data_type_checks(datatype: str, data: list[Any], match: str) -> None:
-    bad(one_input(datatype=datatype, shape=[2], data=data), match)
+    bad(one_input(datatype=datatype, shape=[len(data)], data=data), match)
+
+
+@pytest.mark.parametrize("repeat", [1, 1000], ids=["short", "long"])
+@pytest.mark.parametrize("datatype", ["FP16", "FP32"])
+def test_json_floats_cast_like_numpy(datatype: str, repeat: int) -> None:
+    """Integers, signed zero, subnormals and the type's largest value, as numpy casts them
+    (short lists and long ones take different paths)."""
+    dtype = np.dtype(V2_TO_NUMPY[datatype])
+    data = [1, -2.5, -0.0, 1e-45, 6e-8, float(np.finfo(dtype).max), 0.1] * repeat
+    req = decode_infer_request(
+        json.dumps(one_input(datatype=datatype, shape=[len(data)], data=data)).encode(),
+        None,
+        LIMITS,
+    )
+    assert req.inputs[0].raw == np.asarray(data, dtype=dtype).tobytes()
 
 
 def test_nested_type_error_names_flat_index() -> None:
