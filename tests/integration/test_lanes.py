@@ -8,14 +8,16 @@ import uuid
 import numpy as np
 import pytest
 
+from inferbox.errors import DeadlineExceeded, Unavailable
 from inferbox.keys import CONSUMER_GROUP, Keys
+from inferbox.lanes.client import InteractiveClient
 from inferbox.lanes.consumer import LaneConsumer
 from inferbox.lanes.wire import CallHeader, TensorMeta, encode_call
 from inferbox.models.spec import spec_from_onnx
 from inferbox.testing import onnx_models
 from inferbox.worker.runtime import load_model
 from inferbox.worker.serving import ModelServer
-from tests.conftest import delete_prefix
+from tests.conftest import REDIS_URL, delete_prefix
 
 pytestmark = pytest.mark.integration
 
@@ -90,3 +92,27 @@ def test_calls_of_a_dead_consumer_are_claimed_by_a_live_one(redis_client, keys, 
     live.flush()
     assert redis_client.xpending(stream, CONSUMER_GROUP)["pending"] == 0
     assert redis_client.xlen(stream) == 0
+
+
+async def test_a_full_queue_refuses_a_call_and_leaves_no_entry_behind(redis_client, keys):
+    """The bound counts queued and running entries; a refused call is withdrawn again."""
+    stream = keys.stream("mlp", 1, "hi")
+    _queue(redis_client, keys, "hi", "a")
+    _queue(redis_client, keys, "hi", "b")
+    client = InteractiveClient(REDIS_URL, keys)
+    header = CallHeader(
+        channel="", token="", deadline=time.time() + 60, inputs=[TensorMeta("x", "FP32", [1, 64])]
+    )
+    raw = np.zeros((1, 64), np.float32).tobytes()
+    try:
+        with pytest.raises(Unavailable, match="queue is full") as refused:
+            await client.call(stream, header, [raw], max_queue=2, timeout_s=5)
+        assert refused.value.retry_after == 1.0
+        assert redis_client.xlen(stream) == 2
+        # Below the bound the call is queued (and waits: no worker runs here).
+        with pytest.raises(DeadlineExceeded):
+            await client.call(stream, header, [raw], max_queue=3, timeout_s=0.2)
+        # Not answered within its deadline: the API withdrew it too.
+        assert redis_client.xlen(stream) == 2
+    finally:
+        await client.close()

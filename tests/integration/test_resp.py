@@ -36,6 +36,22 @@ async def test_concurrent_commands_get_their_own_replies(redis_client):
         redis_client.delete(key)
 
 
+async def test_a_pipeline_answers_in_order_and_a_refused_command_raises_after_all_replies(
+    redis_client,
+):
+    key = f"ibresp-{uuid.uuid4().hex}"
+    conn = RespConnection(REDIS_URL)
+    try:
+        assert await conn.pipeline(("INCR", key), ("INCR", key), ("GET", key)) == [1, 2, b"2"]
+        with pytest.raises(ResponseError, match="WRONGTYPE"):
+            await conn.pipeline(("LPUSH", key, "x"), ("INCR", key))
+        # The refused command did not stop the one behind it, and no reply was left unread.
+        assert await conn.execute("GET", key) == b"3"
+    finally:
+        conn.close()
+        redis_client.delete(key)
+
+
 async def test_pushes_reach_the_callback_and_a_killed_connection_reconnects(redis_client):
     channel = f"ibresp-{uuid.uuid4().hex}"
     received: list[bytes] = []

@@ -1,8 +1,8 @@
 """API side of the interactive lane: queue a call, then wait for its reply without polling.
 
 Each API process subscribes once to its own reply channel; one task reads every reply and
-resolves the future of the request waiting for it. Queueing is one round trip: a Lua script
-refuses the call when the model's queue is full, else appends it.
+resolves the future of the request waiting for it. Queueing is one round trip: ``XLEN`` and
+``XADD`` travel together, and a call that found the model's queue full is withdrawn again.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 import structlog
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from inferbox.errors import DeadlineExceeded, InferboxError, Unavailable
 from inferbox.keys import Keys
@@ -28,13 +28,6 @@ from inferbox.lanes.wire import (
 )
 
 log = structlog.get_logger(__name__)
-
-# XLEN counts queued and running calls (workers delete entries once answered).
-_ENQUEUE = """
-if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end
-return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
-"""
-
 
 WATCH_DISCONNECT_AFTER_S = 0.02
 """How long a call waits before its client's departure is watched for."""
@@ -52,7 +45,6 @@ class InteractiveClient:
         self.channel = keys.reply_channel(self.process_id)
         self.commands = RespConnection(redis_url)
         self.replies = RespConnection(redis_url, on_push=self._on_push)
-        self._script_sha: str | None = None
         self._waiting: dict[str, asyncio.Future] = {}
         self._tokens = itertools.count()
         self._reader: asyncio.Task | None = None
@@ -90,17 +82,22 @@ class InteractiveClient:
         if len(message) == 3 and message[0] == b"message":
             self._resolve(message[2])
 
-    async def _enqueue(self, stream: str, args: list) -> bytes | None:
-        if self._script_sha is None:
-            self._script_sha = (await self.commands.execute("SCRIPT", "LOAD", _ENQUEUE)).decode()
-        try:
-            return await self.commands.execute("EVALSHA", self._script_sha, 1, stream, *args)
-        except ResponseError as exc:
-            if not str(exc).startswith("NOSCRIPT"):
-                raise
-            # Redis restarted or was flushed: load the script again.
-            self._script_sha = None
-            return await self._enqueue(stream, args)
+    async def _enqueue(self, stream: str, fields: list, max_queue: int) -> bytes | None:
+        """Append a call unless the stream already holds ``max_queue`` entries (queued and
+        running: workers delete entries once answered); its entry id, or None when full.
+
+        No Lua script: Redis copies every argument of a script call into Lua strings and back,
+        which cost it about 90 µs per call for a 48 KiB tensor (and 7 µs for a small one).
+        Without a script, calls appended at the same instant can pass the bound together, and
+        an entry that found the queue full exists for one round trip before it is withdrawn.
+        """
+        queued, entry_id = await self.commands.pipeline(
+            ("XLEN", stream), ("XADD", stream, "*", *fields)
+        )
+        if queued < max_queue:
+            return entry_id
+        await self.commands.execute("XDEL", stream, entry_id)
+        return None
 
     def _resolve(self, message: bytes) -> None:
         try:
@@ -148,12 +145,11 @@ class InteractiveClient:
         # timeout scopes: this runs for every request.
         timer = loop.call_later(timeout_s, _expire, future, timeout_s)
         try:
-            fields = encode_call(header, raws)
-            args = [max_queue]
-            for key, value in fields.items():
-                args += (key, value)
+            fields = []
+            for key, value in encode_call(header, raws).items():
+                fields += (key, value)
             try:
-                entry_id = await self._enqueue(stream, args)
+                entry_id = await self._enqueue(stream, fields, max_queue)
             except RedisError as exc:
                 # Unreachable, or answering but not serving yet (LOADING its data after a
                 # restart, MISCONF, READONLY): the caller may retry.

@@ -145,6 +145,28 @@ class RespConnection:
             protocol = await self.connect()
         return await self._send(protocol, *args)
 
+    async def pipeline(self, *commands: tuple) -> list:
+        """Send commands back to back and wait for all their replies, in order.
+
+        A command Redis refused raises its ``ResponseError`` once every reply is in, so no
+        reply is left unread.
+        """
+        protocol = self._protocol
+        if protocol is None or protocol.lost.done():
+            protocol = await self.connect()
+        futures = [self._send(protocol, *args) for args in commands]
+        replies: list = []
+        error: BaseException | None = None
+        for future in futures:
+            try:
+                replies.append(await future)
+            except ResponseError as exc:
+                error = error or exc
+                replies.append(exc)
+        if error is not None:
+            raise error
+        return replies
+
     def close(self) -> None:
         """Close the connection."""
         if self._protocol is not None and self._protocol.transport is not None:
