@@ -45,6 +45,10 @@ class ModelConfig(msgspec.Struct, frozen=True, kw_only=True):
     intra_op_threads: int = 0
     """ONNX Runtime intra-op threads of the session the instances share; 0 means one per CPU
     core. A lone call, or a batch, then computes on every core."""
+    intra_op_spinning: bool | None = None
+    """Whether idle intra-op threads spin instead of sleeping. None decides per version on a
+    CPU-only session: on when a warm batch-1 run takes at least ``SPIN_MIN_RUN_S`` (waking
+    sleeping threads is then a visible part of a call), off for shorter runs and on a GPU."""
 
     def instances(self, device: str) -> int:
         """How many batch loops serve this model on a worker running on ``device``.

@@ -47,6 +47,29 @@ def _provider_options(provider: str) -> dict[str, str]:
             return {}
 
 
+SPIN_MIN_RUN_S = 0.00025
+"""Below this warm batch-1 run time a CPU session's threads sleep when idle (automatic mode).
+
+Where idle cores sleep deeply (a VM whose idle vCPUs halt at once), waking a sleeping thread
+for each parallel operator made a 0.8 ms run take 1.3-1.4 ms after a few milliseconds of
+idleness. Spinning threads avoid that for runs long enough to have several parallel
+operators; a tiny model's many short runs would instead keep the threads spinning nearly all
+the time, taking cores from the API and Redis (measured in docs/benchmarks.md).
+"""
+
+
+def _session_options(config, spinning: bool) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = _OPTIMIZATION[config.graph_optimization_level]
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    # Sequential execution: the inter-op pool is never used.
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    # Every core for one session that the instances share: a lone call uses them all (c=1
+    # latency), and under load each instance's calling thread keeps its own core busy anyway.
+    options.intra_op_num_threads = config.intra_op_threads or (os.cpu_count() or 1)
+    return options
+
+
 def _warmup_array(tensor: TensorSpec) -> np.ndarray:
     shape = [1 if dim < 0 else dim for dim in tensor.shape]
     if tensor.datatype == "BYTES":
@@ -63,6 +86,8 @@ class LoadedModel:
     providers: list[str]
     load_seconds: float
     output_names: list[str] = field(default_factory=list)
+    spinning: bool = False
+    """Whether the session's idle intra-op threads spin."""
 
     def run(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None):
         """Run once; ``outputs`` None means all outputs, in the model's order."""
@@ -106,31 +131,31 @@ def load_model(
         raise ValueError(spec.error)
     started = time.perf_counter()
     config = spec.config
-    options = ort.SessionOptions()
-    options.graph_optimization_level = _OPTIMIZATION[config.graph_optimization_level]
-    # Idle intra-op threads spin by default, burning the cores the API and Redis need on the
-    # same host; batches are long enough that waking a sleeping thread costs nothing visible.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    # Every core for one session that the instances share: a lone call uses them all (c=1
-    # latency), and under load each instance's calling thread keeps its own core busy anyway.
-    options.intra_op_num_threads = config.intra_op_threads or (os.cpu_count() or 1)
     available = ort.get_available_providers() if available is None else available
     wanted = choose_providers(config.execution_providers, available)
-    session = ort.InferenceSession(
-        str(path or spec.path),
-        sess_options=options,
-        providers=[(p, _provider_options(p)) for p in wanted],
+    threads = config.intra_op_threads or (os.cpu_count() or 1)
+    # Automatic spinning is tried on a CPU-only session with threads to spin and a warmup to
+    # time; a GPU session's intra-op threads only serve the few operators left on the CPU.
+    auto = (
+        config.intra_op_spinning is None
+        and config.warmup
+        and threads > 1
+        and wanted[0] == "CPUExecutionProvider"
     )
-    model = LoadedModel(
-        spec=spec,
-        session=session,
-        providers=session.get_providers(),
-        load_seconds=0.0,
-        output_names=[o.name for o in session.get_outputs()],
-    )
+    spinning = auto or bool(config.intra_op_spinning)
+    model = _create(spec, path, wanted, spinning)
+    warm_run_ms = None
     if config.warmup:
-        model.run({t.name: _warmup_array(t) for t in spec.inputs})
+        feeds = {t.name: _warmup_array(t) for t in spec.inputs}
+        model.run(feeds)
+        if auto:
+            run_s = _warm_run_seconds(model, feeds)
+            warm_run_ms = round(run_s * 1000, 3)
+            if run_s < SPIN_MIN_RUN_S:
+                # Short runs: threads that sleep when idle (a small model loads again quickly).
+                del model
+                model = _create(spec, path, wanted, spinning=False)
+                model.run(feeds)
     model.load_seconds = time.perf_counter() - started
     log.info(
         "model loaded",
@@ -138,6 +163,34 @@ def load_model(
         version=spec.version,
         providers=model.providers,
         requested_providers=wanted,
+        spinning=model.spinning,
+        warm_run_ms=warm_run_ms,
         duration_ms=round(model.load_seconds * 1000, 1),
     )
     return model
+
+
+def _create(spec: ModelSpec, path: Path | None, providers: list[str], spinning: bool):
+    session = ort.InferenceSession(
+        str(path or spec.path),
+        sess_options=_session_options(spec.config, spinning),
+        providers=[(p, _provider_options(p)) for p in providers],
+    )
+    return LoadedModel(
+        spec=spec,
+        session=session,
+        providers=session.get_providers(),
+        load_seconds=0.0,
+        output_names=[o.name for o in session.get_outputs()],
+        spinning=spinning,
+    )
+
+
+def _warm_run_seconds(model: LoadedModel, feeds: dict[str, np.ndarray], runs: int = 5) -> float:
+    """The fastest of a few batch-1 runs (the first ones allocate and are not typical)."""
+    best = float("inf")
+    for _ in range(runs):
+        started = time.perf_counter()
+        model.run(feeds)
+        best = min(best, time.perf_counter() - started)
+    return best

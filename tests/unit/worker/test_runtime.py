@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -47,6 +48,55 @@ def test_load_model_warms_up_and_runs(tmp_path):
     assert model.providers == ["CPUExecutionProvider"]
     names, (y,) = model.run({"x": np.ones((3, 64), np.float32)})
     assert names == ["y"] and y.shape == (3, 10)
+
+
+def _spinning_option(model) -> str:
+    """What the session was really created with."""
+    return model.session.get_session_options().get_session_config_entry(
+        "session.intra_op.allow_spinning"
+    )
+
+
+def _with_config(spec, **changes):
+    return msgspec.structs.replace(spec, config=msgspec.structs.replace(spec.config, **changes))
+
+
+def test_automatic_spinning_follows_the_warm_run_time(tmp_path):
+    """A model whose batch-1 run is long gets spinning threads; a tiny one's threads sleep."""
+    tiny = load_model(
+        _with_config(spec_from_onnx("mlp", 1, onnx_models.mlp(tmp_path / "m")), intra_op_threads=2)
+    )
+    assert not tiny.spinning and _spinning_option(tiny) == "0"
+    # Four times the default conv net's work per row: well above the threshold on any CPU.
+    path = onnx_models.conv_net(tmp_path / "conv.onnx", channels=64, size=96)
+    heavy = load_model(_with_config(spec_from_onnx("conv", 1, path), intra_op_threads=2))
+    assert heavy.spinning and _spinning_option(heavy) == "1"
+    _, (logits,) = heavy.run({"image": np.ones((2, 3, 96, 96), np.float32)})
+    assert logits.shape == (2, 10)
+
+
+@pytest.mark.parametrize(
+    ("changes", "available", "expected"),
+    [
+        ({"intra_op_spinning": True}, None, True),
+        ({"intra_op_spinning": False}, None, False),
+        # Nothing to spin with one thread; nothing timed without a warmup.
+        ({"intra_op_threads": 1}, None, False),
+        ({"warmup": False}, None, False),
+        # A GPU session's intra-op threads serve only the operators left on the CPU.
+        ({}, ["CUDAExecutionProvider", "CPUExecutionProvider"], False),
+    ],
+)
+# This ONNX Runtime build has no CUDA provider: it warns and creates the session on the CPU.
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider'")
+def test_spinning_settings_and_where_it_is_never_automatic(tmp_path, changes, available, expected):
+    spec = spec_from_onnx(
+        "conv", 1, onnx_models.conv_net(tmp_path / "conv.onnx", channels=64, size=96)
+    )
+    changes = {"intra_op_threads": 2, **changes}
+    model = load_model(_with_config(spec, **changes), available=available)
+    assert model.spinning is expected
+    assert _spinning_option(model) == ("1" if expected else "0")
 
 
 def test_an_invalid_file_fails_to_load_with_its_reason(tmp_path):
