@@ -47,6 +47,11 @@ async def test_a_pipeline_answers_in_order_and_a_refused_command_raises_after_al
             await conn.pipeline(("LPUSH", key, "x"), ("INCR", key))
         # The refused command did not stop the one behind it, and no reply was left unread.
         assert await conn.execute("GET", key) == b"3"
+        # Redis closes the connection after QUIT: the command behind it fails as lost, and the
+        # next command reconnects.
+        with pytest.raises(RedisConnectionError):
+            await conn.pipeline(("QUIT",), ("GET", key))
+        assert await conn.execute("GET", key) == b"3"
     finally:
         conn.close()
         redis_client.delete(key)

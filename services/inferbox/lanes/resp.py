@@ -22,7 +22,7 @@ from collections.abc import Callable
 import hiredis
 from redis.connection import parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 
 def pack(*args: bytes | str | int | float) -> list[bytes]:
@@ -149,7 +149,7 @@ class RespConnection:
         """Send commands back to back and wait for all their replies, in order.
 
         A command Redis refused raises its ``ResponseError`` once every reply is in, so no
-        reply is left unread.
+        reply is left unread; a lost connection raises ``ConnectionError`` the same way.
         """
         protocol = self._protocol
         if protocol is None or protocol.lost.done():
@@ -160,7 +160,7 @@ class RespConnection:
         for future in futures:
             try:
                 replies.append(await future)
-            except ResponseError as exc:
+            except RedisError as exc:
                 error = error or exc
                 replies.append(exc)
         if error is not None:

@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 import structlog
 
-from inferbox.models.spec import ModelSpec, TensorSpec
+from inferbox.models.spec import ModelConfig, ModelSpec, TensorSpec
 from inferbox.protocol.datatypes import V2_TO_NUMPY
 
 log = structlog.get_logger(__name__)
@@ -58,16 +58,30 @@ the time, taking cores from the API and Redis (measured in docs/benchmarks.md).
 """
 
 
-def _session_options(config, spinning: bool) -> ort.SessionOptions:
+def _intra_op_threads(config: ModelConfig) -> int:
+    # Every core for one session that the instances share: a lone call uses them all (c=1
+    # latency), and under load each instance's calling thread keeps its own core busy anyway.
+    return config.intra_op_threads or (os.cpu_count() or 1)
+
+
+def _session_options(config: ModelConfig, spinning: bool) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = _OPTIMIZATION[config.graph_optimization_level]
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     # Sequential execution: the inter-op pool is never used.
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    # Every core for one session that the instances share: a lone call uses them all (c=1
-    # latency), and under load each instance's calling thread keeps its own core busy anyway.
-    options.intra_op_num_threads = config.intra_op_threads or (os.cpu_count() or 1)
+    options.intra_op_num_threads = _intra_op_threads(config)
     return options
+
+
+def spinning_pays(providers: list[str], warm_run_s: float) -> bool:
+    """Whether a session really running on ``providers`` (``session.get_providers()``), whose
+    warm batch-1 run takes ``warm_run_s``, should keep spinning intra-op threads.
+
+    Only a session on the CPU provider alone: a GPU session's intra-op threads serve just the
+    operators left on the CPU, and would spin for nothing after every run.
+    """
+    return providers[0] == "CPUExecutionProvider" and warm_run_s >= SPIN_MIN_RUN_S
 
 
 def _warmup_array(tensor: TensorSpec) -> np.ndarray:
@@ -133,16 +147,10 @@ def load_model(
     config = spec.config
     available = ort.get_available_providers() if available is None else available
     wanted = choose_providers(config.execution_providers, available)
-    threads = config.intra_op_threads or (os.cpu_count() or 1)
-    # Automatic spinning is tried on a CPU-only session with threads to spin and a warmup to
-    # time; a GPU session's intra-op threads only serve the few operators left on the CPU.
-    auto = (
-        config.intra_op_spinning is None
-        and config.warmup
-        and threads > 1
-        and wanted[0] == "CPUExecutionProvider"
-    )
-    spinning = auto or bool(config.intra_op_spinning)
+    auto = config.intra_op_spinning is None and config.warmup and _intra_op_threads(config) > 1
+    # First guess for automatic mode from the preference list; what the session really runs on
+    # decides below (the GPU build lists CUDA as available even where it cannot load).
+    spinning = wanted[0] == "CPUExecutionProvider" if auto else bool(config.intra_op_spinning)
     model = _create(spec, path, wanted, spinning)
     warm_run_ms = None
     if config.warmup:
@@ -151,10 +159,10 @@ def load_model(
         if auto:
             run_s = _warm_run_seconds(model, feeds)
             warm_run_ms = round(run_s * 1000, 3)
-            if run_s < SPIN_MIN_RUN_S:
-                # Short runs: threads that sleep when idle (a small model loads again quickly).
+            if spinning_pays(model.providers, run_s) != model.spinning:
+                # The guess was wrong: load again (a small model, or a GPU fallen back to CPU).
                 del model
-                model = _create(spec, path, wanted, spinning=False)
+                model = _create(spec, path, wanted, spinning=not spinning)
                 model.run(feeds)
     model.load_seconds = time.perf_counter() - started
     log.info(

@@ -8,7 +8,7 @@ import pytest
 
 from inferbox.models.spec import ModelConfig, spec_from_onnx
 from inferbox.testing import onnx_models
-from inferbox.worker.runtime import choose_providers, load_model, probe_device
+from inferbox.worker.runtime import choose_providers, load_model, probe_device, spinning_pays
 
 pytestmark = pytest.mark.unit
 
@@ -83,8 +83,8 @@ def test_automatic_spinning_follows_the_warm_run_time(tmp_path):
         # Nothing to spin with one thread; nothing timed without a warmup.
         ({"intra_op_threads": 1}, None, False),
         ({"warmup": False}, None, False),
-        # A GPU session's intra-op threads serve only the operators left on the CPU.
-        ({}, ["CUDAExecutionProvider", "CPUExecutionProvider"], False),
+        # CUDA listed as available but the session runs on the CPU: what it really uses counts.
+        ({}, ["CUDAExecutionProvider", "CPUExecutionProvider"], True),
     ],
 )
 # This ONNX Runtime build has no CUDA provider: it warns and creates the session on the CPU.
@@ -95,6 +95,7 @@ def test_spinning_settings_and_where_it_is_never_automatic(tmp_path, changes, av
     )
     changes = {"intra_op_threads": 2, **changes}
     model = load_model(_with_config(spec, **changes), available=available)
+    assert model.providers == ["CPUExecutionProvider"]
     assert model.spinning is expected
     assert _spinning_option(model) == ("1" if expected else "0")
 
@@ -121,3 +122,16 @@ def test_an_invalid_file_fails_to_load_with_its_reason(tmp_path):
 def test_batch_loops_per_model(config, device, expected):
     # One loop gathers a whole batch; only a model without batching needs two on a CPU.
     assert config.instances(device) == expected
+
+
+@pytest.mark.parametrize(
+    ("providers", "run_s", "expected"),
+    [
+        (["CPUExecutionProvider"], 0.001, True),
+        (["CPUExecutionProvider"], 0.0001, False),
+        # A GPU session's intra-op threads serve only the operators left on the CPU.
+        (["CUDAExecutionProvider", "CPUExecutionProvider"], 0.001, False),
+    ],
+)
+def test_only_a_session_running_on_the_cpu_alone_spins(providers, run_s, expected):
+    assert spinning_pays(providers, run_s) is expected
