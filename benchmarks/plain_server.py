@@ -8,7 +8,8 @@ Triton-layout folder in ``PLAIN_MODEL_REPOSITORY`` (``<name>/<version>/model.onn
     PLAIN_MODEL_REPOSITORY=/tmp/repo uvicorn --app-dir benchmarks plain_server:app \
         --loop uvloop --http httptools --no-access-log
 
-JSON goes through msgspec (the orjson-class parser already in inferbox's venv).
+JSON goes through msgspec (the orjson-class parser already in inferbox's venv). Sessions use
+the providers in ``PLAIN_PROVIDERS`` (comma-separated, default the CPU provider).
 """
 
 from __future__ import annotations
@@ -25,10 +26,13 @@ DTYPES = {"FP32": np.float32, "FP64": np.float64, "INT32": np.int32, "INT64": np
 V2_TYPES = {np.dtype(t): name for name, t in DTYPES.items()}
 
 app = FastAPI()
+PROVIDERS = os.environ.get("PLAIN_PROVIDERS", "CPUExecutionProvider").split(",")
+if "CUDAExecutionProvider" in PROVIDERS:
+    ort.preload_dlls()
 sessions: dict[str, ort.InferenceSession] = {}
 for model_file in sorted(Path(os.environ["PLAIN_MODEL_REPOSITORY"]).glob("*/*/model.onnx")):
     sessions[model_file.parent.parent.name] = ort.InferenceSession(
-        str(model_file), providers=["CPUExecutionProvider"]
+        str(model_file), providers=PROVIDERS
     )
 
 

@@ -51,6 +51,11 @@ DOC = ROOT / "docs" / "benchmarks.md"
 RESULTS = ROOT / "benchmarks" / "results" / "latest.md"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+INFERBOX = (sys.executable, "-m", "inferbox")
+"""The inferbox command line (``python -m``: no console script needed where wheels were unpacked)."""
+POSTGRES_URL = os.environ.get("INFERBOX_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
+"""The PostgreSQL server in which each inferbox run creates (and drops) its own database."""
+WRK_THREADS = int(os.environ.get("INFERBOX_BENCH_WRK_THREADS", "1"))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -77,6 +82,8 @@ class Model:
     output: str
     row: tuple[int, ...]
     build: Callable[[Path], Path]
+    datatype: str = "FP32"
+    """The input's V2 datatype (the output is FP32)."""
 
 
 MODELS = (
@@ -95,7 +102,7 @@ class Body:
 
 def build_body(model: Model, encoding: str, row: np.ndarray, folder: Path) -> Body:
     """One request of one row, as a V2 JSON body or a Triton binary-extension body."""
-    tensor = {"name": model.input, "shape": list(row.shape), "datatype": "FP32"}
+    tensor = {"name": model.input, "shape": list(row.shape), "datatype": model.datatype}
     path = folder / f"{model.name}-{encoding}.body"
     if encoding == "json":
         tensor["data"] = row.ravel().tolist()
@@ -150,14 +157,22 @@ def decode_output(
 
 
 def verify(
-    port: int, model: Model, encoding: str, body: Body, expected: np.ndarray, auth: str = ""
+    port: int,
+    model: Model,
+    encoding: str,
+    body: Body,
+    expected: np.ndarray,
+    auth: str = "",
+    tolerance: float = 1e-4,
 ) -> None:
     """Check one answer against ONNX Runtime in-process before measuring a server."""
     status, headers, payload = post(port, model, body, auth)
     if status != 200:
         raise BenchError(f"{model.name}/{encoding} on :{port}: HTTP {status}: {payload[:300]!r}")
     got = decode_output(model, headers, payload, encoding == "binary")
-    if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-4, atol=1e-5):
+    if got.shape != expected.shape or not np.allclose(
+        got, expected, rtol=tolerance, atol=tolerance / 10
+    ):
         raise BenchError(f"{model.name}/{encoding} on :{port}: wrong answer {got} != {expected}")
 
 
@@ -234,7 +249,15 @@ def run_wrk(
     wrk: str, port: int, model: Model, body: Body, conns: int, seconds: float, auth: str = ""
 ) -> WrkResult:
     url = f"http://127.0.0.1:{port}/v2/models/{model.name}/infer"
-    cmd = [wrk, "-t1", f"-c{conns}", f"-d{seconds:g}s", "--latency", "--timeout", "30s"]
+    cmd = [
+        wrk,
+        f"-t{min(WRK_THREADS, conns)}",
+        f"-c{conns}",
+        f"-d{max(1, round(seconds))}s",
+        "--latency",
+        "--timeout",
+        "30s",
+    ]
     cmd += ["-s", str(LUA), url, "--", str(body.path), body.content_type]
     cmd += [str(body.header_length or ""), auth]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -310,6 +333,19 @@ def cpu_seconds(pids: list[int]) -> float:
 def redis_cpu(client: redis.Redis) -> float:
     info = client.info("cpu")
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def drop_database(name: str) -> None:
+    """Drop a run's database on ``POSTGRES_URL`` (nothing when the server is gone)."""
+    import psycopg
+
+    try:
+        with psycopg.connect(
+            f"{POSTGRES_URL}/postgres", autocommit=True, connect_timeout=5
+        ) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    except psycopg.Error as exc:
+        log(f"could not drop database {name}: {exc}")
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -457,8 +493,15 @@ class InferboxServer(Server):
     worker_command: tuple[str, ...] = ("worker",)
     """The ``inferbox`` subcommand serving the queues (``benchmarks/ray_actors.py`` swaps it)."""
 
-    def __init__(self, repo: Path, client: redis.Redis, redis_url: str, cache: Path):
-        self.repo, self.client, self.cache = repo, client, cache
+    def __init__(
+        self,
+        repo: Path,
+        client: redis.Redis,
+        redis_url: str,
+        cache: Path,
+        models: tuple[Model, ...] = MODELS,
+    ):
+        self.repo, self.client, self.cache, self.models = repo, client, cache, models
         self.prefix = f"bench-{uuid.uuid4().hex[:10]}"
         self.database = self.prefix.replace("-", "_")
         self.redis_url = redis_url
@@ -474,7 +517,7 @@ class InferboxServer(Server):
             "INFERBOX_API_BIND": f"127.0.0.1:{self.port}",
             "INFERBOX_WORKER_METRICS_PORT": str(self.metrics_port),
             "INFERBOX_WORKER_CACHE_DIR": str(self.cache),
-            "INFERBOX_DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/{self.database}",
+            "INFERBOX_DATABASE_URL": f"{POSTGRES_URL}/{self.database}",
             "INFERBOX_S3_ENDPOINT": f"127.0.0.1:{self.s3_port}",
             "INFERBOX_S3_ACCESS_KEY": "bench",
             "INFERBOX_S3_SECRET_KEY": "bench-secret",
@@ -485,12 +528,12 @@ class InferboxServer(Server):
 
     def start(self) -> None:
         self.port, self.metrics_port, self.s3_port = free_port(), free_port(), free_port()
-        inferbox = str(BIN / "inferbox")
         env = self.env()
         logs = self.log_to(self.cache.parent)
         # The registry's parts: an S3 server for the model files, a fresh database.
         self.s3 = subprocess.Popen(
-            [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.s3_port)], **logs
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.s3_port)],
+            **logs,
         )
         self.procs = [self.s3]
         wait_until(
@@ -499,24 +542,24 @@ class InferboxServer(Server):
             self.procs,
             30,
         )
-        subprocess.run([inferbox, "migrate"], env=env, check=True, capture_output=True)
-        subprocess.run([inferbox, "models", "import", str(self.repo)], env=env, check=True)
+        subprocess.run([*INFERBOX, "migrate"], env=env, check=True, capture_output=True)
+        subprocess.run([*INFERBOX, "models", "import", str(self.repo)], env=env, check=True)
         key_file = self.cache.parent / "admin-key"
         subprocess.run(
-            [inferbox, "keys", "bootstrap", "--file", str(key_file)],
+            [*INFERBOX, "keys", "bootstrap", "--file", str(key_file)],
             env=env,
             check=True,
             capture_output=True,
         )
         self.auth = f"Bearer {key_file.read_text().strip()}"
-        self.worker = subprocess.Popen([inferbox, *self.worker_command], env=env, cwd=ROOT, **logs)
-        self.api = subprocess.Popen([inferbox, "api"], env=env, cwd=ROOT, **logs)
+        self.worker = subprocess.Popen([*INFERBOX, *self.worker_command], env=env, cwd=ROOT, **logs)
+        self.api = subprocess.Popen([*INFERBOX, "api"], env=env, cwd=ROOT, **logs)
         self.procs += [self.worker, self.api]
         log(
             f"inferbox prefix {self.prefix}: worker pid {self.worker.pid} "
             f"(metrics :{self.metrics_port}), api pid {self.api.pid} on :{self.port}"
         )
-        for model in MODELS:
+        for model in self.models:
             url = f"http://127.0.0.1:{self.port}/v2/models/{model.name}/ready"
             wait_until(
                 f"inferbox {model.name}",
@@ -532,19 +575,7 @@ class InferboxServer(Server):
         if keys:
             self.client.delete(*keys)
         log(f"deleted {len(keys)} Redis key(s) under {self.prefix}:")
-        subprocess.run(
-            [
-                "psql",
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-qc",
-                f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)',
-            ],
-            check=False,
-            capture_output=True,
-        )
+        drop_database(self.database)
 
     def cpu(self) -> dict[str, float]:
         return {

@@ -64,14 +64,16 @@ class LaneConsumer:
         """Calls delivered to some consumer and not acknowledged for ``min_idle_ms``."""
         claimed: list[Call] = []
         for stream in self.streams:
-            cursor, entries, deleted = self.client.xautoclaim(
+            # Redis 7 adds the ids of entries deleted while pending; Redis 6.2 has no third part.
+            cursor, entries, *deleted = self.client.xautoclaim(
                 stream,
                 CONSUMER_GROUP,
                 self.consumer,
                 min_idle_time=min_idle_ms,
                 start_id=self._claim_cursor[stream],
                 count=count,
-            )[:3]
+            )
+            deleted = deleted[0] if deleted else []
             self._claim_cursor[stream] = cursor
             if deleted:
                 # Entries deleted while pending (cancelled by a client that went away).

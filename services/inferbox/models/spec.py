@@ -63,6 +63,10 @@ class ModelConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     execution_providers: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_PROVIDERS))
     """ONNX Runtime execution providers in preference order."""
+    provider_options: dict[str, dict[str, str]] = msgspec.field(default_factory=dict)
+    """ONNX Runtime options per execution provider, over inferbox's defaults, e.g.
+    ``{"CUDAExecutionProvider": {"cudnn_conv_algo_search": "HEURISTIC"}}`` (the GPU knobs and
+    what each is worth are in docs/benchmarks.md)."""
     graph_optimization_level: str = "all"
     """ONNX Runtime graph optimizations: disable, basic, extended or all."""
     timeout_ms: int | None = None

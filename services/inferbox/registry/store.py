@@ -146,6 +146,7 @@ def check_config(
         problems.append("execution_providers must be a non-empty list without repeats")
     elif not all(p.endswith("ExecutionProvider") for p in providers):
         problems.append("execution_providers must be ONNX Runtime provider names")
+    problems += _provider_option_problems(config.provider_options)
     if config.graph_optimization_level not in GRAPH_OPTIMIZATION_LEVELS:
         problems.append(f"graph_optimization_level must be one of {GRAPH_OPTIMIZATION_LEVELS}")
     if config.timeout_ms is not None and config.timeout_ms <= 0:
@@ -155,6 +156,42 @@ def check_config(
     if problems:
         raise BadRequest("invalid model config: " + "; ".join(problems))
     return config
+
+
+PROVIDER_OPTIONS = {
+    "CUDAExecutionProvider": {
+        "cudnn_conv_algo_search": ("EXHAUSTIVE", "HEURISTIC", "DEFAULT"),
+        "arena_extend_strategy": ("kNextPowerOfTwo", "kSameAsRequested"),
+        "gpu_mem_limit": None,
+        "cudnn_conv_use_max_workspace": ("0", "1"),
+        "use_tf32": ("0", "1"),
+        "prefer_nhwc": ("0", "1"),
+        "do_copy_in_default_stream": ("0", "1"),
+    },
+}
+"""The execution-provider options a model config may set, with their allowed values (None: a
+positive integer). Others (device ids, streams, graphs) are the worker's to decide."""
+
+
+def _provider_option_problems(options: dict[str, dict[str, str]]) -> list[str]:
+    problems = []
+    for provider, values in options.items():
+        allowed = PROVIDER_OPTIONS.get(provider)
+        if allowed is None:
+            problems.append(f"provider_options: no settable options for {provider!r}")
+            continue
+        for name, value in values.items():
+            if name not in allowed:
+                problems.append(f"provider_options: {provider} has no option {name!r}")
+            elif allowed[name] is None and not (
+                value.isascii() and value.isdigit() and int(value) > 0
+            ):
+                problems.append(f"provider_options: {provider} {name} must be a positive integer")
+            elif allowed[name] is not None and value not in allowed[name]:
+                problems.append(
+                    f"provider_options: {provider} {name} must be one of {allowed[name]}"
+                )
+    return problems
 
 
 def merge_config(base: ModelConfig, overrides: dict[str, Any]) -> ModelConfig:

@@ -15,6 +15,7 @@ async code call it as ``await asyncio.to_thread(validate_model, path, limits)``.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -27,8 +28,24 @@ import inferbox
 from inferbox.models.spec import TensorSpec
 from inferbox.registry.errors import UnprocessableModel
 
-_PACKAGE_ROOT = str(Path(inferbox.__file__).resolve().parent.parent)
-_BOOT = "import sys; sys.path.insert(0, sys.argv.pop(1)); from inferbox.registry._validate_child import main; main()"
+
+def _import_roots() -> str:
+    """The folders the child imports inferbox, onnx and msgspec from, as this process does:
+    ``-I`` ignores PYTHONPATH, and these may live outside site-packages (a source checkout, or
+    wheels unpacked into a folder)."""
+    import onnx
+
+    roots = dict.fromkeys(
+        str(Path(module.__file__).resolve().parent.parent) for module in (inferbox, onnx, msgspec)
+    )
+    return os.pathsep.join(roots)
+
+
+_PACKAGE_ROOTS = _import_roots()
+_BOOT = (
+    "import os, sys; sys.path[:0] = sys.argv.pop(1).split(os.pathsep); "
+    "from inferbox.registry._validate_child import main; main()"
+)
 
 
 @dataclass(frozen=True)
@@ -78,7 +95,7 @@ def validate_model(path: Path, limits: ValidationLimits | None = None) -> Valida
         raise UnprocessableModel(f"cannot read the file: {exc.strerror}") from None
     if size > limits.max_bytes:
         raise UnprocessableModel(f"the file is larger than {limits.max_bytes} bytes")
-    command = [sys.executable, "-I", "-c", _BOOT, _PACKAGE_ROOT]
+    command = [sys.executable, "-I", "-c", _BOOT, _PACKAGE_ROOTS]
     memory = limits.memory_bytes + limits.memory_per_file_byte * size
     settings = {**asdict(limits), "memory_bytes": memory}
     command += [json.dumps(settings), str(path)]

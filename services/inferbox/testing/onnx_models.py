@@ -189,3 +189,192 @@ def write_demo_repository(root: Path) -> Path:
     identity_all_types(root / "identity" / "1" / "model.onnx")
     fixed_shape(root / "fixed" / "1" / "model.onnx")
     return root
+
+
+def _he(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int, gain: float = 1.0):
+    return (rng.standard_normal(shape) * gain * np.sqrt(2.0 / fan_in)).astype(np.float32)
+
+
+def resnet50(
+    path: Path,
+    size: int = 224,
+    classes: int = 1000,
+    width: int = 64,
+    blocks: tuple[int, ...] = (3, 4, 6, 3),
+    seed: int = 0,
+) -> Path:
+    """A ResNet-50-shaped CNN ``image[N, 3, size, size] -> logits[N, classes]`` (FP32, random
+    weights, batch norm folded into the convolutions' biases).
+
+    With the defaults it has ResNet-50's topology and 25.6 M parameters (the GPU benchmark's CNN);
+    smaller ``size``, ``width`` and ``blocks`` give the same graph shape at test size.
+    """
+    rng = np.random.default_rng(seed)
+    inits: list[onnx.TensorProto] = []
+    nodes: list[onnx.NodeProto] = []
+    count = iter(range(1_000_000))
+
+    def conv(x: str, out_c: int, in_c: int, k: int, stride: int = 1, relu=True, gain=1.0) -> str:
+        n = next(count)
+        inits.append(
+            numpy_helper.from_array(_he(rng, (out_c, in_c, k, k), in_c * k * k, gain), f"w{n}")
+        )
+        inits.append(numpy_helper.from_array(np.zeros(out_c, np.float32), f"b{n}"))
+        pad = k // 2
+        nodes.append(
+            helper.make_node(
+                "Conv", [x, f"w{n}", f"b{n}"], [f"c{n}"], pads=[pad] * 4, strides=[stride] * 2
+            )
+        )
+        if not relu:
+            return f"c{n}"
+        nodes.append(helper.make_node("Relu", [f"c{n}"], [f"r{n}"]))
+        return f"r{n}"
+
+    x = conv("image", width, 3, 7, stride=2)
+    nodes.append(
+        helper.make_node(
+            "MaxPool", [x], ["pool"], kernel_shape=[3, 3], pads=[1] * 4, strides=[2, 2]
+        )
+    )
+    x, channels = "pool", width
+    for stage, repeats in enumerate(blocks):
+        mid = width * 2**stage
+        out = mid * 4
+        for block in range(repeats):
+            stride = 2 if block == 0 and stage > 0 else 1
+            h = conv(x, mid, channels, 1)
+            h = conv(h, mid, mid, 3, stride=stride)
+            # A small last gain keeps the residual sum's scale flat through the stages.
+            h = conv(h, out, mid, 1, relu=False, gain=0.2)
+            shortcut = x if block else conv(x, out, channels, 1, stride=stride, relu=False)
+            n = next(count)
+            nodes.append(helper.make_node("Add", [h, shortcut], [f"s{n}"]))
+            nodes.append(helper.make_node("Relu", [f"s{n}"], [f"y{n}"]))
+            x, channels = f"y{n}", out
+    fc = (rng.standard_normal((channels, classes)) / np.sqrt(channels)).astype(np.float32)
+    inits += [
+        numpy_helper.from_array(fc, "fc"),
+        numpy_helper.from_array(np.zeros(classes, np.float32), "fcb"),
+    ]
+    nodes += [
+        helper.make_node("GlobalAveragePool", [x], ["gap"]),
+        helper.make_node("Flatten", ["gap"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "fc", "fcb"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "resnet50",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
+        initializer=inits,
+    )
+    return _save(graph, path)
+
+
+def bert_encoder(
+    path: Path,
+    layers: int = 12,
+    hidden: int = 768,
+    heads: int = 12,
+    ffn: int = 3072,
+    seq: int = 128,
+    vocab: int = 30522,
+    seed: int = 0,
+) -> Path:
+    """A BERT-base-shaped transformer encoder ``input_ids[N, seq] (INT64) -> pooled[N, hidden]``
+    (FP32, random weights): token and position embeddings, ``layers`` post-norm encoder layers
+    (multi-head self-attention, GELU feed-forward), the first token's state as the output.
+
+    With the defaults it has BERT-base's size (110 M parameters); smaller arguments give the
+    same graph at test size.
+    """
+    rng = np.random.default_rng(seed)
+    dh = hidden // heads
+    inits = [
+        numpy_helper.from_array(
+            (rng.standard_normal((vocab, hidden)) * 0.02).astype(np.float32), "tok"
+        ),
+        numpy_helper.from_array(
+            (rng.standard_normal((seq, hidden)) * 0.02).astype(np.float32), "pos"
+        ),
+        numpy_helper.from_array(np.array([0, 0, heads, dh], np.int64), "split"),
+        numpy_helper.from_array(np.array([0, 0, hidden], np.int64), "merge"),
+        numpy_helper.from_array(np.array(1 / np.sqrt(dh), np.float32), "scale"),
+        numpy_helper.from_array(np.array(np.sqrt(0.5), np.float32), "rsqrt2"),
+        numpy_helper.from_array(np.array(0.5, np.float32), "half"),
+        numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+        numpy_helper.from_array(np.array(0, np.int64), "first"),
+    ]
+    nodes = [
+        helper.make_node("Gather", ["tok", "input_ids"], ["emb"]),
+        helper.make_node("Add", ["emb", "pos"], ["emb_pos"]),
+    ]
+
+    def linear(x: str, name: str, n_in: int, n_out: int) -> str:
+        inits.append(
+            numpy_helper.from_array(
+                (rng.standard_normal((n_in, n_out)) * 0.02).astype(np.float32), f"{name}_w"
+            )
+        )
+        inits.append(numpy_helper.from_array(np.zeros(n_out, np.float32), f"{name}_b"))
+        nodes.append(helper.make_node("MatMul", [x, f"{name}_w"], [f"{name}_m"]))
+        nodes.append(helper.make_node("Add", [f"{name}_m", f"{name}_b"], [name]))
+        return name
+
+    def norm(x: str, name: str) -> str:
+        inits.append(numpy_helper.from_array(np.ones(hidden, np.float32), f"{name}_g"))
+        inits.append(numpy_helper.from_array(np.zeros(hidden, np.float32), f"{name}_beta"))
+        nodes.append(
+            helper.make_node(
+                "LayerNormalization",
+                [x, f"{name}_g", f"{name}_beta"],
+                [name],
+                axis=-1,
+                epsilon=1e-12,
+            )
+        )
+        return name
+
+    x = norm("emb_pos", "emb_norm")
+    for i in range(layers):
+        p = f"l{i}"
+        heads_of = {}
+        for part in ("q", "k", "v"):
+            lin = linear(x, f"{p}_{part}", hidden, hidden)
+            nodes.append(helper.make_node("Reshape", [lin, "split"], [f"{lin}_4d"]))
+            perm = [0, 2, 3, 1] if part == "k" else [0, 2, 1, 3]
+            nodes.append(helper.make_node("Transpose", [f"{lin}_4d"], [f"{lin}_t"], perm=perm))
+            heads_of[part] = f"{lin}_t"
+        nodes += [
+            helper.make_node("MatMul", [heads_of["q"], heads_of["k"]], [f"{p}_qk"]),
+            helper.make_node("Mul", [f"{p}_qk", "scale"], [f"{p}_scores"]),
+            helper.make_node("Softmax", [f"{p}_scores"], [f"{p}_probs"], axis=-1),
+            helper.make_node("MatMul", [f"{p}_probs", heads_of["v"]], [f"{p}_ctx"]),
+            helper.make_node("Transpose", [f"{p}_ctx"], [f"{p}_ctx_t"], perm=[0, 2, 1, 3]),
+            helper.make_node("Reshape", [f"{p}_ctx_t", "merge"], [f"{p}_ctx_3d"]),
+        ]
+        attn = linear(f"{p}_ctx_3d", f"{p}_o", hidden, hidden)
+        nodes.append(helper.make_node("Add", [attn, x], [f"{p}_res1"]))
+        x = norm(f"{p}_res1", f"{p}_norm1")
+        up = linear(x, f"{p}_up", hidden, ffn)
+        # GELU, erf form: 0.5 * x * (1 + erf(x / sqrt(2))) (ONNX Runtime fuses it).
+        nodes += [
+            helper.make_node("Mul", [up, "rsqrt2"], [f"{p}_g1"]),
+            helper.make_node("Erf", [f"{p}_g1"], [f"{p}_g2"]),
+            helper.make_node("Add", [f"{p}_g2", "one"], [f"{p}_g3"]),
+            helper.make_node("Mul", [up, f"{p}_g3"], [f"{p}_g4"]),
+            helper.make_node("Mul", [f"{p}_g4", "half"], [f"{p}_gelu"]),
+        ]
+        down = linear(f"{p}_gelu", f"{p}_down", ffn, hidden)
+        nodes.append(helper.make_node("Add", [down, x], [f"{p}_res2"]))
+        x = norm(f"{p}_res2", f"{p}_norm2")
+    nodes.append(helper.make_node("Gather", [x, "first"], ["pooled"], axis=1))
+    graph = helper.make_graph(
+        nodes,
+        "bert_encoder",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", seq])],
+        [helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["batch", hidden])],
+        initializer=inits,
+    )
+    return _save(graph, path)

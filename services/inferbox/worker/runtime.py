@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ def choose_providers(preferred: list[str], available: list[str]) -> list[str]:
     return chosen
 
 
-def _provider_options(provider: str) -> dict[str, str]:
+def _default_provider_options(provider: str) -> dict[str, str]:
     match provider:
         case "CUDAExecutionProvider":
             # Grow the arena only by what is asked: the default power-of-two growth strands
@@ -45,6 +46,24 @@ def _provider_options(provider: str) -> dict[str, str]:
             return {"arena_extend_strategy": "kSameAsRequested"}
         case _:
             return {}
+
+
+def provider_options(provider: str, config: ModelConfig) -> dict[str, str]:
+    """ONNX Runtime options for ``provider``: inferbox's defaults, then the model's own
+    ``provider_options`` for that provider (which win)."""
+    return {**_default_provider_options(provider), **config.provider_options.get(provider, {})}
+
+
+@functools.cache
+def preload_cuda_libraries() -> None:
+    """Load the CUDA and cuDNN libraries that ONNX Runtime's CUDA provider links against from
+    NVIDIA's wheels (``nvidia-cuda-runtime``, ``nvidia-cublas``, ``nvidia-cudnn-cu13``...), so a
+    CUDA session finds them without ``LD_LIBRARY_PATH``. A no-op on the CPU build and where the
+    libraries are absent: session creation then reports what it really got."""
+    try:
+        ort.preload_dlls()
+    except (OSError, AttributeError) as exc:
+        log.info("CUDA libraries not preloaded", error=str(exc))
 
 
 SPIN_MIN_RUN_S = 0.00025
@@ -122,6 +141,8 @@ def probe_device(preferred: list[str]) -> str:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     wanted = choose_providers(preferred, ort.get_available_providers())
+    if "CUDAExecutionProvider" in wanted:
+        preload_cuda_libraries()
     try:
         session = ort.InferenceSession(model.SerializeToString(), providers=wanted)
         used = session.get_providers()
@@ -147,6 +168,8 @@ def load_model(
     config = spec.config
     available = ort.get_available_providers() if available is None else available
     wanted = choose_providers(config.execution_providers, available)
+    if "CUDAExecutionProvider" in wanted:
+        preload_cuda_libraries()
     auto = config.intra_op_spinning is None and config.warmup and _intra_op_threads(config) > 1
     # First guess for automatic mode from the preference list; what the session really runs on
     # decides below (the GPU build lists CUDA as available even where it cannot load).
@@ -182,7 +205,7 @@ def _create(spec: ModelSpec, path: Path | None, providers: list[str], spinning: 
     session = ort.InferenceSession(
         str(path or spec.path),
         sess_options=_session_options(spec.config, spinning),
-        providers=[(p, _provider_options(p)) for p in providers],
+        providers=[(p, provider_options(p, spec.config)) for p in providers],
     )
     return LoadedModel(
         spec=spec,
