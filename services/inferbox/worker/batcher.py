@@ -136,3 +136,24 @@ def split(
         replies.append((metas, raws))
         offset += rows
     return replies
+
+
+def batch_buckets(max_batch_size: int) -> list[int]:
+    """The batch sizes a padded batch takes: powers of two, and ``max_batch_size`` itself."""
+    sizes, size = [], 1
+    while size < max_batch_size:
+        sizes.append(size)
+        size *= 2
+    return [*sizes, max_batch_size] if max_batch_size > 0 else []
+
+
+def padded(feeds: dict[str, np.ndarray], rows: int, buckets: list[int]) -> dict[str, np.ndarray]:
+    """``feeds`` with zero rows added up to the smallest bucket that holds ``rows`` (unchanged
+    when none does, or when ``rows`` is a bucket already)."""
+    target = next((b for b in buckets if b >= rows), rows)
+    if target == rows:
+        return feeds
+    return {
+        name: np.concatenate([array, np.zeros((target - rows, *array.shape[1:]), array.dtype)])
+        for name, array in feeds.items()
+    }

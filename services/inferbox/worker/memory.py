@@ -25,10 +25,25 @@ def device_used(index: int = 0) -> int | None:
         return None
 
 
+def process_device_used(index: int = 0, pid: int | None = None) -> int | None:
+    """Bytes this process holds on a GPU (its CUDA context, arenas and weights) through NVML,
+    or None without one; other processes on the same device are not counted."""
+    pid = os.getpid() if pid is None else pid
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        processes = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+    except Exception:
+        return None
+    return sum(p.usedGpuMemory or 0 for p in processes if p.pid == pid)
+
+
 def usage(device: str) -> int:
     """The figure residency counts on this worker's device."""
     if device == "cuda":
-        used = device_used()
+        used = process_device_used()
         if used is not None:
             return used
     return process_rss()

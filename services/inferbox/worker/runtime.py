@@ -14,6 +14,7 @@ import structlog
 
 from inferbox.models.spec import ModelConfig, ModelSpec, TensorSpec
 from inferbox.protocol.datatypes import V2_TO_NUMPY
+from inferbox.worker.batcher import batch_buckets
 
 log = structlog.get_logger(__name__)
 
@@ -43,7 +44,14 @@ def _default_provider_options(provider: str) -> dict[str, str]:
         case "CUDAExecutionProvider":
             # Grow the arena only by what is asked: the default power-of-two growth strands
             # GPU memory that other resident models could use, and the arena never shrinks.
-            return {"arena_extend_strategy": "kSameAsRequested"}
+            # HEURISTIC: ONNX Runtime's EXHAUSTIVE search benchmarks every convolution at each
+            # batch size seen for the first time, and dynamic batching sees many (measured on
+            # an H200: a ResNet-50's first run at a new batch size took 799 ms against 134 ms,
+            # at the same speed once warm; docs/benchmarks.md).
+            return {
+                "arena_extend_strategy": "kSameAsRequested",
+                "cudnn_conv_algo_search": "HEURISTIC",
+            }
         case _:
             return {}
 
@@ -103,8 +111,20 @@ def spinning_pays(providers: list[str], warm_run_s: float) -> bool:
     return providers[0] == "CPUExecutionProvider" and warm_run_s >= SPIN_MIN_RUN_S
 
 
-def _warmup_array(tensor: TensorSpec) -> np.ndarray:
+def _pads(config: ModelConfig, providers: list[str]) -> bool:
+    """Whether batches are padded to ``batch_buckets`` (``pad_batches``; None: on CUDA)."""
+    if config.max_batch_size <= 0:
+        return False
+    if config.pad_batches is None:
+        return providers[0] == "CUDAExecutionProvider"
+    return config.pad_batches
+
+
+def _warmup_array(tensor: TensorSpec, rows: int | None = None) -> np.ndarray:
+    """Zeros (empty strings) of ``tensor``'s shape, dynamic dimensions 1, the first ``rows``."""
     shape = [1 if dim < 0 else dim for dim in tensor.shape]
+    if rows is not None and shape:
+        shape[0] = rows
     if tensor.datatype == "BYTES":
         return np.full(shape, "", dtype=object)
     return np.zeros(shape, dtype=V2_TO_NUMPY[tensor.datatype])
@@ -121,6 +141,8 @@ class LoadedModel:
     output_names: list[str] = field(default_factory=list)
     spinning: bool = False
     """Whether the session's idle intra-op threads spin."""
+    buckets: list[int] = field(default_factory=list)
+    """Batch sizes every batch is padded up to (empty: no padding); see ``pad_batches``."""
 
     def run(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None):
         """Run once; ``outputs`` None means all outputs, in the model's order."""
@@ -187,6 +209,11 @@ def load_model(
                 del model
                 model = _create(spec, path, wanted, spinning=not spinning)
                 model.run(feeds)
+    if _pads(config, model.providers):
+        model.buckets = batch_buckets(config.max_batch_size)
+        if config.warmup:
+            for size in model.buckets:
+                model.run({t.name: _warmup_array(t, size) for t in spec.inputs})
     model.load_seconds = time.perf_counter() - started
     log.info(
         "model loaded",

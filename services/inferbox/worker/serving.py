@@ -16,7 +16,7 @@ from inferbox.keys import Keys
 from inferbox.lanes.consumer import LaneConsumer
 from inferbox.lanes.wire import ReplyHeader, encode_reply
 from inferbox.observability import worker_metrics as metrics
-from inferbox.worker.batcher import Batch, Call, assemble, split
+from inferbox.worker.batcher import Batch, Call, assemble, padded, split
 from inferbox.worker.runtime import LoadedModel
 
 log = structlog.get_logger(__name__)
@@ -50,6 +50,7 @@ class ModelServer:
         self.threads: list[threading.Thread] = []
         self.labels = (self.spec.name, str(self.spec.version))
         self.datatypes = {t.name: t.datatype for t in self.spec.outputs}
+        self.buckets = model.buckets
         metrics.init_model(*self.labels)
 
     def start(self) -> None:
@@ -175,7 +176,12 @@ class ModelServer:
         wanted = self._outputs_for(batch.calls)
         started = time.perf_counter()
         try:
-            names, results = self.model.run(batch.feeds, wanted)
+            rows = sum(batch.rows)
+            if self.buckets and len(batch.calls) > 0 and rows > 0:
+                names, results = self.model.run(padded(batch.feeds, rows, self.buckets), wanted)
+                results = [r[:rows] if r.ndim and r.shape[0] > rows else r for r in results]
+            else:
+                names, results = self.model.run(batch.feeds, wanted)
             replies = split(batch, names, results, self.datatypes)
         except Exception as exc:
             if len(batch.calls) > 1:
