@@ -64,12 +64,12 @@ class ModelConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     execution_providers: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_PROVIDERS))
     """ONNX Runtime execution providers in preference order."""
-    pad_batches: bool | None = None
+    pad_batches: bool = False
     """Pad each batch with zero rows up to the next power of two (at most ``max_batch_size``),
     dropped from the answers, so the session only ever sees a few batch sizes, each warmed up
-    at load. None: on where the session runs on CUDA (each batch size seen for the first time
-    costs cuDNN an algorithm choice per convolution: 134 ms for a ResNet-50 on an H200, about
-    a batch-128 run), off on the CPU (where padded rows cost their full compute)."""
+    at load. Off by default: on an H200 it did not change a ResNet-50's throughput (a cuDNN
+    convolution pays its setup again whenever the batch size differs from its last run, and
+    a few sizes still alternate; docs/benchmarks.md), and padded rows cost compute."""
     provider_options: dict[str, dict[str, str]] = msgspec.field(default_factory=dict)
     """ONNX Runtime options per execution provider, over inferbox's defaults, e.g.
     ``{"CUDAExecutionProvider": {"cudnn_conv_algo_search": "HEURISTIC"}}`` (the GPU knobs and

@@ -111,15 +111,6 @@ def spinning_pays(providers: list[str], warm_run_s: float) -> bool:
     return providers[0] == "CPUExecutionProvider" and warm_run_s >= SPIN_MIN_RUN_S
 
 
-def _pads(config: ModelConfig, providers: list[str]) -> bool:
-    """Whether batches are padded to ``batch_buckets`` (``pad_batches``; None: on CUDA)."""
-    if config.max_batch_size <= 0:
-        return False
-    if config.pad_batches is None:
-        return providers[0] == "CUDAExecutionProvider"
-    return config.pad_batches
-
-
 def _warmup_array(tensor: TensorSpec, rows: int | None = None) -> np.ndarray:
     """Zeros (empty strings) of ``tensor``'s shape, dynamic dimensions 1, the first ``rows``."""
     shape = [1 if dim < 0 else dim for dim in tensor.shape]
@@ -209,7 +200,7 @@ def load_model(
                 del model
                 model = _create(spec, path, wanted, spinning=not spinning)
                 model.run(feeds)
-    if _pads(config, model.providers):
+    if config.pad_batches and config.max_batch_size > 0:
         model.buckets = batch_buckets(config.max_batch_size)
         if config.warmup:
             for size in model.buckets:

@@ -19,6 +19,7 @@ class _Model:
     def __init__(self, spec: ModelSpec, limit: int):
         self.spec, self.limit, self.batches = spec, limit, []
         self.output_names = ["y"]
+        self.buckets: list[int] = []
 
     def run(self, feeds, outputs=None):
         rows = feeds["x"].shape[0]
