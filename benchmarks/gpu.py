@@ -269,26 +269,11 @@ def preload() -> None:
 
 
 def cuda_works() -> bool:
-    """Whether a session here really runs on CUDA (not what ``get_available_providers`` says)."""
-    from onnx import TensorProto, helper
+    """Whether a session here really runs on CUDA (the worker's own probe: not what
+    ``get_available_providers`` says)."""
+    from inferbox.worker.runtime import probe_device
 
-    if CUDA not in ort.get_available_providers():
-        return False
-    preload()
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])],
-        "probe",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    try:
-        session = ort.InferenceSession(model.SerializeToString(), providers=[CUDA, CPU])
-    except Exception as exc:
-        log(f"CUDA session failed: {exc}")
-        return False
-    return session.get_providers()[0] == CUDA
+    return CUDA in ort.get_available_providers() and probe_device([CUDA, CPU]) == "cuda"
 
 
 def session(

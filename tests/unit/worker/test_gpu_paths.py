@@ -101,19 +101,7 @@ def _calls(rows: list[int]) -> list[Call]:
     return calls
 
 
-class _Consumer:
-    def __init__(self):
-        self.replies, self.done = [], []
-
-    def flush(self):
-        pass
-
-    def finish(self, replies, done):
-        self.replies += replies
-        self.done += done
-
-
-def _serve(tmp_path, pad: bool) -> tuple[list[bytes], list[int]]:
+def _serve(tmp_path, pad: bool, consumer) -> tuple[list[bytes], list[int]]:
     spec = spec_from_onnx("mlp", 1, onnx_models.mlp(tmp_path / "m.onnx"))
     config = msgspec.structs.replace(spec.config, max_batch_size=16, pad_batches=pad)
     model = load_model(msgspec.structs.replace(spec, config=config))
@@ -121,15 +109,14 @@ def _serve(tmp_path, pad: bool) -> tuple[list[bytes], list[int]]:
     run = model.run
     model.run = lambda feeds, outputs=None: (seen.append(len(feeds["x"])), run(feeds, outputs))[1]
     server = ModelServer(model, None, None, "w", block_ms=1, claim_idle_ms=1)
-    consumer = _Consumer()
     for batch in assemble(_calls([2, 3, 1]), model.spec):
         server._run(consumer, batch)
     return [message for _, message in consumer.replies], seen
 
 
-def test_a_padded_batch_answers_each_call_exactly_as_an_unpadded_one(tmp_path):
-    padded_replies, padded_sizes = _serve(tmp_path, pad=True)
-    plain_replies, plain_sizes = _serve(tmp_path, pad=False)
+def test_a_padded_batch_answers_each_call_exactly_as_an_unpadded_one(tmp_path, new_consumer):
+    padded_replies, padded_sizes = _serve(tmp_path, True, new_consumer())
+    plain_replies, plain_sizes = _serve(tmp_path, False, new_consumer())
     assert plain_sizes == [6] and padded_sizes == [8]
     assert padded_replies == plain_replies and len(padded_replies) == 3
 

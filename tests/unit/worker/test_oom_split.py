@@ -29,18 +29,6 @@ class _Model:
         return ["y"], [feeds["x"] * 1]
 
 
-class _Consumer:
-    def __init__(self):
-        self.replies, self.done = [], []
-
-    def flush(self):
-        pass
-
-    def finish(self, replies, done):
-        self.replies += replies
-        self.done += done
-
-
 def _spec() -> ModelSpec:
     return ModelSpec(
         name="m",
@@ -59,7 +47,7 @@ def test_out_of_memory_is_recognised():
     assert not _out_of_memory(RuntimeError("Invalid rank for input"))
 
 
-def test_an_oom_batch_is_split_until_it_fits_and_every_call_is_answered():
+def test_an_oom_batch_is_split_until_it_fits_and_every_call_is_answered(new_consumer):
     spec = _spec()
     model = _Model(spec, limit=2)
     server = ModelServer(model, None, None, "w", block_ms=1, claim_idle_ms=1)
@@ -74,7 +62,7 @@ def test_an_oom_batch_is_split_until_it_fits_and_every_call_is_answered():
         )
         for i in range(8)
     ]
-    consumer = _Consumer()
+    consumer = new_consumer()
     (batch,) = assemble(calls, spec)
     server._run(consumer, batch)
     assert sorted(model.batches) == [2, 2, 2, 2]
