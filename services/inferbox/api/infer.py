@@ -286,7 +286,8 @@ async def infer(
 ) -> int:
     """Run a model on JSON or binary tensors; answer JSON or binary outputs.
 
-    A request without its own ``priority`` (or with 0, Triton's "default") takes its key's.
+    A request without its own ``priority`` (or with 0, Triton's "default") takes its key's,
+    else the model's ``default_priority_level``.
     Returns the status answered: 200, or 499 when the client left before its answer.
     """
     await state.directory.admit(spec)
@@ -308,7 +309,11 @@ async def infer(
         timeout_s = decoded.timeout_us / 1e6
     else:
         timeout_s = (spec.config.timeout_ms or state.settings.default_timeout_ms) / 1000
-    priority = decoded.priority or (key.priority if key is not None else 0)
+    priority = (
+        decoded.priority
+        or (key.priority if key is not None else 0)
+        or spec.config.default_priority_level
+    )
     lane = "hi" if priority <= HIGH_PRIORITY_MAX else "lo"
     call = CallHeader(
         channel="",
