@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     api_bind: str = "127.0.0.1:8000"
     """Address gunicorn listens on (``host:port``); nginx is the only public door."""
 
+    grpc_bind: str = "127.0.0.1:8001"
+    """Address ``inferbox grpc`` (the Open Inference Protocol over gRPC) listens on
+    (``host:port``, plaintext HTTP/2); nginx passes gRPC calls on the HTTPS port to it."""
+
     api_workers: int = Field(default=2, ge=1)
     """Number of gunicorn (uvicorn) worker processes."""
 

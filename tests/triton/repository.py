@@ -108,6 +108,11 @@ def write_triton_repository(root: Path) -> Path:
     onnx_models.mlp(root / "wrongdims" / "1" / "model.onnx", inputs=16, outputs=4)
     onnx_models.mlp(root / "wrongtype" / "1" / "model.onnx", inputs=16, outputs=4)
     onnx_models.mlp(root / "notonnx" / "1" / "model.onnx", inputs=16, outputs=4)
+    # No config.pbtxt: every datatype, served from the graph alone.
+    onnx_models.identity_all_types(root / "alltypes" / "1" / "model.onnx")
+    # Every datatype that typed gRPC contents can carry (FP16 travels raw only).
+    typed = [t for t in onnx_models.IDENTITY_TYPES if t != "FP16"]
+    onnx_models.identity_all_types(root / "typed" / "1" / "model.onnx", types=typed)
     for name, text in CONFIGS.items():
         (root / name / "config.pbtxt").write_text(text.lstrip())
     return root

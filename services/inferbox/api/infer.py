@@ -43,7 +43,12 @@ from inferbox.lanes.client import ClientGone
 from inferbox.lanes.wire import CallHeader
 from inferbox.observability import api_metrics
 from inferbox.observability.exposition import render
-from inferbox.protocol.codec import OutputTensor, decode_infer_request, encode_infer_response
+from inferbox.protocol.codec import (
+    InferRequest,
+    OutputTensor,
+    decode_infer_request,
+    encode_infer_response,
+)
 from inferbox.security.auth import Need, requirement
 from inferbox.security.keystore import KeyRecord
 
@@ -303,6 +308,44 @@ async def infer(
             raise BadRequest("Inference-Header-Content-Length must be an integer")
         header_length = int(header_length)
     decoded = decode_infer_request(body, header_length, state.limits)
+    try:
+        # After the body, the next ASGI message can only be the client leaving.
+        tensors = await run_request(state, spec, decoded, request_id, key, receive)
+    except ClientGone:
+        return 499
+    payload, json_length = encode_infer_response(
+        model_name=spec.name,
+        model_version=str(spec.version),
+        request_id=decoded.id,
+        outputs=tensors,
+        requested=decoded.outputs,
+        binary_default=decoded.binary_output_default,
+    )
+    response_headers = [
+        (b"content-type", _JSON if json_length is None else _BINARY),
+        (b"content-length", str(len(payload)).encode()),
+        (b"x-request-id", request_id.encode("latin-1")),
+    ]
+    if json_length is not None:
+        response_headers.append((b"inference-header-content-length", str(json_length).encode()))
+    await send({"type": "http.response.start", "status": 200, "headers": response_headers})
+    await send({"type": "http.response.body", "body": payload})
+    return 200
+
+
+async def run_request(
+    state,
+    spec,
+    decoded: InferRequest,
+    request_id: str,
+    key: KeyRecord | None = None,
+    receive: Receive | None = None,
+) -> list[OutputTensor]:
+    """Check a decoded request against its model, queue it on the model's lane and wait for
+    its outputs: the one inference path of HTTP ``/infer`` and gRPC ``ModelInfer``.
+
+    ``receive`` (HTTP) is watched for the client leaving (``ClientGone``).
+    """
     metas, raws, outputs = check_request(decoded, spec)
 
     if decoded.timeout_us:
@@ -323,37 +366,15 @@ async def infer(
         outputs=outputs,
         request_id=request_id,
     )
-    try:
-        reply, out_raws = await state.lane.call(
-            state.redis_keys.stream(spec.name, spec.version, lane),
-            call,
-            raws,
-            max_queue=spec.config.max_queue_size,
-            timeout_s=timeout_s,
-            # After the body, the next ASGI message can only be the client leaving.
-            receive=receive,
-        )
-    except ClientGone:
-        return 499
-    tensors = [
+    reply, out_raws = await state.lane.call(
+        state.redis_keys.stream(spec.name, spec.version, lane),
+        call,
+        raws,
+        max_queue=spec.config.max_queue_size,
+        timeout_s=timeout_s,
+        receive=receive,
+    )
+    return [
         OutputTensor(meta.name, meta.datatype, tuple(meta.shape), raw)
         for meta, raw in zip(reply.outputs, out_raws, strict=True)
     ]
-    payload, json_length = encode_infer_response(
-        model_name=spec.name,
-        model_version=str(spec.version),
-        request_id=decoded.id,
-        outputs=tensors,
-        requested=decoded.outputs,
-        binary_default=decoded.binary_output_default,
-    )
-    response_headers = [
-        (b"content-type", _JSON if json_length is None else _BINARY),
-        (b"content-length", str(len(payload)).encode()),
-        (b"x-request-id", request_id.encode("latin-1")),
-    ]
-    if json_length is not None:
-        response_headers.append((b"inference-header-content-length", str(json_length).encode()))
-    await send({"type": "http.response.start", "status": 200, "headers": response_headers})
-    await send({"type": "http.response.body", "body": payload})
-    return 200

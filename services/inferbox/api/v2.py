@@ -183,6 +183,30 @@ def error_response(exc: InferboxError) -> Response:
     return _json({"error": exc.message}, exc.status, dict(error_headers(exc)))
 
 
+async def repository_index(state) -> list[dict]:
+    """Every version with its state: READY, LOADING, UNLOADED or UNAVAILABLE (with reason)."""
+    entries = []
+    for name in sorted(n.decode() for n in await state.redis.hkeys(state.redis_keys.catalog)):
+        try:
+            versions = await state.directory.versions(name)
+        except NotFound:
+            continue
+        for spec in versions:
+            available = await state.directory.availability(spec)
+            if available.ready:
+                status, reason = "READY", ""
+            elif not spec.loaded:
+                status, reason = "UNLOADED", "unloaded"
+            elif available.reason == "loading":
+                status, reason = "LOADING", ""
+            else:
+                status, reason = "UNAVAILABLE", available.reason or ""
+            entries.append(
+                {"name": name, "version": str(spec.version), "state": status, "reason": reason}
+            )
+    return entries
+
+
 class RepositoryController(Controller):
     """Triton's model repository extension: index, load and unload."""
 
@@ -192,26 +216,7 @@ class RepositoryController(Controller):
     @post("/index", status_code=200)
     async def index(self, state: State) -> Response:
         """Every version with its state: READY, LOADING, UNLOADED or UNAVAILABLE (with reason)."""
-        entries = []
-        for name in sorted(n.decode() for n in await state.redis.hkeys(state.redis_keys.catalog)):
-            try:
-                versions = await state.directory.versions(name)
-            except NotFound:
-                continue
-            for spec in versions:
-                available = await state.directory.availability(spec)
-                if available.ready:
-                    status, reason = "READY", ""
-                elif not spec.loaded:
-                    status, reason = "UNLOADED", "unloaded"
-                elif available.reason == "loading":
-                    status, reason = "LOADING", ""
-                else:
-                    status, reason = "UNAVAILABLE", available.reason or ""
-                entries.append(
-                    {"name": name, "version": str(spec.version), "state": status, "reason": reason}
-                )
-        return _json(entries)
+        return _json(await repository_index(state))
 
     @post("/models/{name:str}/load", status_code=200)
     async def load(self, request: Request, state: State, name: str) -> Response:

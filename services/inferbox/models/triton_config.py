@@ -71,9 +71,7 @@ HONOURED = (
     "model_warmup[*].inputs[*].random_data",
 )
 
-_HONOURED = re.compile(
-    "|".join(re.escape(p).replace(r"\[\*\]", r"\[[^\]]*\]") for p in HONOURED)
-)
+_HONOURED = re.compile("|".join(re.escape(p).replace(r"\[\*\]", r"\[[^\]]*\]") for p in HONOURED))
 
 # Triton's ONNX Runtime backend: optimization.graph.level -1 basic, 1 extended, 2 none, else all.
 _GRAPH_LEVELS = {-1: "basic", 0: "all", 1: "extended", 2: "disable"}
