@@ -19,6 +19,7 @@ from tests.conftest import (
     stop_process,
     wait_for,
 )
+from tests.gateway.conftest import gateway_certs  # noqa: F401 (the gateway's certificates)
 from tests.triton.repository import write_triton_repository
 
 SERVED = ("rows", "batched", "dynamic", "reshaped", "declared", "alltypes", "typed")
