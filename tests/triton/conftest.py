@@ -31,6 +31,7 @@ class TritonAppliance:
     grpc_url: str
     import_report: str
     repo: Path
+    grpc_metrics_url: str
 
 
 @pytest.fixture(scope="session")
@@ -44,8 +45,12 @@ def triton_appliance(redis_client, tmp_path_factory, make_database, s3_endpoint,
         redis_client, tmp_path_factory, make_database(), s3_endpoint, None
     ) as appliance:
         report = run_cli(["models", "import", str(triton_repo)], appliance.env)
-        grpc_port = free_port()
-        env = {**appliance.env, "INFERBOX_GRPC_BIND": f"127.0.0.1:{grpc_port}"}
+        grpc_port, metrics_port = free_port(), free_port()
+        env = {
+            **appliance.env,
+            "INFERBOX_GRPC_BIND": f"127.0.0.1:{grpc_port}",
+            "INFERBOX_GRPC_METRICS_PORT": str(metrics_port),
+        }
         grpc_proc = _start(["grpc"], env, appliance.logs / "grpc.log")
         auth = appliance.headers
 
@@ -63,7 +68,13 @@ def triton_appliance(redis_client, tmp_path_factory, make_database, s3_endpoint,
 
         try:
             wait_for(ready, 60, "the Triton repository's models to be ready", interval=0.2)
-            yield TritonAppliance(appliance, f"127.0.0.1:{grpc_port}", report, triton_repo)
+            yield TritonAppliance(
+                appliance,
+                f"127.0.0.1:{grpc_port}",
+                report,
+                triton_repo,
+                f"http://127.0.0.1:{metrics_port}/metrics",
+            )
         finally:
             grpc_proc.terminate()
             stop_process(grpc_proc)

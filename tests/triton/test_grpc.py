@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -270,3 +271,39 @@ def test_aio_concurrency(served, auth):
     answers = asyncio.run(run())
     (want,) = _ort(served.repo, "batched", 2, {"x": np.concatenate(rows)})
     np.testing.assert_allclose(np.concatenate(answers), want, rtol=1e-5, atol=1e-5)
+
+
+def test_stream_infer_answers_in_order_and_survives_an_error(served, auth):
+    answers = []
+    x = np.random.default_rng(4).standard_normal((2, 16)).astype(np.float32)
+    with grpcclient.InferenceServerClient(served.grpc_url) as client:
+        client.start_stream(
+            callback=lambda result, error: answers.append((result, error)), headers=auth
+        )
+        for index, width in enumerate((16, 15, 16)):
+            item = grpcclient.InferInput("x", [2, width], "FP32")
+            item.set_data_from_numpy(x[:, :width].copy())
+            client.async_stream_infer("batched", [item], request_id=str(index))
+        client.stop_stream()
+    assert len(answers) == 3
+    (want,) = _ort(served.repo, "batched", 2, {"x": x})
+    first, second, third = answers
+    assert first[1] is None and first[0].get_response().id == "0"
+    np.testing.assert_allclose(first[0].as_numpy("y"), want, rtol=1e-5, atol=1e-5)
+    assert second[0] is None and "dimension 1 must be 16" in second[1].message()
+    assert third[1] is None and third[0].get_response().id == "2"
+
+
+def test_calls_are_counted_like_http_ones(served, client, auth):
+    item = grpcclient.InferInput("x", [1, 16], "FP32")
+    item.set_data_from_numpy(np.zeros((1, 16), np.float32))
+    client.infer("batched", [item], headers=auth)
+    text = httpx.get(served.grpc_metrics_url).text
+    lines = [
+        line
+        for line in text.splitlines()
+        if line.startswith("inferbox_requests_total{")
+        and 'model="batched"' in line
+        and 'status="200"' in line
+    ]
+    assert lines and float(lines[0].rsplit(" ", 1)[1]) >= 1

@@ -91,8 +91,36 @@ class _Call:
         self.request_id = raw_id.decode("latin-1") if raw_id else new_request_id()
 
 
+class _Aborted(Exception):
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+class _StreamContext:
+    """The stream's context for one of its requests: an error ends that request only."""
+
+    def __init__(self, context: grpc.aio.ServicerContext) -> None:
+        self.context = context
+
+    def invocation_metadata(self):
+        return self.context.invocation_metadata()
+
+    def peer(self):
+        return self.context.peer()
+
+    def time_remaining(self):
+        return self.context.time_remaining()
+
+    def set_trailing_metadata(self, metadata) -> None:
+        pass
+
+    async def abort(self, code: grpc.StatusCode, details: str):
+        raise _Aborted(details)
+
+
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
-    """Every RPC of the service that the HTTP side serves; streaming inference is not served."""
+    """Every RPC of the service that the HTTP side serves, and streaming inference (each
+    request answered in order; decoupled models do not exist here)."""
 
     def __init__(self, state) -> None:
         self.state = state
@@ -266,6 +294,18 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     # --- inference --------------------------------------------------------------------------
 
+    async def ModelStreamInfer(self, request_iterator, context):
+        """Each request of the stream answered in order, as ``ModelInfer`` would answer it; a
+        failed one answers ``error_message`` and the stream goes on (Triton's behaviour)."""
+        async for request in request_iterator:
+            stream = _StreamContext(context)
+            try:
+                response = await self.ModelInfer(request, stream)
+            except _Aborted as exc:
+                yield service_pb2.ModelStreamInferResponse(error_message=exc.message)
+            else:
+                yield service_pb2.ModelStreamInferResponse(infer_response=response)
+
     async def ModelInfer(self, request, context):
         started = time.perf_counter()
         name = request.model_name
@@ -298,7 +338,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         except asyncio.CancelledError:
             status = 499
             raise
-        except grpc.aio.AbortError:
+        except (grpc.aio.AbortError, _Aborted):
             raise
         except Exception:
             with structlog.contextvars.bound_contextvars(request_id=call.request_id):
