@@ -58,6 +58,8 @@ class Result:
 class GrpcServer(run.InferboxServer):
     """inferbox with its gRPC server beside the API."""
 
+    grpc_processes = 2
+
     def start(self) -> None:
         super().start()
         self.grpc_port, self.grpc_metrics_port = run.free_port(), run.free_port()
@@ -65,6 +67,7 @@ class GrpcServer(run.InferboxServer):
             **self.env(),
             "INFERBOX_GRPC_BIND": f"127.0.0.1:{self.grpc_port}",
             "INFERBOX_GRPC_METRICS_PORT": str(self.grpc_metrics_port),
+            "INFERBOX_GRPC_PROCESSES": str(self.grpc_processes),
         }
         self.grpc = subprocess.Popen(
             [str(run.BIN / "inferbox"), "grpc"], env=env, cwd=ROOT, **self.log_to(self.cache.parent)
@@ -79,7 +82,7 @@ class GrpcServer(run.InferboxServer):
         run.log(f"grpc pid {self.grpc.pid} on :{self.grpc_port}")
 
     def cpu(self) -> dict[str, float]:
-        return {**super().cpu(), "grpc": run.cpu_seconds([self.grpc.pid])}
+        return {**super().cpu(), "grpc": run.cpu_seconds(run.process_tree(self.grpc.pid))}
 
     def grpc_failures(self) -> dict[str, float]:
         """Failed gRPC calls so far, by counter line (status other than 200)."""
@@ -167,10 +170,11 @@ def verify(server: GrpcServer, row: np.ndarray, expected: np.ndarray, body: run.
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
-def report(results: list[Result], seconds: float, started: str) -> str:
+def report(results: list[Result], seconds: float, started: str, processes: int) -> str:
     lines = [
         f"Run {started}, {seconds:g} s per point, tiny model (mlp), one row per request, "
-        "all servers on this machine (2 shared cores).",
+        f"API with 2 gunicorn workers, {processes} gRPC server process(es), all on this "
+        "machine.",
         "",
         "| load | c | req/s | mean ms | p99 ms | CPU µs/req api | grpc | worker | redis |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -190,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per point")
     parser.add_argument("--concurrency", default="64", help="comma-separated [64]")
+    parser.add_argument(
+        "--grpc-processes", type=int, default=2, help="INFERBOX_GRPC_PROCESSES [2, as the API]"
+    )
     parser.add_argument("--no-doc", action="store_true", help="leave docs/benchmarks.md alone")
     args = parser.parse_args(argv)
     if shutil.which("h2load") is None:
@@ -215,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     cache = folder / "cache"
     cache.mkdir()
     server = GrpcServer(repo, client, redis_url, cache)
+    server.grpc_processes = args.grpc_processes
     results: list[Result] = []
     try:
         server.start()
@@ -284,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.stop()
         shutil.rmtree(folder, ignore_errors=True)
-    table = report(results, args.duration, started)
+    table = report(results, args.duration, started, args.grpc_processes)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(table)
     print(table)

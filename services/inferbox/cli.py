@@ -37,19 +37,10 @@ def api(settings: Settings) -> None:
 @click.pass_obj
 def grpc_server(settings: Settings) -> None:
     """Serve the Open Inference Protocol over gRPC on INFERBOX_GRPC_BIND."""
+    from inferbox.grpc.processes import run
+
     configure_logging("grpc", settings.log_level, settings.log_format)
-    # One process: its metrics live in memory and are served on their own port.
-    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    from inferbox.grpc.server import serve
-
-    if settings.grpc_metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(settings.grpc_metrics_port, addr=settings.grpc_metrics_host)
-    import uvloop
-
-    # grpc.aio runs on uvloop: a third more calls per second than on asyncio's own loop here.
-    uvloop.run(serve(settings))
+    run(settings)
 
 
 @main.command()

@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     """Address ``inferbox grpc`` (the Open Inference Protocol over gRPC) listens on
     (``host:port``, plaintext HTTP/2); nginx passes gRPC calls on the HTTPS port to it."""
 
+    grpc_processes: int = Field(default=1, ge=1, le=64)
+    """gRPC server processes sharing ``grpc_bind`` (``SO_REUSEPORT``); each serves about what
+    one core can."""
+
     grpc_metrics_port: int = Field(default=0, ge=0, le=65535)
     """Port of the gRPC server's own ``/metrics`` (the API's request metrics, for its calls);
     0: none."""

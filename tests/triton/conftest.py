@@ -50,6 +50,8 @@ def triton_appliance(redis_client, tmp_path_factory, make_database, s3_endpoint,
             **appliance.env,
             "INFERBOX_GRPC_BIND": f"127.0.0.1:{grpc_port}",
             "INFERBOX_GRPC_METRICS_PORT": str(metrics_port),
+            # Two server processes on one port, their metrics merged (as in the appliance).
+            "INFERBOX_GRPC_PROCESSES": "2",
         }
         grpc_proc = _start(["grpc"], env, appliance.logs / "grpc.log")
         auth = appliance.headers

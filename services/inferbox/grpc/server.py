@@ -396,12 +396,15 @@ async def serving_state(settings: Settings) -> AsyncIterator[SimpleNamespace]:
         await client.aclose()
 
 
-def create_server(state, bind: str, max_message_bytes: int) -> grpc.aio.Server:
-    """A ``grpc.aio`` server with the servicer on ``bind`` (plaintext: nginx holds TLS)."""
+def create_server(
+    state, bind: str, max_message_bytes: int, *, reuse_port: bool = False
+) -> grpc.aio.Server:
+    """A ``grpc.aio`` server with the servicer on ``bind`` (plaintext: nginx holds TLS);
+    ``reuse_port`` lets several server processes listen on the same port."""
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", -1),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
     ]
     server = grpc.aio.server(options=options)
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(state), server)
@@ -410,12 +413,14 @@ def create_server(state, bind: str, max_message_bytes: int) -> grpc.aio.Server:
     return server
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, *, reuse_port: bool = False) -> None:
     """Run the gRPC server until SIGTERM or SIGINT, then stop within a grace period."""
     import signal
 
     async with serving_state(settings) as state:
-        server = create_server(state, settings.grpc_bind, settings.max_request_bytes)
+        server = create_server(
+            state, settings.grpc_bind, settings.max_request_bytes, reuse_port=reuse_port
+        )
         await server.start()
         log.info("grpc server listening", bind=settings.grpc_bind)
         stop = asyncio.Event()
