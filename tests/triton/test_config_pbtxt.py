@@ -125,3 +125,52 @@ def test_json_form_is_tritons(specs):
     assert specs[("rows", 1)].config.triton_config["version_policy"] == {
         "latest": {"num_versions": 1}
     }
+
+
+def _serving(text: str, **graph):
+    inputs = graph.get("inputs", [TensorSpec("x", "FP32", [-1, 16])])
+    outputs = graph.get("outputs", [TensorSpec("y", "FP32", [-1, 4])])
+    return triton_config.serving_from_triton(triton_config.parse(text), "m", inputs, outputs)
+
+
+def test_values_inferbox_cannot_mean_are_reported_with_the_value():
+    serving = _serving(
+        """
+max_batch_size: 8
+dynamic_batching { default_queue_policy { timeout_action: DELAY } }
+instance_group [ { name: "a", count: 1, kind: KIND_MODEL }, { count: 1, kind: KIND_GPU, gpus: [0] } ]
+optimization {
+  graph { level: 5 }
+  execution_accelerators { gpu_execution_accelerator [ { name: "tensorrt",
+      parameters { key: "precision_mode" value: "FP16" } }, { name: "magic" } ] }
+}
+model_transaction_policy { decoupled: true }
+"""
+    )
+    assert serving.not_honoured == [
+        "dynamic_batching.default_queue_policy.timeout_action: DELAY",
+        "instance_group: groups of several kinds (one kind per model)",
+        "instance_group[1].gpus",
+        "instance_group[a].kind: KIND_MODEL",
+        "model_transaction_policy.decoupled",
+        "optimization.execution_accelerators.gpu: magic",
+        "optimization.execution_accelerators.gpu_execution_accelerator[tensorrt].parameters"
+        "[precision_mode]",
+        "optimization.graph.level: 5",
+    ]
+    assert serving.config["instance_count"] == 2
+    assert serving.config["execution_providers"][0] == "TensorrtExecutionProvider"
+
+
+def test_dims_more_specific_than_the_graph_narrow_it_and_fixed_dims_cannot_be_dynamic():
+    narrowed = _serving(
+        'input [ { name: "x", data_type: TYPE_FP32, dims: [ 3, 16 ] } ]',
+        inputs=[TensorSpec("x", "FP32", [-1, -1])],
+    )
+    assert narrowed.inputs == [TensorSpec("x", "FP32", [3, 16])]
+    with pytest.raises(triton_config.TritonConfigError, match=r"dims \[-1\] do not match"):
+        _serving('max_batch_size: 4 input [ { name: "x", dims: [ -1 ] } ]')
+    with pytest.raises(triton_config.TritonConfigError, match="needs a dynamic dimension 0"):
+        _serving("max_batch_size: 4", inputs=[TensorSpec("x", "FP32", [1, 16])])
+    with pytest.raises(triton_config.TritonConfigError, match="'nope' is not an input"):
+        _serving('input [ { name: "nope", dims: [ 16 ] } ]')

@@ -55,6 +55,7 @@ HONOURED = (
     "dynamic_batching.default_queue_policy.default_timeout_microseconds",
     "dynamic_batching.default_queue_policy.max_queue_size",
     "dynamic_batching.default_queue_policy.allow_timeout_override",
+    "dynamic_batching.default_queue_policy.timeout_action",  # REJECT only (DELAY reported)
     "instance_group[*].name",
     "instance_group[*].count",
     "instance_group[*].kind",
