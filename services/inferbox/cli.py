@@ -33,6 +33,16 @@ def api(settings: Settings) -> None:
     ApiServer(settings).run()
 
 
+@main.command("grpc")
+@click.pass_obj
+def grpc_server(settings: Settings) -> None:
+    """Serve the Open Inference Protocol over gRPC on INFERBOX_GRPC_BIND."""
+    from inferbox.grpc.processes import run
+
+    configure_logging("grpc", settings.log_level, settings.log_format)
+    run(settings)
+
+
 @main.command()
 @click.pass_obj
 def worker(settings: Settings) -> None:

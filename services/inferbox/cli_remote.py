@@ -142,11 +142,24 @@ def register(main: click.Group, models: click.Group, keys: click.Group) -> None:
     @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
     @click.option("--name", required=True, help="model name, e.g. resnet50")
     @click.option("--alias", default=None, help="point this alias at the new version")
+    @click.option(
+        "--triton-config",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        default=None,
+        help="the model's Triton config.pbtxt, applied to the new version",
+    )
     @with_client
-    def push(client: InferboxClient, file: Path, name: str, alias: str | None) -> None:
+    def push(
+        client: InferboxClient,
+        file: Path,
+        name: str,
+        alias: str | None,
+        triton_config: Path | None,
+    ) -> None:
         """Upload FILE as a new version of a model."""
+        text = triton_config.read_text(encoding="utf-8") if triton_config else None
         with click.progressbar(length=file.stat().st_size, label=f"uploading {file.name}") as bar:
-            version = client.push(file, name, alias=alias, progress=bar.update)
+            version = client.push(file, name, alias=alias, progress=bar.update, triton_config=text)
         click.echo(
             f"{version['name']} version {version['version']} ({version['sha256'][:12]}) "
             f"{'-> ' + alias if alias else ''}".rstrip()

@@ -75,8 +75,10 @@ class InferboxClient:
         name: str,
         alias: str | None = None,
         progress: Callable[[int], None] | None = None,
+        triton_config: str | None = None,
     ) -> dict:
-        """Upload a model file as a new version (streamed, never read whole into memory)."""
+        """Upload a model file as a new version (streamed, never read whole into memory),
+        with the text of its Triton ``config.pbtxt`` when given."""
 
         def chunks() -> Iterator[bytes]:
             with path.open("rb") as handle:
@@ -86,6 +88,8 @@ class InferboxClient:
                     yield chunk
 
         params = {"alias": alias} if alias else {}
+        if triton_config is not None:
+            params["triton_config"] = triton_config
         return self._request(
             "POST",
             f"/v1/models/{name}/versions",

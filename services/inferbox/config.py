@@ -83,6 +83,21 @@ class Settings(BaseSettings):
     api_bind: str = "127.0.0.1:8000"
     """Address gunicorn listens on (``host:port``); nginx is the only public door."""
 
+    grpc_bind: str = "127.0.0.1:8001"
+    """Address ``inferbox grpc`` (the Open Inference Protocol over gRPC) listens on
+    (``host:port``, plaintext HTTP/2); nginx passes gRPC calls on the HTTPS port to it."""
+
+    grpc_processes: int = Field(default=1, ge=1, le=64)
+    """gRPC server processes sharing ``grpc_bind`` (``SO_REUSEPORT``); each serves about what
+    one core can."""
+
+    grpc_metrics_port: int = Field(default=0, ge=0, le=65535)
+    """Port of the gRPC server's own ``/metrics`` (the API's request metrics, for its calls);
+    0: none."""
+
+    grpc_metrics_host: str = "127.0.0.1"
+    """Address that port listens on (``0.0.0.0`` in the appliance, for Prometheus)."""
+
     api_workers: int = Field(default=2, ge=1)
     """Number of gunicorn (uvicorn) worker processes."""
 

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 STACK = ROOT / "scripts" / "stack"
 REDIS_URL = os.environ.get("INFERBOX_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
-PARTS = ("s3", "worker", "api", "nginx", "prometheus")
+PARTS = ("s3", "worker", "api", "grpc", "nginx", "prometheus")
 
 
 def free_port() -> int:
@@ -120,6 +120,8 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         INFERBOX_KEY_PREFIX=prefix,
         INFERBOX_API_BIND=f"127.0.0.1:{api_port}",
         INFERBOX_WORKER_METRICS_PORT=str(metrics_port),
+        INFERBOX_GRPC_BIND=f"127.0.0.1:{free_port()}",
+        INFERBOX_GRPC_METRICS_PORT=str(free_port()),
         INFERBOX_S3_ENDPOINT=f"127.0.0.1:{s3_port}",
         INFERBOX_PROMETHEUS_PORT=str(free_port()),
         INFERBOX_DATABASE_URL=f"postgresql://postgres@127.0.0.1:5432/{database}",
@@ -194,6 +196,23 @@ def test_the_stack_serves_the_demo_models(stack: Stack) -> None:
     metrics = httpx.get(stack.metrics_url, timeout=10)
     assert metrics.status_code == 200
     assert "# TYPE" in metrics.text
+
+
+def test_the_stack_serves_grpc_through_the_gateway(stack: Stack) -> None:
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    env = dict(line.split("=", 1) for line in (stack.dir / "env").read_text().splitlines())
+    headers = {"authorization": f"Bearer {env['INFERBOX_API_KEY']}"}
+    with grpcclient.InferenceServerClient(
+        stack.url.removeprefix("https://"),
+        ssl=True,
+        root_certificates=str(stack.dir / "certs" / "ca.crt"),
+    ) as client:
+        wait_until(lambda: client.is_model_ready("mlp", headers=headers), 30, "mlp over gRPC")
+        item = grpcclient.InferInput("x", [1, 64], "FP32")
+        item.set_data_from_numpy(np.zeros((1, 64), np.float32))
+        assert client.infer("mlp", [item], headers=headers).as_numpy("y").shape == (1, 10)
 
 
 def test_status_reports_running(stack: Stack) -> None:

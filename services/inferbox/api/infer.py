@@ -43,7 +43,12 @@ from inferbox.lanes.client import ClientGone
 from inferbox.lanes.wire import CallHeader
 from inferbox.observability import api_metrics
 from inferbox.observability.exposition import render
-from inferbox.protocol.codec import OutputTensor, decode_infer_request, encode_infer_response
+from inferbox.protocol.codec import (
+    InferRequest,
+    OutputTensor,
+    decode_infer_request,
+    encode_infer_response,
+)
 from inferbox.security.auth import Need, requirement
 from inferbox.security.keystore import KeyRecord
 
@@ -286,7 +291,8 @@ async def infer(
 ) -> int:
     """Run a model on JSON or binary tensors; answer JSON or binary outputs.
 
-    A request without its own ``priority`` (or with 0, Triton's "default") takes its key's.
+    A request without its own ``priority`` (or with 0, Triton's "default") takes its key's,
+    else the model's ``default_priority_level``.
     Returns the status answered: 200, or 499 when the client left before its answer.
     """
     await state.directory.admit(spec)
@@ -302,38 +308,11 @@ async def infer(
             raise BadRequest("Inference-Header-Content-Length must be an integer")
         header_length = int(header_length)
     decoded = decode_infer_request(body, header_length, state.limits)
-    metas, raws, outputs = check_request(decoded, spec)
-
-    if decoded.timeout_us:
-        timeout_s = decoded.timeout_us / 1e6
-    else:
-        timeout_s = (spec.config.timeout_ms or state.settings.default_timeout_ms) / 1000
-    priority = decoded.priority or (key.priority if key is not None else 0)
-    lane = "hi" if priority <= HIGH_PRIORITY_MAX else "lo"
-    call = CallHeader(
-        channel="",
-        token="",
-        deadline=time.time() + timeout_s,
-        inputs=metas,
-        outputs=outputs,
-        request_id=request_id,
-    )
     try:
-        reply, out_raws = await state.lane.call(
-            state.redis_keys.stream(spec.name, spec.version, lane),
-            call,
-            raws,
-            max_queue=spec.config.max_queue_size,
-            timeout_s=timeout_s,
-            # After the body, the next ASGI message can only be the client leaving.
-            receive=receive,
-        )
+        # After the body, the next ASGI message can only be the client leaving.
+        tensors = await run_request(state, spec, decoded, request_id, key, receive)
     except ClientGone:
         return 499
-    tensors = [
-        OutputTensor(meta.name, meta.datatype, tuple(meta.shape), raw)
-        for meta, raw in zip(reply.outputs, out_raws, strict=True)
-    ]
     payload, json_length = encode_infer_response(
         model_name=spec.name,
         model_version=str(spec.version),
@@ -352,3 +331,50 @@ async def infer(
     await send({"type": "http.response.start", "status": 200, "headers": response_headers})
     await send({"type": "http.response.body", "body": payload})
     return 200
+
+
+async def run_request(
+    state,
+    spec,
+    decoded: InferRequest,
+    request_id: str,
+    key: KeyRecord | None = None,
+    receive: Receive | None = None,
+) -> list[OutputTensor]:
+    """Check a decoded request against its model, queue it on the model's lane and wait for
+    its outputs: the one inference path of HTTP ``/infer`` and gRPC ``ModelInfer``.
+
+    ``receive`` (HTTP) is watched for the client leaving (``ClientGone``).
+    """
+    metas, raws, outputs = check_request(decoded, spec)
+
+    if decoded.timeout_us:
+        timeout_s = decoded.timeout_us / 1e6
+    else:
+        timeout_s = (spec.config.timeout_ms or state.settings.default_timeout_ms) / 1000
+    priority = (
+        decoded.priority
+        or (key.priority if key is not None else 0)
+        or spec.config.default_priority_level
+    )
+    lane = "hi" if priority <= HIGH_PRIORITY_MAX else "lo"
+    call = CallHeader(
+        channel="",
+        token="",
+        deadline=time.time() + timeout_s,
+        inputs=metas,
+        outputs=outputs,
+        request_id=request_id,
+    )
+    reply, out_raws = await state.lane.call(
+        state.redis_keys.stream(spec.name, spec.version, lane),
+        call,
+        raws,
+        max_queue=spec.config.max_queue_size,
+        timeout_s=timeout_s,
+        receive=receive,
+    )
+    return [
+        OutputTensor(meta.name, meta.datatype, tuple(meta.shape), raw)
+        for meta, raw in zip(reply.outputs, out_raws, strict=True)
+    ]

@@ -120,6 +120,10 @@ class ModelsController(Controller):
         config: str | None = Parameter(
             default=None, description="JSON object of serving config fields"
         ),
+        triton_config: str | None = Parameter(
+            default=None,
+            description="text of the model's Triton config.pbtxt, applied before config",
+        ),
     ) -> Response:
         """Upload a new version (raw body, or multipart with a ``file`` part); 201 when stored."""
         overrides = None
@@ -136,6 +140,7 @@ class ModelsController(Controller):
                 upload_chunks(request),
                 alias=alias,
                 config=overrides,
+                triton_config=triton_config,
                 created_by=actor(request),
             )
             details.update(version=version.version, sha256=version.sha256, size=version.size)

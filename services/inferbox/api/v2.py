@@ -25,8 +25,13 @@ def _json(payload: object, status: int = 200, headers: dict[str, str] | None = N
     return Response(_encode(payload), status_code=status, media_type=JSON, headers=headers)
 
 
+NOT_HONOURED = "inferbox_not_honoured"
+"""The parameter (in the config, and in the model metadata) naming the config.pbtxt fields
+inferbox does not apply."""
+
+
 def _metadata(spec: ModelSpec, versions: list[ModelSpec]) -> dict:
-    return {
+    body = {
         "name": spec.name,
         "versions": [str(v.version) for v in versions],
         "platform": PLATFORM,
@@ -35,10 +40,32 @@ def _metadata(spec: ModelSpec, versions: list[ModelSpec]) -> dict:
             {"name": t.name, "datatype": t.datatype, "shape": t.shape} for t in spec.outputs
         ],
     }
+    if spec.config.not_honoured:
+        body["parameters"] = {NOT_HONOURED: ", ".join(spec.config.not_honoured)}
+    return body
+
+
+def _from_config_pbtxt(spec: ModelSpec) -> dict:
+    """The imported config.pbtxt (as Triton completes it) with the serving values now in force
+    (a PATCH may have changed them since) and the fields not honoured named."""
+    config = spec.config
+    body = msgspec.json.decode(_encode(config.triton_config))
+    body["max_batch_size"] = config.max_batch_size
+    if "dynamic_batching" in body:
+        batching = body["dynamic_batching"]
+        batching["preferred_batch_size"] = config.preferred_batch_size
+        batching["max_queue_delay_microseconds"] = config.max_queue_delay_microseconds
+    if config.not_honoured:
+        body.setdefault("parameters", {})[NOT_HONOURED] = {
+            "string_value": ", ".join(config.not_honoured)
+        }
+    return body
 
 
 def _triton_config(spec: ModelSpec) -> dict:
     config = spec.config
+    if config.triton_config:
+        return _from_config_pbtxt(spec)
     batched = config.max_batch_size > 0
 
     def dims(shape: list[int]) -> list[int]:
@@ -156,6 +183,30 @@ def error_response(exc: InferboxError) -> Response:
     return _json({"error": exc.message}, exc.status, dict(error_headers(exc)))
 
 
+async def repository_index(state) -> list[dict]:
+    """Every version with its state: READY, LOADING, UNLOADED or UNAVAILABLE (with reason)."""
+    entries = []
+    for name in sorted(n.decode() for n in await state.redis.hkeys(state.redis_keys.catalog)):
+        try:
+            versions = await state.directory.versions(name)
+        except NotFound:
+            continue
+        for spec in versions:
+            available = await state.directory.availability(spec)
+            if available.ready:
+                status, reason = "READY", ""
+            elif not spec.loaded:
+                status, reason = "UNLOADED", "unloaded"
+            elif available.reason == "loading":
+                status, reason = "LOADING", ""
+            else:
+                status, reason = "UNAVAILABLE", available.reason or ""
+            entries.append(
+                {"name": name, "version": str(spec.version), "state": status, "reason": reason}
+            )
+    return entries
+
+
 class RepositoryController(Controller):
     """Triton's model repository extension: index, load and unload."""
 
@@ -165,26 +216,7 @@ class RepositoryController(Controller):
     @post("/index", status_code=200)
     async def index(self, state: State) -> Response:
         """Every version with its state: READY, LOADING, UNLOADED or UNAVAILABLE (with reason)."""
-        entries = []
-        for name in sorted(n.decode() for n in await state.redis.hkeys(state.redis_keys.catalog)):
-            try:
-                versions = await state.directory.versions(name)
-            except NotFound:
-                continue
-            for spec in versions:
-                available = await state.directory.availability(spec)
-                if available.ready:
-                    status, reason = "READY", ""
-                elif not spec.loaded:
-                    status, reason = "UNLOADED", "unloaded"
-                elif available.reason == "loading":
-                    status, reason = "LOADING", ""
-                else:
-                    status, reason = "UNAVAILABLE", available.reason or ""
-                entries.append(
-                    {"name": name, "version": str(spec.version), "state": status, "reason": reason}
-                )
-        return _json(entries)
+        return _json(await repository_index(state))
 
     @post("/models/{name:str}/load", status_code=200)
     async def load(self, request: Request, state: State, name: str) -> Response:

@@ -25,6 +25,28 @@ class TensorSpec(msgspec.Struct, frozen=True):
     name: str
     datatype: str
     shape: list[int]
+    reshape: list[int] | None = None
+    """The shape the ONNX graph takes or gives when it differs from ``shape`` (Triton's
+    ``reshape``): without the batch dimension when the model batches, like Triton's."""
+
+
+class WarmupInput(msgspec.Struct, frozen=True):
+    """One input of a warmup sample: zeros or random values of a fixed shape."""
+
+    name: str
+    datatype: str
+    dims: list[int]
+    random: bool = False
+
+
+class WarmupSample(msgspec.Struct, frozen=True):
+    """A warmup request run after loading (Triton's ``model_warmup``)."""
+
+    name: str
+    inputs: list[WarmupInput]
+    batch_size: int = 0
+    """Rows of the sample (0: the dims are the whole shape, for a model without batching)."""
+    count: int = 1
 
 
 class ModelConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -85,6 +107,16 @@ class ModelConfig(msgspec.Struct, frozen=True, kw_only=True):
     job_retention_s: int | None = None
     """How long results of this model's async jobs are kept (a job's own ``retention_s`` wins;
     None: ``INFERBOX_JOBS_RETENTION_S``)."""
+    default_priority_level: int = 0
+    """Priority of a call that names none and whose key sets none (Triton's
+    ``dynamic_batching.default_priority_level``; 0 and 1 are the high tier)."""
+    warmup_samples: list[WarmupSample] = msgspec.field(default_factory=list)
+    """Warmup requests run after loading, besides ``warmup`` (Triton's ``model_warmup``)."""
+    triton_config: dict | None = None
+    """The model's config.pbtxt in Triton's JSON form, as Triton completes it; answered by
+    ``/v2/models/{name}/config`` (with the live serving values) when present."""
+    not_honoured: list[str] = msgspec.field(default_factory=list)
+    """config.pbtxt fields set in the file that inferbox does not apply, by name."""
 
 
 class ModelSpec(msgspec.Struct, frozen=True, kw_only=True):

@@ -15,8 +15,9 @@ from pathlib import Path
 import redis.asyncio as aioredis
 import structlog
 
-from inferbox.errors import InferboxError, NotFound
+from inferbox.errors import BadRequest, InferboxError, NotFound
 from inferbox.keys import Keys
+from inferbox.models import triton_config as triton
 from inferbox.models.catalog import CatalogEntry, encode
 from inferbox.models.repository import list_repository
 from inferbox.models.spec import ModelSpec, default_config, file_sha256
@@ -88,25 +89,56 @@ class RegistryService:
         alias: str | None = None,
         created_by: str | None = None,
         config: dict | None = None,
+        triton_config: str | None = None,
+        apply_version_policy: bool = True,
     ) -> ModelVersion:
         """Receive, validate and store a new version; nothing is written unless it is valid.
 
         The file is streamed to disk (never held in memory), checked in a resource-limited
-        child process, uploaded by content, and only then recorded.
+        child process, uploaded by content, and only then recorded. ``triton_config`` (the
+        text of a config.pbtxt) is applied first, then ``config``; a ``version_policy`` set in
+        it decides which of the model's versions stay loaded.
         """
         check_name(name)
+        proto = None
+        if triton_config is not None:
+            try:
+                proto = triton.parse(triton_config)
+                triton.check_platform(proto)
+            except triton.TritonConfigError as exc:
+                raise BadRequest(str(exc)) from None
         spooled = await spool(chunks, self.upload_dir, self.max_model_bytes)
         try:
             checked = await asyncio.to_thread(validate_model, spooled.path, self.limits)
+            inputs, outputs = checked.inputs, checked.outputs
             model_config = default_config(
-                checked.inputs,
-                checked.outputs,
+                inputs,
+                outputs,
                 max_batch_size=self.default_max_batch_size,
                 max_queue_size=self.default_max_queue_size,
             )
+            if proto is not None:
+                try:
+                    serving = triton.serving_from_triton(
+                        proto,
+                        name,
+                        inputs,
+                        outputs,
+                        default_max_batch_size=model_config.max_batch_size,
+                    )
+                except triton.TritonConfigError as exc:
+                    raise BadRequest(str(exc)) from None
+                inputs, outputs = serving.inputs, serving.outputs
+                model_config = merge_config(model_config, serving.config)
+                if serving.not_honoured:
+                    log.warning(
+                        "config.pbtxt fields not honoured",
+                        model=name,
+                        fields=serving.not_honoured,
+                    )
             if config:
                 model_config = merge_config(model_config, config)
-            check_config(model_config, checked.inputs, checked.outputs)
+            check_config(model_config, inputs, outputs)
             key = await asyncio.to_thread(
                 self.objects.put_file, spooled.path, spooled.sha256, spooled.size
             )
@@ -115,8 +147,8 @@ class RegistryService:
                     name,
                     sha256=spooled.sha256,
                     size=spooled.size,
-                    inputs=checked.inputs,
-                    outputs=checked.outputs,
+                    inputs=inputs,
+                    outputs=outputs,
                     config=model_config,
                     created_by=created_by,
                 )
@@ -130,6 +162,8 @@ class RegistryService:
             spooled.path.unlink(missing_ok=True)
         if alias:
             await self.store.set_alias(name, alias, version.version)
+        if apply_version_policy and proto is not None and proto.HasField("version_policy"):
+            await self._apply_version_policy(name, proto)
         await self.publish(name)
         log.info(
             "model version pushed", model=name, version=version.version, size_bytes=version.size
@@ -178,6 +212,14 @@ class RegistryService:
                 await self.store.set_loaded(name, entry.version, loaded)
         await self.publish(name)
 
+    async def _apply_version_policy(self, name: str, proto) -> None:
+        """Load the versions config.pbtxt's ``version_policy`` serves; unload the others."""
+        model = await self.store.get_model(name)
+        live = [v.version for v in model.versions if v.state != DELETED]
+        keep = triton.selected_versions(proto, live)
+        for number in live:
+            await self.store.set_loaded(name, number, number in keep)
+
     async def _catalog_entry(self, name: str) -> bytes | None:
         """The model's encoded catalog entry from PostgreSQL (None: no live version)."""
         try:
@@ -221,10 +263,13 @@ class RegistryService:
         return len(names)
 
     async def import_repository(self, root: Path, *, created_by: str = "import") -> list[str]:
-        """Seed from a Triton-layout folder: each ``<name>/<version>/model.onnx`` not yet
-        present (by sha256) becomes a new version, with ``<name>/inferbox.json`` as its config.
+        """Seed from a Triton model repository: each ``<name>/<version>/model.onnx`` not yet
+        present (by sha256) becomes a new version, with ``<name>/config.pbtxt`` then
+        ``<name>/inferbox.json`` as its config. Versions outside config.pbtxt's
+        ``version_policy`` (Triton's default: the latest) are imported unloaded.
 
-        Returns one line per file: what happened to it.
+        Returns one line per file: what happened to it, with the config.pbtxt fields it does
+        not honour named.
         """
         report = []
         seen: dict[str, set[str]] = {}
@@ -245,13 +290,26 @@ class RegistryService:
                 continue
             try:
                 version = await self.push(
-                    entry.name, _file_chunks(entry.path), created_by=created_by, config=entry.config
+                    entry.name,
+                    _file_chunks(entry.path),
+                    created_by=created_by,
+                    config=entry.config,
+                    triton_config=entry.triton_config,
+                    apply_version_policy=False,
                 )
             except InferboxError as exc:
                 report.append(f"{label}: rejected: {exc.message}")
                 continue
             seen[entry.name].add(sha256)
-            report.append(f"{label}: imported as version {version.version}")
+            line = f"{label}: imported as version {version.version}"
+            if not entry.selected:
+                await self.set_loaded(entry.name, False, version.version)
+                line += " (unloaded: outside config.pbtxt's version_policy)"
+            if version.config.not_honoured:
+                line += "; config.pbtxt fields not honoured: " + ", ".join(
+                    version.config.not_honoured
+                )
+            report.append(line)
         return report
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import structlog
 
-from inferbox.models.spec import ModelConfig, ModelSpec, TensorSpec
+from inferbox.models.spec import ModelConfig, ModelSpec, TensorSpec, WarmupSample
 from inferbox.protocol.datatypes import V2_TO_NUMPY
 from inferbox.worker.batcher import batch_buckets
 
@@ -121,6 +121,26 @@ def _warmup_array(tensor: TensorSpec, rows: int | None = None) -> np.ndarray:
     return np.zeros(shape, dtype=V2_TO_NUMPY[tensor.datatype])
 
 
+def _sample_feeds(sample: WarmupSample, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The inputs of one of Triton's ``model_warmup`` samples (zeros or random values)."""
+    feeds = {}
+    for item in sample.inputs:
+        shape = [sample.batch_size, *item.dims] if sample.batch_size else list(item.dims)
+        dtype = V2_TO_NUMPY[item.datatype]
+        if item.datatype == "BYTES":
+            value = np.full(shape, "", dtype=object)
+        elif not item.random:
+            value = np.zeros(shape, dtype=dtype)
+        elif dtype.kind == "f":
+            value = rng.random(shape).astype(dtype)
+        elif dtype.kind == "b":
+            value = rng.integers(0, 2, shape).astype(dtype)
+        else:
+            value = rng.integers(0, 100, shape).astype(dtype)
+        feeds[item.name] = value
+    return feeds
+
+
 @dataclass
 class LoadedModel:
     """A resident session for one model version."""
@@ -134,11 +154,30 @@ class LoadedModel:
     """Whether the session's idle intra-op threads spin."""
     buckets: list[int] = field(default_factory=list)
     """Batch sizes every batch is padded up to (empty: no padding); see ``pad_batches``."""
+    input_reshape: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    """Inputs the graph takes in another shape than clients send (Triton's ``reshape``)."""
+    output_reshape: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    """Outputs clients receive in another shape than the graph gives."""
+    batched: bool = False
 
     def run(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None):
         """Run once; ``outputs`` None means all outputs, in the model's order."""
         names = outputs or self.output_names
-        return names, self.session.run(names, feeds)
+        if self.input_reshape:
+            feeds = {name: self._shaped(name, a, self.input_reshape) for name, a in feeds.items()}
+        results = self.session.run(names, feeds)
+        if self.output_reshape:
+            results = [
+                self._shaped(name, a, self.output_reshape)
+                for name, a in zip(names, results, strict=True)
+            ]
+        return names, results
+
+    def _shaped(self, name: str, array: np.ndarray, shapes: dict) -> np.ndarray:
+        shape = shapes.get(name)
+        if shape is None:
+            return array
+        return array.reshape((array.shape[0], *shape) if self.batched else shape)
 
 
 def probe_device(preferred: list[str]) -> str:
@@ -205,6 +244,12 @@ def load_model(
         if config.warmup:
             for size in model.buckets:
                 model.run({t.name: _warmup_array(t, size) for t in spec.inputs})
+    if config.warmup_samples:
+        rng = np.random.default_rng(0)
+        for sample in config.warmup_samples:
+            feeds = _sample_feeds(sample, rng)
+            for _ in range(max(sample.count, 1)):
+                model.run(feeds)
     model.load_seconds = time.perf_counter() - started
     log.info(
         "model loaded",
@@ -225,13 +270,24 @@ def _create(spec: ModelSpec, path: Path | None, providers: list[str], spinning: 
         sess_options=_session_options(spec.config, spinning),
         providers=[(p, provider_options(p, spec.config)) for p in providers],
     )
+    batched = spec.config.max_batch_size > 0
+    served = {t.name for t in spec.outputs}
     return LoadedModel(
         spec=spec,
         session=session,
         providers=session.get_providers(),
         load_seconds=0.0,
-        output_names=[o.name for o in session.get_outputs()],
+        # A config.pbtxt that declares outputs serves only those (as Triton does).
+        output_names=[o.name for o in session.get_outputs() if not served or o.name in served],
         spinning=spinning,
+        input_reshape={t.name: tuple(t.reshape) for t in spec.inputs if t.reshape is not None},
+        # Clients get the declared dims back (batch dimension kept when batching).
+        output_reshape={
+            t.name: tuple(t.shape[1:] if batched else t.shape)
+            for t in spec.outputs
+            if t.reshape is not None
+        },
+        batched=batched,
     )
 
 

@@ -1,0 +1,82 @@
+"""An appliance serving the Triton repository of ``tests/triton/repository.py``, imported as a
+Triton user would (``inferbox models import``), with the gRPC server beside the HTTP API."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import (
+    Appliance,
+    _start,
+    free_port,
+    run_cli,
+    running_appliance,
+    stop_process,
+    wait_for,
+)
+from tests.gateway.conftest import gateway_certs  # noqa: F401 (the gateway's certificates)
+from tests.triton.repository import write_triton_repository
+
+SERVED = ("rows", "batched", "dynamic", "reshaped", "declared", "alltypes", "typed")
+
+
+@dataclass
+class TritonAppliance:
+    appliance: Appliance
+    grpc_url: str
+    import_report: str
+    repo: Path
+    grpc_metrics_url: str
+
+
+@pytest.fixture(scope="session")
+def triton_repo(tmp_path_factory):
+    return write_triton_repository(tmp_path_factory.mktemp("triton-repo"))
+
+
+@pytest.fixture(scope="session")
+def triton_appliance(redis_client, tmp_path_factory, make_database, s3_endpoint, triton_repo):
+    with running_appliance(
+        redis_client, tmp_path_factory, make_database(), s3_endpoint, None
+    ) as appliance:
+        report = run_cli(["models", "import", str(triton_repo)], appliance.env)
+        grpc_port, metrics_port = free_port(), free_port()
+        env = {
+            **appliance.env,
+            "INFERBOX_GRPC_BIND": f"127.0.0.1:{grpc_port}",
+            "INFERBOX_GRPC_METRICS_PORT": str(metrics_port),
+            # Two server processes on one port, their metrics merged (as in the appliance).
+            "INFERBOX_GRPC_PROCESSES": "2",
+        }
+        grpc_proc = _start(["grpc"], env, appliance.logs / "grpc.log")
+        auth = appliance.headers
+
+        def ready():
+            assert grpc_proc.poll() is None, f"the gRPC server exited; logs in {appliance.logs}"
+            try:
+                socket.create_connection(("127.0.0.1", grpc_port), timeout=1).close()
+            except OSError:
+                return False
+            return all(
+                httpx.get(f"{appliance.url}/v2/models/{name}/ready", headers=auth).status_code
+                == 200
+                for name in SERVED
+            )
+
+        try:
+            wait_for(ready, 60, "the Triton repository's models to be ready", interval=0.2)
+            yield TritonAppliance(
+                appliance,
+                f"127.0.0.1:{grpc_port}",
+                report,
+                triton_repo,
+                f"http://127.0.0.1:{metrics_port}/metrics",
+            )
+        finally:
+            grpc_proc.terminate()
+            stop_process(grpc_proc)
