@@ -150,6 +150,41 @@ def keys_bootstrap(settings: Settings, path: Path) -> None:
     click.echo(asyncio.run(run()))
 
 
+@keys_group.command("out-of-scope")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object a line")
+@click.pass_obj
+def keys_out_of_scope(settings: Settings, as_json: bool) -> None:
+    """List key changes, model changes (unloads, aliases...) and jobs made by keys that lacked
+    the scope or model they needed; exit status 1 when there is any.
+
+    Talks to the database directly. Run it once on an appliance upgraded from a version whose
+    gate could be bypassed with non-canonical paths (docs/security.md).
+    """
+    import json
+
+    from inferbox.registry.store import create_pool
+    from inferbox.security.audit import out_of_scope
+
+    async def run() -> list[dict]:
+        async with create_pool(settings.database_url, max_size=1) as pool:
+            return await out_of_scope(pool)
+
+    rows = asyncio.run(run())
+    for row in rows:
+        if as_json:
+            click.echo(json.dumps(row, default=str))
+        else:
+            click.echo(
+                f"{row['at'].isoformat()}\t{row['source']}:{row['id']}\t{row['actor']}"
+                f"\t{row['action']}\t{row['target']}\t{row['outcome']}"
+                f"\tscopes={','.join(row['scopes'])}"
+                f"\tmodels={','.join(row['allowed_models'] or ['*'])}"
+            )
+    if rows:
+        raise SystemExit(1)
+    click.echo("no out-of-scope changes or jobs found", err=True)
+
+
 register_remote(main, models, keys_group)
 register_backup(main)
 register_jobs(main)

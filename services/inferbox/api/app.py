@@ -12,16 +12,18 @@ import redis
 import redis.asyncio as aioredis
 import structlog
 import urllib3
-from litestar import Litestar, Request, Response
+from litestar import Litestar, Request, Response, Router
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 
 import inferbox
 from inferbox.api.admin import AuditController, KeysController
 from inferbox.api.directory import ModelDirectory
+from inferbox.api.gate import GateMiddleware
 from inferbox.api.health import Dependencies, keep_catalog
 from inferbox.api.infer import InferenceFastPath
 from inferbox.api.jobs import JobsController, JobSubmitController
@@ -38,6 +40,7 @@ from inferbox.lanes.client import InteractiveClient
 from inferbox.logs import configure_logging
 from inferbox.observability import certificate
 from inferbox.registry.wiring import object_store, registry_service
+from inferbox.security.access import OPEN
 from inferbox.security.audit import AuditLog
 from inferbox.security.auth import Gate
 from inferbox.security.keystore import KeyCache, KeyStore
@@ -198,7 +201,15 @@ def create_app(settings: Settings) -> Litestar:
             Exception: _unexpected,
         },
         request_max_body_size=settings.max_request_bytes,
-        openapi_config=OpenAPIConfig(title="inferbox", version=inferbox.__version__, path="/docs"),
+        middleware=[GateMiddleware],
+        openapi_config=OpenAPIConfig(
+            title="inferbox",
+            version=inferbox.__version__,
+            # The description only, as JSON (also at /docs/openapi.json) and YAML: no HTML
+            # page that loads third-party scripts on the API's origin.
+            render_plugins=[JsonRenderPlugin(), YamlRenderPlugin()],
+            openapi_router=Router(path="/docs", route_handlers=[], opt=OPEN),
+        ),
         on_startup=[
             lambda app: setattr(app.state, "settings", settings),
             lambda app: setattr(app.state, "limits", tensor_limits(settings)),

@@ -44,7 +44,7 @@ from inferbox.lanes.wire import CallHeader
 from inferbox.observability import api_metrics
 from inferbox.observability.exposition import render
 from inferbox.protocol.codec import OutputTensor, decode_infer_request, encode_infer_response
-from inferbox.security.auth import Need, requirement
+from inferbox.security.access import NON_CANONICAL_MESSAGE, Access, access_of, canonical
 from inferbox.security.keystore import KeyRecord
 
 # Triton's priority: 0 means "the default", 1 is the highest; larger numbers are lower.
@@ -53,6 +53,8 @@ HIGH_PRIORITY_MAX = 1
 log = structlog.get_logger(__name__)
 
 INFER_PATH = re.compile(r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer")
+INFER_ROUTE = "/v2/models/{name:str}/infer"
+"""The Litestar route that declares the ``infer`` routes' access (and documents them)."""
 _JSON = b"application/json"
 _BINARY = b"application/octet-stream"
 _PROBLEM = PROBLEM_JSON.encode()
@@ -71,6 +73,27 @@ def new_request_id() -> str:
     if _ids["pid"] != pid:
         _ids.update(pid=pid, prefix=secrets.token_hex(10), count=itertools.count())
     return f"{_ids['prefix']}{next(_ids['count']):012x}"
+
+
+class SlotReleasingSend:
+    """A ``send`` that gives a concurrency slot back just before the answer's last byte, so the
+    client never sees its answer while its slot is still taken; ``release`` is idempotent."""
+
+    __slots__ = ("_release", "_send")
+
+    def __init__(self, send: Send, release) -> None:
+        self._send = send
+        self._release = release
+
+    async def __call__(self, message) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            await self.release()
+        await self._send(message)
+
+    async def release(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            await release()
 
 
 async def _read_body(receive: Receive, limit: int, declared: bytes | None) -> bytes:
@@ -104,15 +127,21 @@ class InferenceFastPath:
         self.sampler = api_metrics.InflightSampler(lambda: self.in_flight)
         app.on_startup.append(self.sampler.start)
         app.on_shutdown.append(self.sampler.stop)
+        self.infer_access: Access = access_of(app.route_handler_method_map[INFER_ROUTE]["POST"])
+        """The access the ``infer`` route declares (one declaration for both ways in)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            if scope["path"].endswith("/infer"):
-                match = INFER_PATH.fullmatch(scope["path"])
+            path = scope["path"]
+            if not canonical(scope.get("raw_path") or path.encode()):
+                await self._not_canonical(scope, send)
+                return
+            if path.endswith("/infer"):
+                match = INFER_PATH.fullmatch(path)
                 if match is not None:
                     await self._serve(scope, receive, send, match["name"], match["version"])
                     return
-            elif scope["path"] == "/metrics":
+            elif path == "/metrics":
                 await _send_metrics(send)
                 return
             await self._other(scope, receive, send)
@@ -120,20 +149,10 @@ class InferenceFastPath:
         await self.app(scope, receive, send)
 
     async def _other(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Litestar's routes, behind the same key check, counted by path template."""
+        """Litestar's routes (their keys are checked after routing, ``inferbox.api.gate``),
+        counted by path template."""
         started = time.perf_counter()
         status = 500
-        gate = self.app.state.gate
-        need = requirement(scope["method"], scope["path"]) if gate is not None else None
-        key = slot = None
-        if need is not None:
-            headers = dict(scope["headers"])
-            try:
-                key, slot = await gate.admit(headers.get(b"authorization"), need)
-            except InferboxError as exc:
-                await self._refuse(scope, send, gate, exc, headers, started)
-                return
-            scope["inferbox.api_key"] = key
 
         async def send_and_note(message) -> None:
             nonlocal status
@@ -142,38 +161,23 @@ class InferenceFastPath:
             await send(message)
 
         try:
-            if key is None:
-                await self.app(scope, receive, send_and_note)
-            else:
-                with structlog.contextvars.bound_contextvars(api_key_id=key.id):
-                    await self.app(scope, receive, send_and_note)
+            await self.app(scope, receive, send_and_note)
         finally:
-            if slot is not None:
-                await gate.release(key, slot)
             route = scope.get("path_template") or "unmatched"
             api_metrics.record_route(route, status, time.perf_counter() - started)
 
     @staticmethod
-    async def _refuse(scope, send, gate, exc: InferboxError, headers, started: float) -> None:
-        """Answer a refused key (or limit) on a Litestar route, in that route's error shape."""
-        raw_id = headers.get(b"x-request-id")
-        request_id = raw_id.decode("latin-1") if raw_id else new_request_id()
-        reason = api_metrics.rejection_reason(exc)
-        if reason is not None:
-            api_metrics.REJECTIONS.labels(reason).inc()
-        with structlog.contextvars.bound_contextvars(request_id=request_id):
-            log.info(
-                "request refused",
-                status=exc.status,
-                reason=reason,
-                error=exc.message,
-                path=scope["path"][:200],
-                api_key_id=getattr(exc, "key_id", None),
-            )
-        await gate.audit_refusal(exc, scope, headers, request_id)
+    async def _not_canonical(scope: Scope, send: Send) -> None:
+        """400 for a path that is not in canonical form, before any routing or key check."""
         path = scope["path"]
-        await send_error(send, exc, request_id, path if path.startswith("/v1") else None)
-        api_metrics.record_route("unauthorized", exc.status, time.perf_counter() - started)
+        raw_id = dict(scope["headers"]).get(b"x-request-id")
+        request_id = raw_id.decode("latin-1") if raw_id else new_request_id()
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            log.info("non-canonical path refused", path=path[:200])
+        api_metrics.REJECTIONS.labels("bad_request").inc()
+        api_metrics.record_route("unmatched", 400, 0.0)
+        problem_path = path if path.startswith("/v1") else None
+        await send_error(send, BadRequest(NON_CANONICAL_MESSAGE), request_id, problem_path)
 
     async def _serve(self, scope, receive, send, name: str, version: str | None) -> None:
         started = time.perf_counter()
@@ -191,7 +195,10 @@ class InferenceFastPath:
                 error.status = 405
                 raise error
             if gate is not None:
-                key, slot = await gate.admit(headers.get(b"authorization"), Need("infer", name))
+                need = self.infer_access.need({"name": name})
+                key, slot = await gate.admit(headers.get(b"authorization"), need)
+                if slot is not None:
+                    send = SlotReleasingSend(send, lambda: gate.release(key, slot))
             spec = await state.directory.resolve(name, version)
             status = await infer(state, spec, headers, request_id, receive, send, key)
         except InferboxError as exc:
@@ -207,7 +214,7 @@ class InferenceFastPath:
             await send_error(send, InferboxError("internal error"), request_id)
         finally:
             if slot is not None:
-                await gate.release(key, slot)
+                await send.release()
             self.in_flight -= 1
             elapsed = time.perf_counter() - started
             if spec is None:

@@ -1,24 +1,10 @@
-"""The authorization decision: what a request needs (``requirement``) and whether its key has it
-(``Gate``).
+"""Whether a request's key may do what its route needs (``Gate``, ``permits``).
 
-=====================================================  ==================================
-Route                                                  Needs
-=====================================================  ==================================
-``/v2``, ``/v2/health/live``, ``/v2/health/ready``,    nothing (open)
-``/metrics``, ``/docs...``
-``/v2/models/{name}[/versions/{v}]/jobs``              ``jobs``, and ``name`` allowed
-``/v2/models/{name}...`` (metadata, ready, infer)      ``infer``, and ``name`` allowed
-``/v2/repository/index``                               ``infer``
-``/v2/repository/models/{name}/load|unload``           ``models:write``, ``name`` allowed
-``/v1/keys...``, ``/v1/audit...``                      ``admin``
-``/v1/jobs...``                                        ``jobs``
-``/v1/...`` POST, PUT, PATCH, DELETE                   ``models:write`` (model allowed)
-``/v1/...`` GET                                        any valid key (model allowed)
-anything else                                          any valid key
-=====================================================  ==================================
-
-``admin`` implies every scope. A missing, malformed, unknown, wrong, expired or revoked key is
-401 (with ``WWW-Authenticate: Bearer``); a valid key without the scope or the model is 403.
+What each route needs is declared on its handler (``inferbox.security.access``) and decided
+after routing (``inferbox.api.gate``; the inference fast path reads the ``infer`` route's
+declaration). ``admin`` implies every scope. A missing, malformed, unknown, wrong, expired or
+revoked key is 401 (with ``WWW-Authenticate: Bearer``); a valid key without the scope or the
+model is 403.
 """
 
 from __future__ import annotations
@@ -38,12 +24,6 @@ from inferbox.security.limits import Limiter
 
 log = structlog.get_logger(__name__)
 
-OPEN_PATHS = frozenset({"/v2", "/v2/health/live", "/v2/health/ready", "/metrics", "/docs"})
-"""Served to anyone: health for load balancers, server metadata for clients probing the
-protocol, metrics for Prometheus (never exposed by nginx), the OpenAPI description."""
-
-_READS = frozenset({"GET", "HEAD", "OPTIONS"})
-
 
 @dataclass(frozen=True, slots=True)
 class Need:
@@ -51,28 +31,6 @@ class Need:
 
     scope: str | None
     model: str | None = None
-
-
-def requirement(method: str, path: str) -> Need | None:
-    """What ``method path`` needs; None when it is open."""
-    if path in OPEN_PATHS or path.startswith("/docs/"):
-        return None
-    parts = path.strip("/").split("/")
-    if parts[0] == "v2":
-        if len(parts) >= 3 and parts[1] == "models":
-            return Need("jobs" if parts[-1] == "jobs" else "infer", parts[2])
-        if len(parts) >= 4 and parts[1] == "repository" and parts[2] == "models":
-            return Need("models:write", parts[3])
-        return Need("infer")
-    if parts[0] == "v1" and len(parts) >= 2:
-        section = parts[1]
-        if section in ("keys", "audit"):
-            return Need("admin")
-        if section == "jobs":
-            return Need("jobs")
-        model = parts[2] if section == "models" and len(parts) >= 3 else None
-        return Need(None if method in _READS else "models:write", model)
-    return Need(None)
 
 
 def permits(key: KeyRecord, need: Need) -> str | None:
