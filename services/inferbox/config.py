@@ -101,6 +101,14 @@ class Settings(BaseSettings):
     max_tensor_elements: int = Field(default=16_777_216, gt=0)
     """Most elements one input tensor may hold."""
 
+    max_bytes_elements: int = Field(default=1_048_576, gt=0)
+    """Most elements one BYTES input may hold: each is a Python object while it is decoded and
+    checked (about 1 s of CPU per million), so they get their own, lower bound."""
+
+    max_concurrent_decodes: int = Field(default=1, gt=0)
+    """Large request bodies (256 KiB and up) decoded at once per API process, each in a thread
+    so the event loop keeps serving; more wait their turn (this bounds their memory too)."""
+
     status_cache_s: float = Field(default=0.5, ge=0)
     """How long an API process trusts its cached copy of a model's catalog entry and readiness."""
 

@@ -31,7 +31,14 @@ from inferbox.api.v1 import ModelsController
 from inferbox.api.v2 import RepositoryController, V2Controller, error_response
 from inferbox.api.validation import tensor_limits
 from inferbox.config import Settings
-from inferbox.errors import PROBLEM_JSON, InferboxError, Unavailable, error_headers, problem_body
+from inferbox.errors import (
+    PROBLEM_JSON,
+    BadRequest,
+    InferboxError,
+    Unavailable,
+    error_headers,
+    problem_body,
+)
 from inferbox.jobs.service import JobService
 from inferbox.jobs.store import JobStore
 from inferbox.jobs.transport import JobTransport
@@ -39,6 +46,7 @@ from inferbox.keys import Keys
 from inferbox.lanes.client import InteractiveClient
 from inferbox.logs import configure_logging
 from inferbox.observability import certificate
+from inferbox.protocol.codec import TOO_DEEP
 from inferbox.registry.wiring import object_store, registry_service
 from inferbox.security.access import OPEN
 from inferbox.security.audit import AuditLog
@@ -85,6 +93,12 @@ def _unstorable_value(request: Request, exc: Exception) -> Response:
     error = InferboxError("a value in the request cannot be stored or searched for")
     error.status = 400
     return _render(request, error)
+
+
+def _too_deep(request: Request, exc: RecursionError) -> Response:
+    # msgspec's decoders (request bodies, query parameters) stop at about 1,000 levels.
+    log.info("JSON nested too deeply", path=request.url.path)
+    return _render(request, BadRequest(TOO_DEEP))
 
 
 def _unexpected(request: Request, exc: Exception) -> Response:
@@ -198,6 +212,7 @@ def create_app(settings: Settings) -> Litestar:
             psycopg.OperationalError: _dependency_down,
             psycopg.DataError: _unstorable_value,
             urllib3.exceptions.HTTPError: _dependency_down,
+            RecursionError: _too_deep,
             Exception: _unexpected,
         },
         request_max_body_size=settings.max_request_bytes,
@@ -213,6 +228,9 @@ def create_app(settings: Settings) -> Litestar:
         on_startup=[
             lambda app: setattr(app.state, "settings", settings),
             lambda app: setattr(app.state, "limits", tensor_limits(settings)),
+            lambda app: setattr(
+                app.state, "decode_slots", asyncio.Semaphore(settings.max_concurrent_decodes)
+            ),
         ],
     )
 

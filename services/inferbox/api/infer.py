@@ -19,6 +19,7 @@ context) are written only for failures and requests slower than ``slow_request_m
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import os
 import re
@@ -30,7 +31,7 @@ import structlog
 from litestar import Litestar
 from litestar.types import Receive, Scope, Send
 
-from inferbox.api.validation import check_request
+from inferbox.api.validation import check_declared, check_request
 from inferbox.errors import (
     PROBLEM_JSON,
     BadRequest,
@@ -43,7 +44,12 @@ from inferbox.lanes.client import ClientGone
 from inferbox.lanes.wire import CallHeader
 from inferbox.observability import api_metrics
 from inferbox.observability.exposition import render
-from inferbox.protocol.codec import OutputTensor, decode_infer_request, encode_infer_response
+from inferbox.protocol.codec import (
+    OutputTensor,
+    decode_infer_request,
+    encode_infer_response,
+    peek_inputs,
+)
 from inferbox.security.access import NON_CANONICAL_MESSAGE, Access, access_of, canonical
 from inferbox.security.keystore import KeyRecord
 
@@ -282,6 +288,15 @@ async def send_error(
     await send({"type": "http.response.body", "body": body})
 
 
+OFF_LOOP_BYTES = 256 * 1024
+"""Bodies from this size up are checked against the model first and decoded in a thread."""
+
+
+def _decode_checked(body: bytes, header_length: int | None, limits, spec):
+    decoded = decode_infer_request(body, header_length, limits)
+    return decoded, check_request(decoded, spec)
+
+
 async def infer(
     state,
     spec,
@@ -308,8 +323,17 @@ async def infer(
         if not header_length.isdigit():
             raise BadRequest("Inference-Header-Content-Length must be an integer")
         header_length = int(header_length)
-    decoded = decode_infer_request(body, header_length, state.limits)
-    metas, raws, outputs = check_request(decoded, spec)
+    if len(body) < OFF_LOOP_BYTES:
+        decoded = decode_infer_request(body, header_length, state.limits)
+        metas, raws, outputs = check_request(decoded, spec)
+    else:
+        # A large body: refuse what the model cannot take before decoding anything, then
+        # decode in a thread (the event loop keeps serving), a bounded number at once.
+        check_declared(peek_inputs(body, header_length), spec)
+        async with state.decode_slots:
+            decoded, (metas, raws, outputs) = await asyncio.to_thread(
+                _decode_checked, body, header_length, state.limits, spec
+            )
 
     if decoded.timeout_us:
         timeout_s = decoded.timeout_us / 1e6
@@ -341,7 +365,8 @@ async def infer(
         OutputTensor(meta.name, meta.datatype, tuple(meta.shape), raw)
         for meta, raw in zip(reply.outputs, out_raws, strict=True)
     ]
-    payload, json_length = encode_infer_response(
+    encode = functools.partial(
+        encode_infer_response,
         model_name=spec.name,
         model_version=str(spec.version),
         request_id=decoded.id,
@@ -349,6 +374,11 @@ async def infer(
         requested=decoded.outputs,
         binary_default=decoded.binary_output_default,
     )
+    if sum(len(raw) for raw in out_raws) < OFF_LOOP_BYTES:
+        payload, json_length = encode()
+    else:  # as with decoding: a large answer is encoded in a thread
+        async with state.decode_slots:
+            payload, json_length = await asyncio.to_thread(encode)
     response_headers = [
         (b"content-type", _JSON if json_length is None else _BINARY),
         (b"content-length", str(len(payload)).encode()),

@@ -59,7 +59,8 @@ async def _submit(request: Request, state: State, name: str, version: str | None
         raise Unavailable(f"model {spec.name!r} version {spec.version} is not usable: {spec.error}")
     header_length = request.headers.get("inference-header-content-length")
     if header_length is not None:
-        if not header_length.isdigit():
+        # isascii: str.isdigit() is also true for '²' and other digits int() refuses.
+        if not (header_length.isascii() and header_length.isdigit()):
             raise BadRequest("Inference-Header-Content-Length must be an integer")
         header_length = int(header_length)
     body = await request.body()

@@ -119,6 +119,8 @@ def _inspect_jsonl(path: Path) -> tuple[int, dict[str, dict]]:
                 raise BadRequest(f"line {number} is not a JSON object") from None
             except msgspec.DecodeError as exc:
                 raise BadRequest(f"line {number} is not valid JSON: {exc}") from None
+            except RecursionError:
+                raise BadRequest(f"line {number} is nested too deeply") from None
             if names is None:
                 names = sorted(row)
                 if not names:
