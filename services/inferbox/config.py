@@ -128,6 +128,11 @@ class Settings(BaseSettings):
     audit_failure_window_s: int = Field(default=10, ge=1)
     """Auth failures are written to the audit log once per remote address per this window."""
 
+    trusted_proxies: str = "127.0.0.1,::1"
+    """Addresses or networks (comma-separated) of the proxy in front (nginx): only a peer among
+    them may name the client with ``X-Real-IP`` (and ``X-Forwarded-For``, read by uvicorn). In
+    compose, nginx's address on the backend network."""
+
     # --- worker -------------------------------------------------------------------------------
     worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     """Name of this worker as a Redis consumer and in status; unique per process."""

@@ -50,7 +50,7 @@ from inferbox.protocol.codec import TOO_DEEP
 from inferbox.registry.wiring import object_store, registry_service
 from inferbox.security.access import OPEN
 from inferbox.security.audit import AuditLog
-from inferbox.security.auth import Gate
+from inferbox.security.auth import Gate, trusted_networks
 from inferbox.security.keystore import KeyCache, KeyStore
 from inferbox.security.limits import Limiter
 
@@ -118,6 +118,7 @@ def problem_response(exc: InferboxError, instance: str) -> Response:
 
 async def _open_security(app: Litestar, settings: Settings, client, keys: Keys, pool) -> None:
     """Keys, limits and audit on ``app.state``; ``gate`` stays None with auth turned off."""
+    app.state.trusted_proxies = trusted = trusted_networks(settings.trusted_proxies)
     app.state.keystore = KeyStore(pool)
     app.state.audit = AuditLog(pool, client, keys, settings.audit_failure_window_s)
     if settings.auth_enabled:
@@ -125,7 +126,7 @@ async def _open_security(app: Litestar, settings: Settings, client, keys: Keys, 
         await cache.start()
         app.state.key_cache = cache
         app.state.gate = Gate(
-            cache, Limiter(client, keys, settings.key_slot_ttl_s), app.state.audit
+            cache, Limiter(client, keys, settings.key_slot_ttl_s), app.state.audit, trusted
         )
     else:
         log.warning("API keys are not required: INFERBOX_AUTH_ENABLED is false")

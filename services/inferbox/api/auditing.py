@@ -51,7 +51,7 @@ async def audited(
             action=action,
             target=target,
             outcome=outcome,
-            remote_addr=remote_address(request.scope, headers),
+            remote_addr=remote_address(request.scope, headers, request.app.state.trusted_proxies),
             request_id=raw_id.decode("latin-1") if raw_id else None,
             details=info,
         )

@@ -62,13 +62,31 @@ class ScopeRefused(Forbidden):
         self.key_id = key_id
 
 
-def remote_address(scope: dict, headers: dict[bytes, bytes]) -> str | None:
-    """The caller's IP address: nginx's ``X-Real-IP`` when the peer is loopback or private (the
-    proxy in front), else the peer itself; None when neither is an IP address."""
+Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+LOOPBACK: Networks = (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128"))
+
+
+def trusted_networks(text: str) -> Networks:
+    """``Settings.trusted_proxies`` parsed: addresses and networks, comma-separated."""
+    try:
+        return tuple(
+            ipaddress.ip_network(part.strip(), strict=False)
+            for part in text.split(",")
+            if part.strip()
+        )
+    except ValueError as exc:
+        raise ValueError(f"INFERBOX_TRUSTED_PROXIES: {exc}") from None
+
+
+def remote_address(
+    scope: dict, headers: dict[bytes, bytes], trusted: Networks = LOOPBACK
+) -> str | None:
+    """The caller's IP address: the proxy's ``X-Real-IP`` when the peer is one of the
+    ``trusted`` proxies, else the peer itself; None when neither is an IP address."""
     client = scope.get("client")
     peer = _ip(client[0]) if client else None
     real = headers.get(b"x-real-ip")
-    if real and peer is not None and peer.is_private:
+    if real and peer is not None and any(peer in network for network in trusted):
         forwarded = _ip(real.decode("latin-1"))
         if forwarded is not None:
             return str(forwarded)
@@ -85,10 +103,13 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 class Gate:
     """Everything a request passes before it is served: its key, scope, model and limits."""
 
-    def __init__(self, cache: KeyCache, limiter: Limiter, audit: AuditLog) -> None:
+    def __init__(
+        self, cache: KeyCache, limiter: Limiter, audit: AuditLog, trusted: Networks = LOOPBACK
+    ) -> None:
         self.cache = cache
         self.limiter = limiter
         self.audit = audit
+        self.trusted = trusted
         # Authorization header -> (key id, the stored hash its secret matched). A client sends
         # the same header on every call: hashing it again each time is wasted work. The key's
         # record (revocation, expiry, scopes) is still looked up on every call.
@@ -165,7 +186,7 @@ class Gate:
             return
         try:
             await self.audit.auth_failure(
-                remote_addr=remote_address(scope, headers),
+                remote_addr=remote_address(scope, headers, self.trusted),
                 reason=exc.message,
                 key_id=getattr(exc, "key_id", None),
                 path=scope["path"],
