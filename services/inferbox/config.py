@@ -122,8 +122,21 @@ class Settings(BaseSettings):
     key_cache_s: float = Field(default=1.0, gt=0, le=1.0)
     """How long an API process trusts its copy of a key; a revocation takes effect within it."""
 
-    key_slot_ttl_s: float = Field(default=120.0, gt=0)
-    """Expiry of a concurrency slot, so slots of a crashed API process free themselves."""
+    key_slot_ttl_s: float = Field(default=330.0, gt=0)
+    """Expiry of a concurrency slot, so slots of a crashed API process free themselves; longer
+    than the longest synchronous call (``max_request_timeout_s``), so a running call always
+    holds its slot."""
+
+    max_request_timeout_s: float = Field(default=300.0, gt=0)
+    """Longest deadline a synchronous call may have, whatever its ``timeout`` parameter or its
+    model's config say: nginx's ``INFERBOX_NGINX_PROXY_TIMEOUT`` (300 s) stops waiting then."""
+
+    @property
+    def slot_ttl_s(self) -> float:
+        """The concurrency slots' expiry in use: ``key_slot_ttl_s``, raised to 30 s past
+        ``max_request_timeout_s`` when set shorter (a slot that expired during its call would
+        let a key run more than ``max_concurrency`` calls)."""
+        return max(self.key_slot_ttl_s, self.max_request_timeout_s + 30)
 
     audit_failure_window_s: int = Field(default=10, ge=1)
     """Auth failures are written to the audit log once per remote address per this window."""

@@ -126,7 +126,7 @@ async def _open_security(app: Litestar, settings: Settings, client, keys: Keys, 
         await cache.start()
         app.state.key_cache = cache
         app.state.gate = Gate(
-            cache, Limiter(client, keys, settings.key_slot_ttl_s), app.state.audit, trusted
+            cache, Limiter(client, keys, settings.slot_ttl_s), app.state.audit, trusted
         )
     else:
         log.warning("API keys are not required: INFERBOX_AUTH_ENABLED is false")

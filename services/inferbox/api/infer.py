@@ -339,6 +339,7 @@ async def infer(
         timeout_s = decoded.timeout_us / 1e6
     else:
         timeout_s = (spec.config.timeout_ms or state.settings.default_timeout_ms) / 1000
+    timeout_s = min(timeout_s, state.settings.max_request_timeout_s)
     priority = decoded.priority or (key.priority if key is not None else 0)
     lane = "hi" if priority <= HIGH_PRIORITY_MAX else "lo"
     call = CallHeader(
