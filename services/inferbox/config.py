@@ -105,6 +105,10 @@ class Settings(BaseSettings):
     """Most elements one BYTES input may hold: each is a Python object while it is decoded and
     checked (about 1 s of CPU per million), so they get their own, lower bound."""
 
+    max_queued_bytes: int = Field(default=1 << 30, gt=0)
+    """Tensor bytes one API process may have queued for the workers and not yet answered
+    (503 beyond): with ``api_workers`` this bounds what the queues hold in Redis."""
+
     max_concurrent_decodes: int = Field(default=1, gt=0)
     """Large request bodies (256 KiB and up) decoded at once per API process, each in a thread
     so the event loop keeps serving; more wait their turn (this bounds their memory too)."""
