@@ -249,7 +249,9 @@ class JobService:
         """Receive an input file (streamed to disk), check it, store it; its row."""
         received = await spool(chunks, self.settings.upload_dir, self.settings.jobs_max_input_bytes)
         try:
-            rows, arrays = await asyncio.to_thread(inputs.inspect, received.path, fmt)
+            rows, arrays = await asyncio.to_thread(
+                inputs.inspect, received.path, fmt, self.settings.jobs_max_input_bytes
+            )
             input_id = f"in_{secrets.token_hex(12)}"
             object_key = f"jobs/inputs/{input_id}.{fmt}"
             await asyncio.to_thread(
