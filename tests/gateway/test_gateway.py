@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
@@ -348,3 +349,17 @@ def test_reload_and_certificate_rotation_keep_serving(gateway, appliance):
         thread.join(30)
     assert not errors, errors[:3]
     assert statuses and set(statuses) == {200}, set(statuses)
+
+
+def test_console_logins_are_rate_limited_per_address(gateway):
+    """Password guessing at Grafana's or Kibana's login: 30 a minute per address (a burst of
+    5), whatever the upstream answers (here there is none: 502)."""
+    for path in ("/grafana/login", "/kibana/internal/security/login"):
+
+        def login(_, path=path) -> int:
+            with gateway.client() as http:
+                return http.post(path, json={}).status_code
+
+        with ThreadPoolExecutor(12) as pool:
+            codes = list(pool.map(login, range(12)))
+        assert 429 in codes and set(codes) - {429}, (path, codes)
