@@ -24,7 +24,9 @@ from inferbox.registry.migrate import migrate_sync
 from inferbox.registry.objects import ObjectStore
 
 FORMAT = 1
-SKIPPED_TABLES = {"schema_migrations"}  # migrations recreate it
+SKIPPED_TABLES = {"schema_migrations", "instance_secrets"}
+"""Not carried over: migrations recreate the first; the restored appliance keeps its own
+secrets (the key-cache MAC secret guards only copies in that appliance's Redis)."""
 
 
 def _tables(conn: psycopg.Connection) -> list[str]:
