@@ -75,6 +75,33 @@ def migrate(settings: Settings) -> None:
     )
 
 
+@main.group("db")
+def db_group() -> None:
+    """Database roles."""
+
+
+@db_group.command("app-role")
+@click.option("--role", default="inferbox_app", show_default=True, help="the role to make")
+@click.option(
+    "--password-env",
+    default=None,
+    help="environment variable holding the role's password (LOGIN); without it NOLOGIN",
+)
+@click.pass_obj
+def db_app_role(settings: Settings, role: str, password_env: str | None) -> None:
+    """Make or update the application's role: no superuser, not the owner, audit log
+    append-only. Run as the owner (INFERBOX_DATABASE_URL) after ``inferbox migrate``."""
+    from inferbox.registry.roles import apply_app_role
+
+    password = None
+    if password_env is not None:
+        password = os.environ.get(password_env)
+        if not password:
+            raise click.UsageError(f"{password_env} is not set")
+    tables = apply_app_role(settings.database_url, role, password)
+    click.echo(f"role {role}: grants on {len(tables)} tables (audit_log append-only)")
+
+
 @main.group()
 def models() -> None:
     """Models: push, list, show, remove, import a folder."""
