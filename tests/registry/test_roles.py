@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import uuid
 
+import httpx
 import psycopg
 import pytest
 
+from inferbox.client import InferboxClient
 from inferbox.registry.migrate import migrate_sync
 from inferbox.registry.roles import apply_app_role
 from inferbox.registry.store import create_pool
 from inferbox.security.audit import AuditLog
 from inferbox.security.keystore import KeyStore
+from inferbox.testing import onnx_models
+from tests.conftest import running_appliance, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -63,3 +67,36 @@ def test_the_app_role_cannot_rewrite_the_audit_log(app_conninfo, statement):
         conn.execute("INSERT INTO audit_log (actor, action, outcome) VALUES ('a', 'b', 'ok')")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute(statement)
+
+
+def test_the_appliance_runs_as_the_app_role(
+    app_conninfo, redis_client, tmp_path_factory, s3_endpoint, model_repo, tmp_path
+):
+    """API and worker with the application role: serve, upload, alias, keys, audit, jobs."""
+    _, app = app_conninfo
+    with running_appliance(
+        redis_client, tmp_path_factory, app, s3_endpoint, model_repo, ready=("mlp",)
+    ) as appliance:
+        with InferboxClient(appliance.url, api_key=appliance.api_key, timeout=30) as client:
+            client.push(onnx_models.mlp(tmp_path / "m.onnx", seed=7), "as-app", alias="live")
+            created = client.create_key("as app", ["infer"])
+            client.revoke_key(created["id"])
+            assert client.audit(limit=10)["entries"]
+        body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 64], "data": [0.0] * 64}]}
+        answer = httpx.post(
+            f"{appliance.url}/v2/models/mlp/infer", json=body, headers=appliance.headers
+        )
+        assert answer.status_code == 200, answer.text
+        job = httpx.post(
+            f"{appliance.url}/v2/models/mlp/jobs", json=body, headers=appliance.headers
+        )
+        assert job.status_code == 202, job.text
+        status = job.json()["status_url"]
+        wait_for(
+            lambda: (
+                httpx.get(f"{appliance.url}{status}", headers=appliance.headers).json()["state"]
+                == "succeeded"
+            ),
+            60,
+            "the job to succeed as the app role",
+        )

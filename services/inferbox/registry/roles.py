@@ -25,7 +25,11 @@ APPEND_ONLY = {"audit_log": ("SELECT", "INSERT")}
 READ_INSERT = {"instance_secrets": ("SELECT", "INSERT")}
 """Tables the application reads and fills once (its secrets), never changes."""
 
-SKIPPED = {"schema_migrations"}
+READ_ONLY = {"schema_migrations": ("SELECT",)}
+"""Tables the application only reads (``inferbox migrate`` as the application finds nothing to
+do, or fails on a pending migration)."""
+
+SKIPPED: set[str] = set()
 """Tables only the owner touches."""
 
 
@@ -64,7 +68,7 @@ def apply_app_role(conninfo: str, role: str, password: str | None) -> list[str]:
         for table in tables:
             target = sql.Identifier(table)
             conn.execute(sql.SQL("REVOKE ALL ON {} FROM {}").format(target, ident))
-            privileges = APPEND_ONLY.get(table) or READ_INSERT.get(table)
+            privileges = APPEND_ONLY.get(table) or READ_INSERT.get(table) or READ_ONLY.get(table)
             if privileges is None:
                 privileges = ("SELECT", "INSERT", "UPDATE", "DELETE")
             conn.execute(
