@@ -10,7 +10,7 @@ from litestar import Controller, Request, Response, delete, get, patch, post, pu
 from litestar.datastructures import State
 from litestar.params import Parameter
 
-from inferbox.api.auditing import actor, audited
+from inferbox.api.auditing import actor, audited, visible
 from inferbox.api.uploads import upload_chunks
 from inferbox.errors import BadRequest
 from inferbox.models.catalog import decode_status
@@ -77,10 +77,13 @@ class ModelsController(Controller):
     tags = ["models"]
 
     @get("", opt=needs(None))
-    async def list_models(self, state: State) -> Response:
-        """Every model: versions, aliases and the newest ready version."""
+    async def list_models(self, request: Request, state: State) -> Response:
+        """Every model: versions, aliases and the newest ready version (a key limited to some
+        models sees those only)."""
         models = []
         for summary in await state.registry.store.list_models():
+            if not visible(request, summary.name):
+                continue
             model = await state.registry.store.get_model(summary.name)
             models.append(
                 {

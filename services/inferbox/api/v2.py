@@ -8,7 +8,7 @@ from litestar.datastructures import State
 from redis.exceptions import RedisError
 
 import inferbox
-from inferbox.api.auditing import audited
+from inferbox.api.auditing import audited, visible
 from inferbox.api.directory import ModelDirectory
 from inferbox.errors import InferboxError, NotFound, Unavailable, error_headers
 from inferbox.models.spec import PLATFORM, ModelSpec
@@ -186,10 +186,12 @@ class RepositoryController(Controller):
     tags = ["v2"]
 
     @post("/index", status_code=200, opt=needs("infer"))
-    async def index(self, state: State) -> Response:
-        """Every version with its state: READY, LOADING, UNLOADED or UNAVAILABLE (with reason)."""
+    async def index(self, request: Request, state: State) -> Response:
+        """Every version with its state: READY, LOADING, UNLOADED or UNAVAILABLE (with reason);
+        a key limited to some models sees those only."""
         entries = []
-        for name in sorted(n.decode() for n in await state.redis.hkeys(state.redis_keys.catalog)):
+        names = (n.decode() for n in await state.redis.hkeys(state.redis_keys.catalog))
+        for name in sorted(n for n in names if visible(request, n)):
             try:
                 versions = await state.directory.versions(name)
             except NotFound:
