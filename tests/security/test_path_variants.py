@@ -260,7 +260,7 @@ def test_changes_by_keys_without_the_scope_are_listed(appliance, make_key):
         conn.execute(
             "INSERT INTO jobs (id, model, version, state, kind, input_key, api_key_id,"
             " max_attempts, retention_s)"
-            " VALUES (%s, 'mlp', 1, 'succeeded', 'request', 'x', %s, 1, 60)",
+            " VALUES (%s, 'out-of-scope-ghost', 1, 'cancelled', 'request', 'x', %s, 1, 60)",
             (job_id, infer_id),
         )
     done = subprocess.run(
@@ -276,7 +276,7 @@ def test_changes_by_keys_without_the_scope_are_listed(appliance, make_key):
     assert (infer_id, "key.create", "escalated") in mine
     assert (infer_id, "model.unload", "mlp") in mine
     assert (writer_id, "alias.set", "mlp:production") in mine
-    assert (infer_id, "job.submit", "mlp") in mine
+    assert (infer_id, "job.submit", "out-of-scope-ghost") in mine
     assert (writer_id, "alias.set", "identity:production") not in mine
     admin_id = appliance.api_key.partition(".")[0]
     assert not [r for r in found if r["actor"] == admin_id]

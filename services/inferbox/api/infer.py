@@ -6,9 +6,11 @@ kwargs and response objects, and reads the body, validates, queues, waits and wr
 answer itself. Everything else goes to Litestar unchanged. Errors are ``InferboxError``s
 rendered in the same ``{"error": ...}`` shape as the V2 routes.
 
-Every request but the open ones (health, server metadata, metrics, docs) passes the API key
-``Gate`` first, here for Litestar's routes too: on the hot path that is a dictionary lookup of
-the key (cached for a second) and, for keys with limits, one Redis script call.
+A path that is not canonical (``inferbox.security.access``) is refused with 400 here, before
+anything else. Inference calls pass the API key ``Gate`` with the access the Litestar ``infer``
+route declares (one declaration for both ways in); Litestar's routes pass it after routing
+(``inferbox.api.gate``). On the hot path that is a dictionary lookup of the key (cached for a
+second) and, for keys with limits, one Redis script call.
 
 Observability on the hot path costs one counter increment, one histogram observation and an
 integer in-flight count per request. Log lines (with ``request_id`` bound in structlog's
