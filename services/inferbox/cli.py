@@ -85,6 +85,33 @@ def migrate(settings: Settings) -> None:
     )
 
 
+@main.group("db")
+def db_group() -> None:
+    """Database roles."""
+
+
+@db_group.command("app-role")
+@click.option("--role", default="inferbox_app", show_default=True, help="the role to make")
+@click.option(
+    "--password-env",
+    default=None,
+    help="environment variable holding the role's password (LOGIN); without it NOLOGIN",
+)
+@click.pass_obj
+def db_app_role(settings: Settings, role: str, password_env: str | None) -> None:
+    """Make or update the application's role: no superuser, not the owner, audit log
+    append-only. Run as the owner (INFERBOX_DATABASE_URL) after ``inferbox migrate``."""
+    from inferbox.registry.roles import apply_app_role
+
+    password = None
+    if password_env is not None:
+        password = os.environ.get(password_env)
+        if not password:
+            raise click.UsageError(f"{password_env} is not set")
+    tables = apply_app_role(settings.database_url, role, password)
+    click.echo(f"role {role}: grants on {len(tables)} tables (audit_log append-only)")
+
+
 @main.group()
 def models() -> None:
     """Models: push, list, show, remove, import a folder."""
@@ -158,6 +185,41 @@ def keys_bootstrap(settings: Settings, path: Path) -> None:
             return await bootstrap_admin(KeyStore(pool), path)
 
     click.echo(asyncio.run(run()))
+
+
+@keys_group.command("out-of-scope")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object a line")
+@click.pass_obj
+def keys_out_of_scope(settings: Settings, as_json: bool) -> None:
+    """List key changes, model changes (unloads, aliases...) and jobs made by keys that lacked
+    the scope or model they needed; exit status 1 when there is any.
+
+    Talks to the database directly. Run it once on an appliance upgraded from a version whose
+    gate could be bypassed with non-canonical paths (docs/security.md).
+    """
+    import json
+
+    from inferbox.registry.store import create_pool
+    from inferbox.security.audit import out_of_scope
+
+    async def run() -> list[dict]:
+        async with create_pool(settings.database_url, max_size=1) as pool:
+            return await out_of_scope(pool)
+
+    rows = asyncio.run(run())
+    for row in rows:
+        if as_json:
+            click.echo(json.dumps(row, default=str))
+        else:
+            click.echo(
+                f"{row['at'].isoformat()}\t{row['source']}:{row['id']}\t{row['actor']}"
+                f"\t{row['action']}\t{row['target']}\t{row['outcome']}"
+                f"\tscopes={','.join(row['scopes'])}"
+                f"\tmodels={','.join(row['allowed_models'] or ['*'])}"
+            )
+    if rows:
+        raise SystemExit(1)
+    click.echo("no out-of-scope changes or jobs found", err=True)
 
 
 register_remote(main, models, keys_group)

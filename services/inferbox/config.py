@@ -116,6 +116,18 @@ class Settings(BaseSettings):
     max_tensor_elements: int = Field(default=16_777_216, gt=0)
     """Most elements one input tensor may hold."""
 
+    max_bytes_elements: int = Field(default=1_048_576, gt=0)
+    """Most elements one BYTES input may hold: each is a Python object while it is decoded and
+    checked (about 1 s of CPU per million), so they get their own, lower bound."""
+
+    max_queued_bytes: int = Field(default=1 << 30, gt=0)
+    """Tensor bytes one API process may have queued for the workers and not yet answered
+    (503 beyond): with ``api_workers`` this bounds what the queues hold in Redis."""
+
+    max_concurrent_decodes: int = Field(default=1, gt=0)
+    """Large request bodies (256 KiB and up) decoded at once per API process, each in a thread
+    so the event loop keeps serving; more wait their turn (this bounds their memory too)."""
+
     status_cache_s: float = Field(default=0.5, ge=0)
     """How long an API process trusts its cached copy of a model's catalog entry and readiness."""
 
@@ -129,11 +141,29 @@ class Settings(BaseSettings):
     key_cache_s: float = Field(default=1.0, gt=0, le=1.0)
     """How long an API process trusts its copy of a key; a revocation takes effect within it."""
 
-    key_slot_ttl_s: float = Field(default=120.0, gt=0)
-    """Expiry of a concurrency slot, so slots of a crashed API process free themselves."""
+    key_slot_ttl_s: float = Field(default=330.0, gt=0)
+    """Expiry of a concurrency slot, so slots of a crashed API process free themselves; longer
+    than the longest synchronous call (``max_request_timeout_s``), so a running call always
+    holds its slot."""
+
+    max_request_timeout_s: float = Field(default=300.0, gt=0)
+    """Longest deadline a synchronous call may have, whatever its ``timeout`` parameter or its
+    model's config say: nginx's ``INFERBOX_NGINX_PROXY_TIMEOUT`` (300 s) stops waiting then."""
+
+    @property
+    def slot_ttl_s(self) -> float:
+        """The concurrency slots' expiry in use: ``key_slot_ttl_s``, raised to 30 s past
+        ``max_request_timeout_s`` when set shorter (a slot that expired during its call would
+        let a key run more than ``max_concurrency`` calls)."""
+        return max(self.key_slot_ttl_s, self.max_request_timeout_s + 30)
 
     audit_failure_window_s: int = Field(default=10, ge=1)
     """Auth failures are written to the audit log once per remote address per this window."""
+
+    trusted_proxies: str = "127.0.0.1,::1"
+    """Addresses or networks (comma-separated) of the proxy in front (nginx): only a peer among
+    them may name the client with ``X-Real-IP`` (and ``X-Forwarded-For``, read by uvicorn). In
+    compose, nginx's address on the backend network."""
 
     # --- worker -------------------------------------------------------------------------------
     worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")

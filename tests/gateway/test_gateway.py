@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
@@ -191,10 +192,9 @@ def test_body_over_the_limit_is_413_in_json(strict_gateway, appliance):
 
 
 def test_rate_limit_answers_429_in_json_and_recovers(strict_gateway, appliance):
-    headers = auth_headers(appliance)
     time.sleep(1.5)  # what earlier tests used of the bucket refills
     with strict_gateway.client() as http:
-        statuses = [http.get("/v2/models/mlp", headers=headers) for _ in range(12)]
+        statuses = [http.get("/v2") for _ in range(12)]
         codes = [r.status_code for r in statuses]
         assert 200 in codes and 429 in codes, codes
         limited = next(r for r in statuses if r.status_code == 429)
@@ -203,9 +203,22 @@ def test_rate_limit_answers_429_in_json_and_recovers(strict_gateway, appliance):
         # Health checks are not limited.
         assert http.get("/v2/health/ready").status_code == 200
         time.sleep(1.2)
-        assert http.get("/v2/models/mlp", headers=headers).status_code == 200
+        assert http.get("/v2").status_code == 200
     lines = [line for line in strict_gateway.access_lines() if line["status"] == 429]
-    assert lines and lines[-1]["path"] == "/v2/models/mlp"
+    assert lines and lines[-1]["path"] == "/v2"
+
+
+def test_calls_with_a_key_are_not_limited_by_address(strict_gateway, appliance):
+    """The address limit (2/s here) is for calls without a key; a backend service calling
+    with its key from one address is governed by the key's own limits only."""
+    headers = auth_headers(appliance)
+    time.sleep(1.5)
+    with strict_gateway.client() as http:
+        codes = [http.get("/v2/models/mlp", headers=headers).status_code for _ in range(30)]
+        assert codes == [200] * 30, codes
+        # Without a key the same address is limited (the 401s count too).
+        keyless = [http.get("/v2/models/mlp").status_code for _ in range(12)]
+        assert 429 in keyless and set(keyless) <= {401, 429}, keyless
 
 
 def test_request_id_is_generated_or_kept(gateway, appliance):
@@ -336,3 +349,17 @@ def test_reload_and_certificate_rotation_keep_serving(gateway, appliance):
         thread.join(30)
     assert not errors, errors[:3]
     assert statuses and set(statuses) == {200}, set(statuses)
+
+
+def test_console_logins_are_rate_limited_per_address(gateway):
+    """Password guessing at Grafana's or Kibana's login: 30 a minute per address (a burst of
+    5), whatever the upstream answers (here there is none: 502)."""
+    for path in ("/grafana/login", "/kibana/internal/security/login"):
+
+        def login(_, path=path) -> int:
+            with gateway.client() as http:
+                return http.post(path, json={}).status_code
+
+        with ThreadPoolExecutor(12) as pool:
+            codes = list(pool.map(login, range(12)))
+        assert 429 in codes and set(codes) - {429}, (path, codes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
@@ -114,5 +115,33 @@ async def test_a_full_queue_refuses_a_call_and_leaves_no_entry_behind(redis_clie
             await client.call(stream, header, [raw], max_queue=3, timeout_s=0.2)
         # Not answered within its deadline: the API withdrew it too.
         assert redis_client.xlen(stream) == 2
+    finally:
+        await client.close()
+
+
+async def test_queued_bytes_are_bounded_and_given_back(redis_client, keys):
+    """Beyond ``max_queued_bytes`` of unanswered calls a call gets 503 at once, whatever the
+    entry bound; the bytes count again once a call ends (here: its deadline)."""
+    stream = keys.stream("mlp", 1, "hi")
+    raw = np.zeros((1, 64), np.float32).tobytes()  # 256 bytes
+    client = InteractiveClient(REDIS_URL, keys, max_queued_bytes=400)
+    header = CallHeader(
+        channel="", token="", deadline=time.time() + 60, inputs=[TensorMeta("x", "FP32", [1, 64])]
+    )
+    try:
+        waiting = asyncio.create_task(
+            client.call(stream, header, [raw], max_queue=100, timeout_s=0.5)
+        )
+        await asyncio.sleep(0.1)
+        assert client.queued_bytes == 256
+        with pytest.raises(Unavailable, match="queue is full") as refused:
+            await client.call(stream, header, [raw], max_queue=100, timeout_s=5)
+        assert refused.value.retry_after == 1.0
+        assert redis_client.xlen(stream) == 1  # the refused call was never queued
+        with pytest.raises(DeadlineExceeded):
+            await waiting
+        assert client.queued_bytes == 0
+        with pytest.raises(DeadlineExceeded):  # room again
+            await client.call(stream, header, [raw], max_queue=100, timeout_s=0.1)
     finally:
         await client.close()

@@ -34,6 +34,7 @@ def test_backup_wipe_restore_serves_the_same_answers(
     redis_client, tmp_path, tmp_path_factory, make_database, s3_endpoint
 ):
     archive = tmp_path / "backup.tar.gz"
+    sealed = tmp_path / "backup.tar.gz.sealed"
     with running_appliance(
         redis_client, tmp_path_factory, make_database(), s3_endpoint, None
     ) as first:
@@ -46,6 +47,22 @@ def test_backup_wipe_restore_serves_the_same_answers(
         secret.write_text(first.api_key)
         out = run_cli(["backup", str(archive), "--secret", str(secret)], first.env)
         assert "3 objects" in out and "1 secret file" in out
+        # The same, sealed with a passphrase: nothing of it is readable without one.
+        passphrase = {"BACKUP_PASSPHRASE": "correct horse battery staple"}
+        run_cli(
+            [
+                "backup",
+                str(sealed),
+                "--secret",
+                str(secret),
+                "--passphrase-env",
+                "BACKUP_PASSPHRASE",
+            ],
+            first.env | passphrase,
+        )
+    assert sealed.stat().st_mode & 0o077 == 0
+    assert first.api_key.encode() not in sealed.read_bytes()
+    assert not tarfile.is_tarfile(sealed)
     assert archive.stat().st_mode & 0o077 == 0
     with tarfile.open(archive) as opened:
         names = opened.getnames()
@@ -57,7 +74,16 @@ def test_backup_wipe_restore_serves_the_same_answers(
         redis_client, tmp_path_factory, make_database(), s3_endpoint, None
     ) as second:
         restored = tmp_path / "restored"
-        out = run_cli(["restore", str(archive), "--secrets-dir", str(restored)], second.env)
+        for wrong in ({}, {"BACKUP_PASSPHRASE": "wrong"}):
+            done = subprocess.run(
+                [INFERBOX, "restore", str(sealed), "--passphrase-env", "BACKUP_PASSPHRASE"],
+                env=second.env | wrong,
+                capture_output=True,
+                text=True,
+            )
+            assert done.returncode != 0, done.stdout
+        opening = ["--passphrase-env", "BACKUP_PASSPHRASE", "--secrets-dir", str(restored)]
+        out = run_cli(["restore", str(sealed), *opening], second.env | passphrase)
         assert "2 model(s) serving" in out
         assert (restored / "admin-key").read_text() == first.api_key
         # The old admin key came back with the database, and so did the aliases.

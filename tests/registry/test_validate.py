@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
 from dataclasses import asdict
 from pathlib import Path
 
 import bad_models
 import pytest
 
+from inferbox.errors import Unavailable
 from inferbox.models.spec import spec_from_onnx
+from inferbox.registry import validate
 from inferbox.registry.errors import UnprocessableModel
 from inferbox.registry.validate import ValidationLimits, validate_model
 from inferbox.testing import onnx_models
@@ -107,3 +110,22 @@ def test_timeout_is_a_clean_rejection(tmp_path: Path) -> None:
 def test_missing_file_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(UnprocessableModel, match="cannot read"):
         validate_model(tmp_path / "absent.onnx")
+
+
+def test_the_check_runs_without_network_where_namespaces_allow(tmp_path: Path) -> None:
+    checked = validate_model(onnx_models.mlp(tmp_path / "m.onnx"))
+    probe = subprocess.run(["unshare", "-rn", "true"], capture_output=True)
+    assert checked.network_isolated == (probe.returncode == 0)
+
+
+def test_validations_are_bounded_in_number_and_a_waiting_one_gives_up(tmp_path: Path) -> None:
+    path = onnx_models.mlp(tmp_path / "m.onnx")
+    for _ in range(validate.MAX_CONCURRENT):
+        validate._SLOTS.acquire()
+    try:
+        with pytest.raises(Unavailable, match="being validated"):
+            validate_model(path, ValidationLimits(timeout_s=0.2))
+    finally:
+        for _ in range(validate.MAX_CONCURRENT):
+            validate._SLOTS.release()
+    assert validate_model(path).inputs

@@ -108,3 +108,15 @@ def test_a_key_with_priority_two_uses_the_low_lane(appliance, make_key):
     urgent = {**BODY, "parameters": {"priority": 1}}
     assert _infer(appliance, key, urgent).status_code == 200
     assert added() == before + 1
+
+
+def test_a_key_limited_to_some_models_lists_only_those(appliance, make_key):
+    """The repository index and the model list show a restricted key its models only."""
+    key = make_key("infer", allowed_models=["mlp"])[0]
+    index = httpx.post(f"{appliance.url}/v2/repository/index", headers=bearer(key))
+    assert index.status_code == 200
+    assert {entry["name"] for entry in index.json()} == {"mlp"}
+    listed = httpx.get(f"{appliance.url}/v1/models", headers=bearer(key))
+    assert [model["name"] for model in listed.json()["models"]] == ["mlp"]
+    everything = httpx.post(f"{appliance.url}/v2/repository/index", headers=appliance.headers)
+    assert len({entry["name"] for entry in everything.json()}) > 1

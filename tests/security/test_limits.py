@@ -89,3 +89,45 @@ def test_concurrency_limit_gives_429_while_calls_run_and_recovers(appliance, mak
     assert appliance.redis.zcard(slots) == 0  # slots are given back
     ok = httpx.post(f"{appliance.url}/v2/models/mlp/infer", json=BODY, headers=bearer(key))
     assert ok.status_code == 200
+
+
+def test_a_slot_is_free_again_when_the_answer_arrives(appliance, make_key):
+    """A client at its concurrency limit that sends its next call the moment an answer
+    arrives is never refused: the slot is given back before the answer's last byte."""
+    key, key_id = make_key("infer", max_concurrency=1)
+    statuses = []
+    with httpx.Client(base_url=appliance.url, headers=bearer(key), timeout=30) as keep_alive:
+        for i in range(150):
+            if i % 2:
+                statuses.append(keep_alive.post("/v2/models/mlp/infer", json=BODY).status_code)
+            else:  # a Litestar route, and a new connection (maybe another API process)
+                statuses.append(
+                    httpx.get(f"{appliance.url}/v2/models/mlp", headers=bearer(key)).status_code
+                )
+    assert statuses == [200] * 150, [s for s in statuses if s != 200]
+    assert appliance.redis.zcard(appliance.keys.concurrency(key_id)) == 0
+
+
+def test_a_slot_outlives_the_longest_call(appliance, make_key):
+    """A slot expires only after the longest deadline a call may have (nginx's 300 s), so a
+    slow call never loses its slot to expiry (at da4a7bd: 120 s)."""
+    key, key_id = make_key("infer", max_concurrency=1)
+    slots = appliance.keys.concurrency(key_id)
+    statuses: list[int] = []
+    thread = threading.Thread(target=_slow_call, args=(appliance, key, statuses))
+    thread.start()
+    wait_for(lambda: appliance.redis.zcard(slots) == 1, 10, "the call in flight", 0.01)
+    ((_, expiry_ms),) = appliance.redis.zrange(slots, 0, -1, withscores=True)
+    seconds, micros = appliance.redis.time()
+    now_ms = seconds * 1000 + micros // 1000
+    thread.join()
+    assert expiry_ms - now_ms > appliance.settings.max_request_timeout_s * 1000
+    assert statuses == [200]
+
+
+def test_the_slot_lifetime_is_never_shorter_than_the_longest_call():
+    from inferbox.config import Settings
+
+    assert Settings(key_slot_ttl_s=120).slot_ttl_s == 330
+    assert Settings(key_slot_ttl_s=900).slot_ttl_s == 900
+    assert Settings(max_request_timeout_s=60, key_slot_ttl_s=60).slot_ttl_s == 90

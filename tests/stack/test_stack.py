@@ -163,7 +163,12 @@ def test_up_writes_and_prints_the_env_file(stack: Stack) -> None:
     assert env["INFERBOX_WORKER_METRICS_URL"] == stack.metrics_url
     assert env["INFERBOX_DATABASE_URL"] == stack.env["INFERBOX_DATABASE_URL"]
     assert env["INFERBOX_S3_ENDPOINT"] == stack.env["INFERBOX_S3_ENDPOINT"]
-    assert text in stack.up_output
+    # Shown without the admin key, which only the file (its owner's alone) holds.
+    shown = re.sub(r"(?m)^INFERBOX_API_KEY=.*$", "INFERBOX_API_KEY=...", text)
+    assert shown in stack.up_output
+    if "INFERBOX_API_KEY" in env:
+        assert env["INFERBOX_API_KEY"] not in stack.up_output
+    assert (stack.dir / "env").stat().st_mode & 0o077 == 0
     for name in PARTS:
         assert (stack.dir / "logs" / f"{name}.log").is_file()
     assert (stack.dir / "models" / "mlp" / "1" / "model.onnx").is_file()
@@ -230,7 +235,10 @@ def test_up_again_is_idempotent(stack: Stack) -> None:
     assert again.returncode == 0, again.stdout + again.stderr
     assert stack.pids() == before
     assert "already running" in again.stdout
-    assert again.stdout.endswith((stack.dir / "env").read_text())
+    shown = re.sub(
+        r"(?m)^INFERBOX_API_KEY=.*$", "INFERBOX_API_KEY=...", (stack.dir / "env").read_text()
+    )
+    assert again.stdout.endswith(shown)
 
 
 # --- end to end, as a new user would: through nginx over HTTPS, with the CLI and tritonclient --

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import hashlib
 import hmac
 import http.server
 import ssl
 import threading
+import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -17,7 +20,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from inferbox.jobs.webhooks import backoff_s, pinned_request, refusal, signature
+from inferbox.jobs.store import Job
+from inferbox.jobs.webhooks import backoff_s, deliver, pinned_request, refusal, signature
 
 pytestmark = pytest.mark.unit
 
@@ -45,12 +49,15 @@ def test_backoff_doubles_up_to_ten_minutes():
     ],
 )
 async def test_internal_addresses_are_refused(url):
-    assert "internal address" in await refusal(url)
+    # The reason names no address: it reaches the job's owner (no probing of internal names).
+    reason = await refusal(url)
+    assert "does not resolve to a public address" in reason
+    assert httpx.URL(url).host in reason and reason.count(".") <= httpx.URL(url).host.count(".")
 
 
 async def test_public_addresses_pass_and_unresolvable_names_are_refused():
     assert await refusal("https://8.8.8.8/hook") is None
-    assert "cannot resolve" in await refusal("https://no-such-host.invalid/hook")
+    assert "does not resolve" in await refusal("https://no-such-host.invalid/hook")
 
 
 def _self_signed(folder: Path, name: str) -> tuple[Path, Path]:
@@ -134,3 +141,73 @@ def test_pinned_request_keeps_plain_http_ports_and_brackets_ipv6():
     target, headers, extensions = pinned_request("http://example.com:8080/x?y=1", "2001:db8::1")
     assert str(target) == "http://[2001:db8::1]:8080/x?y=1"
     assert headers == {"Host": "example.com:8080"} and extensions == {}
+
+
+@pytest.fixture
+def tarpit():
+    """A receiver that answers 200 with a 'huge' body dripped a byte every 0.2 s."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Length", str(4 << 30))
+            self.end_headers()
+            try:
+                for _ in range(100):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            except OSError:
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()  # waits for the handler, which stops once the client is gone
+
+
+def _job(url: str) -> Job:
+    return Job(
+        id=uuid.uuid4(),
+        model="m",
+        version=1,
+        kind="request",
+        input_key="k",
+        max_attempts=1,
+        retention_s=60,
+        webhook_url=url,
+        state="succeeded",
+        created_at=datetime.datetime.now(datetime.UTC),
+    )
+
+
+async def test_a_delivery_reads_no_body_and_a_slow_receiver_cannot_hold_it(tarpit):
+    url = f"http://127.0.0.1:{tarpit}/hook"
+    async with httpx.AsyncClient(timeout=10) as client:
+        started = time.perf_counter()
+        assert await deliver(client, _job(url), "s", allow_private=True) is None
+        assert time.perf_counter() - started < 2  # the 4 GiB body was never read
+
+        class Slow(httpx.AsyncBaseTransport):
+            """The real receiver, reached after a wait that httpx's per-read timeouts allow."""
+
+            def __init__(self):
+                self.inner = httpx.AsyncHTTPTransport()
+
+            async def handle_async_request(self, request):
+                await asyncio.sleep(5)
+                return await self.inner.handle_async_request(request)
+
+        async with httpx.AsyncClient(transport=Slow()) as slow:
+            started = time.perf_counter()
+            reason = await deliver(slow, _job(url), "s", allow_private=True, deadline_s=0.5)
+            assert reason == "no answer within 0.5 s"
+            assert time.perf_counter() - started < 2

@@ -15,9 +15,11 @@ from litestar.params import Parameter
 
 from inferbox.api.auditing import actor, audited
 from inferbox.errors import BadRequest
+from inferbox.security.access import needs
 from inferbox.security.keystore import now_utc
 
 _encode = msgspec.json.Encoder().encode
+_ADMIN = needs("admin")
 
 
 _MAX_EXPIRY_S = 100 * 365 * 86400
@@ -50,7 +52,7 @@ class KeysController(Controller):
     path = "/v1/keys"
     tags = ["admin"]
 
-    @post("", status_code=201)
+    @post("", status_code=201, opt=_ADMIN)
     async def create_key(self, request: Request, state: State, data: NewKey) -> Response:
         """Create a key; the answer's ``key`` is the only time its secret is shown."""
         if data.expires_in_s is not None and not 0 < data.expires_in_s <= _MAX_EXPIRY_S:
@@ -73,12 +75,12 @@ class KeysController(Controller):
             await state.key_cache.created(record)
         return _json({"key": full, **record.public()}, 201)
 
-    @get("")
+    @get("", opt=_ADMIN)
     async def list_keys(self, state: State) -> Response:
         """Every key (without secrets), revoked and expired ones included."""
         return _json({"keys": [k.public() for k in await state.keystore.list()]})
 
-    @delete("/{key_id:str}", status_code=200)
+    @delete("/{key_id:str}", status_code=200, opt=_ADMIN)
     async def revoke_key(self, request: Request, state: State, key_id: str) -> Response:
         """Revoke a key; every API process refuses it within a second."""
         async with audited(request, "key.revoke", key_id):
@@ -99,7 +101,7 @@ class AuditController(Controller):
     path = "/v1/audit"
     tags = ["admin"]
 
-    @get("")
+    @get("", opt=_ADMIN)
     async def list_audit(
         self,
         state: State,

@@ -12,16 +12,18 @@ import redis
 import redis.asyncio as aioredis
 import structlog
 import urllib3
-from litestar import Litestar, Request, Response
+from litestar import Litestar, Request, Response, Router
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 
 import inferbox
 from inferbox.api.admin import AuditController, KeysController
 from inferbox.api.directory import ModelDirectory
+from inferbox.api.gate import GateMiddleware
 from inferbox.api.health import Dependencies, keep_catalog
 from inferbox.api.infer import InferenceFastPath
 from inferbox.api.jobs import JobsController, JobSubmitController
@@ -29,7 +31,14 @@ from inferbox.api.v1 import ModelsController
 from inferbox.api.v2 import RepositoryController, V2Controller, error_response
 from inferbox.api.validation import tensor_limits
 from inferbox.config import Settings
-from inferbox.errors import PROBLEM_JSON, InferboxError, Unavailable, error_headers, problem_body
+from inferbox.errors import (
+    PROBLEM_JSON,
+    BadRequest,
+    InferboxError,
+    Unavailable,
+    error_headers,
+    problem_body,
+)
 from inferbox.jobs.service import JobService
 from inferbox.jobs.store import JobStore
 from inferbox.jobs.transport import JobTransport
@@ -37,9 +46,11 @@ from inferbox.keys import Keys
 from inferbox.lanes.client import InteractiveClient
 from inferbox.logs import configure_logging
 from inferbox.observability import certificate
+from inferbox.protocol.codec import TOO_DEEP
 from inferbox.registry.wiring import object_store, registry_service
+from inferbox.security.access import OPEN
 from inferbox.security.audit import AuditLog
-from inferbox.security.auth import Gate
+from inferbox.security.auth import Gate, trusted_networks
 from inferbox.security.keystore import KeyCache, KeyStore
 from inferbox.security.limits import Limiter
 
@@ -84,6 +95,12 @@ def _unstorable_value(request: Request, exc: Exception) -> Response:
     return _render(request, error)
 
 
+def _too_deep(request: Request, exc: RecursionError) -> Response:
+    # msgspec's decoders (request bodies, query parameters) stop at about 1,000 levels.
+    log.info("JSON nested too deeply", path=request.url.path)
+    return _render(request, BadRequest(TOO_DEEP))
+
+
 def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error", path=request.url.path)
     return _render(request, InferboxError("internal error"))
@@ -101,6 +118,7 @@ def problem_response(exc: InferboxError, instance: str) -> Response:
 
 async def _open_security(app: Litestar, settings: Settings, client, keys: Keys, pool) -> None:
     """Keys, limits and audit on ``app.state``; ``gate`` stays None with auth turned off."""
+    app.state.trusted_proxies = trusted = trusted_networks(settings.trusted_proxies)
     app.state.keystore = KeyStore(pool)
     app.state.audit = AuditLog(pool, client, keys, settings.audit_failure_window_s)
     if settings.auth_enabled:
@@ -108,7 +126,7 @@ async def _open_security(app: Litestar, settings: Settings, client, keys: Keys, 
         await cache.start()
         app.state.key_cache = cache
         app.state.gate = Gate(
-            cache, Limiter(client, keys, settings.key_slot_ttl_s), app.state.audit
+            cache, Limiter(client, keys, settings.slot_ttl_s), app.state.audit, trusted
         )
     else:
         log.warning("API keys are not required: INFERBOX_AUTH_ENABLED is false")
@@ -136,7 +154,7 @@ def create_app(settings: Settings) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         client = redis_client(settings.redis_url)
         keys = Keys(settings.key_prefix)
-        lane = InteractiveClient(settings.redis_url, keys)
+        lane = InteractiveClient(settings.redis_url, keys, settings.max_queued_bytes)
         await lane.start()
         app.state.redis = client
         app.state.redis_keys = keys
@@ -195,13 +213,25 @@ def create_app(settings: Settings) -> Litestar:
             psycopg.OperationalError: _dependency_down,
             psycopg.DataError: _unstorable_value,
             urllib3.exceptions.HTTPError: _dependency_down,
+            RecursionError: _too_deep,
             Exception: _unexpected,
         },
         request_max_body_size=settings.max_request_bytes,
-        openapi_config=OpenAPIConfig(title="inferbox", version=inferbox.__version__, path="/docs"),
+        middleware=[GateMiddleware],
+        openapi_config=OpenAPIConfig(
+            title="inferbox",
+            version=inferbox.__version__,
+            # The description only, as JSON (also at /docs/openapi.json) and YAML: no HTML
+            # page that loads third-party scripts on the API's origin.
+            render_plugins=[JsonRenderPlugin(), YamlRenderPlugin()],
+            openapi_router=Router(path="/docs", route_handlers=[], opt=OPEN),
+        ),
         on_startup=[
             lambda app: setattr(app.state, "settings", settings),
             lambda app: setattr(app.state, "limits", tensor_limits(settings)),
+            lambda app: setattr(
+                app.state, "decode_slots", asyncio.Semaphore(settings.max_concurrent_decodes)
+            ),
         ],
     )
 

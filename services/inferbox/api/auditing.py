@@ -18,6 +18,14 @@ from inferbox.security.auth import remote_address
 SCOPE_KEY = "inferbox.api_key"
 
 
+def visible(request: Request, name: str) -> bool:
+    """Whether the calling key may see model ``name`` in listings (its ``allowed_models``)."""
+    key = request.scope.get(SCOPE_KEY)
+    if key is None or key.allowed_models is None or "admin" in key.scopes:
+        return True
+    return name in key.allowed_models
+
+
 def actor(request: Request) -> str:
     """The calling key's id, or ``anonymous``."""
     key = request.scope.get(SCOPE_KEY)
@@ -51,7 +59,7 @@ async def audited(
             action=action,
             target=target,
             outcome=outcome,
-            remote_addr=remote_address(request.scope, headers),
+            remote_addr=remote_address(request.scope, headers, request.app.state.trusted_proxies),
             request_id=raw_id.decode("latin-1") if raw_id else None,
             details=info,
         )

@@ -6,9 +6,11 @@ kwargs and response objects, and reads the body, validates, queues, waits and wr
 answer itself. Everything else goes to Litestar unchanged. Errors are ``InferboxError``s
 rendered in the same ``{"error": ...}`` shape as the V2 routes.
 
-Every request but the open ones (health, server metadata, metrics, docs) passes the API key
-``Gate`` first, here for Litestar's routes too: on the hot path that is a dictionary lookup of
-the key (cached for a second) and, for keys with limits, one Redis script call.
+A path that is not canonical (``inferbox.security.access``) is refused with 400 here, before
+anything else. Inference calls pass the API key ``Gate`` with the access the Litestar ``infer``
+route declares (one declaration for both ways in); Litestar's routes pass it after routing
+(``inferbox.api.gate``). On the hot path that is a dictionary lookup of the key (cached for a
+second) and, for keys with limits, one Redis script call.
 
 Observability on the hot path costs one counter increment, one histogram observation and an
 integer in-flight count per request. Log lines (with ``request_id`` bound in structlog's
@@ -19,6 +21,7 @@ context) are written only for failures and requests slower than ``slow_request_m
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import os
 import re
@@ -30,7 +33,7 @@ import structlog
 from litestar import Litestar
 from litestar.types import Receive, Scope, Send
 
-from inferbox.api.validation import check_request
+from inferbox.api.validation import check_declared, check_request
 from inferbox.errors import (
     PROBLEM_JSON,
     BadRequest,
@@ -48,8 +51,9 @@ from inferbox.protocol.codec import (
     OutputTensor,
     decode_infer_request,
     encode_infer_response,
+    peek_inputs,
 )
-from inferbox.security.auth import Need, requirement
+from inferbox.security.access import NON_CANONICAL_MESSAGE, Access, access_of, canonical
 from inferbox.security.keystore import KeyRecord
 
 # Triton's priority: 0 means "the default", 1 is the highest; larger numbers are lower.
@@ -58,6 +62,8 @@ HIGH_PRIORITY_MAX = 1
 log = structlog.get_logger(__name__)
 
 INFER_PATH = re.compile(r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer")
+INFER_ROUTE = "/v2/models/{name:str}/infer"
+"""The Litestar route that declares the ``infer`` routes' access (and documents them)."""
 _JSON = b"application/json"
 _BINARY = b"application/octet-stream"
 _PROBLEM = PROBLEM_JSON.encode()
@@ -76,6 +82,27 @@ def new_request_id() -> str:
     if _ids["pid"] != pid:
         _ids.update(pid=pid, prefix=secrets.token_hex(10), count=itertools.count())
     return f"{_ids['prefix']}{next(_ids['count']):012x}"
+
+
+class SlotReleasingSend:
+    """A ``send`` that gives a concurrency slot back just before the answer's last byte, so the
+    client never sees its answer while its slot is still taken; ``release`` is idempotent."""
+
+    __slots__ = ("_release", "_send")
+
+    def __init__(self, send: Send, release) -> None:
+        self._send = send
+        self._release = release
+
+    async def __call__(self, message) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            await self.release()
+        await self._send(message)
+
+    async def release(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            await release()
 
 
 async def _read_body(receive: Receive, limit: int, declared: bytes | None) -> bytes:
@@ -109,15 +136,21 @@ class InferenceFastPath:
         self.sampler = api_metrics.InflightSampler(lambda: self.in_flight)
         app.on_startup.append(self.sampler.start)
         app.on_shutdown.append(self.sampler.stop)
+        self.infer_access: Access = access_of(app.route_handler_method_map[INFER_ROUTE]["POST"])
+        """The access the ``infer`` route declares (one declaration for both ways in)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            if scope["path"].endswith("/infer"):
-                match = INFER_PATH.fullmatch(scope["path"])
+            path = scope["path"]
+            if not canonical(scope.get("raw_path") or path.encode()):
+                await self._not_canonical(scope, send)
+                return
+            if path.endswith("/infer"):
+                match = INFER_PATH.fullmatch(path)
                 if match is not None:
                     await self._serve(scope, receive, send, match["name"], match["version"])
                     return
-            elif scope["path"] == "/metrics":
+            elif path == "/metrics":
                 await _send_metrics(send)
                 return
             await self._other(scope, receive, send)
@@ -125,20 +158,10 @@ class InferenceFastPath:
         await self.app(scope, receive, send)
 
     async def _other(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Litestar's routes, behind the same key check, counted by path template."""
+        """Litestar's routes (their keys are checked after routing, ``inferbox.api.gate``),
+        counted by path template."""
         started = time.perf_counter()
         status = 500
-        gate = self.app.state.gate
-        need = requirement(scope["method"], scope["path"]) if gate is not None else None
-        key = slot = None
-        if need is not None:
-            headers = dict(scope["headers"])
-            try:
-                key, slot = await gate.admit(headers.get(b"authorization"), need)
-            except InferboxError as exc:
-                await self._refuse(scope, send, gate, exc, headers, started)
-                return
-            scope["inferbox.api_key"] = key
 
         async def send_and_note(message) -> None:
             nonlocal status
@@ -147,38 +170,23 @@ class InferenceFastPath:
             await send(message)
 
         try:
-            if key is None:
-                await self.app(scope, receive, send_and_note)
-            else:
-                with structlog.contextvars.bound_contextvars(api_key_id=key.id):
-                    await self.app(scope, receive, send_and_note)
+            await self.app(scope, receive, send_and_note)
         finally:
-            if slot is not None:
-                await gate.release(key, slot)
             route = scope.get("path_template") or "unmatched"
             api_metrics.record_route(route, status, time.perf_counter() - started)
 
     @staticmethod
-    async def _refuse(scope, send, gate, exc: InferboxError, headers, started: float) -> None:
-        """Answer a refused key (or limit) on a Litestar route, in that route's error shape."""
-        raw_id = headers.get(b"x-request-id")
-        request_id = raw_id.decode("latin-1") if raw_id else new_request_id()
-        reason = api_metrics.rejection_reason(exc)
-        if reason is not None:
-            api_metrics.REJECTIONS.labels(reason).inc()
-        with structlog.contextvars.bound_contextvars(request_id=request_id):
-            log.info(
-                "request refused",
-                status=exc.status,
-                reason=reason,
-                error=exc.message,
-                path=scope["path"][:200],
-                api_key_id=getattr(exc, "key_id", None),
-            )
-        await gate.audit_refusal(exc, scope, headers, request_id)
+    async def _not_canonical(scope: Scope, send: Send) -> None:
+        """400 for a path that is not in canonical form, before any routing or key check."""
         path = scope["path"]
-        await send_error(send, exc, request_id, path if path.startswith("/v1") else None)
-        api_metrics.record_route("unauthorized", exc.status, time.perf_counter() - started)
+        raw_id = dict(scope["headers"]).get(b"x-request-id")
+        request_id = raw_id.decode("latin-1") if raw_id else new_request_id()
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            log.info("non-canonical path refused", path=path[:200])
+        api_metrics.REJECTIONS.labels("bad_request").inc()
+        api_metrics.record_route("unmatched", 400, 0.0)
+        problem_path = path if path.startswith("/v1") else None
+        await send_error(send, BadRequest(NON_CANONICAL_MESSAGE), request_id, problem_path)
 
     async def _serve(self, scope, receive, send, name: str, version: str | None) -> None:
         started = time.perf_counter()
@@ -196,7 +204,10 @@ class InferenceFastPath:
                 error.status = 405
                 raise error
             if gate is not None:
-                key, slot = await gate.admit(headers.get(b"authorization"), Need("infer", name))
+                need = self.infer_access.need({"name": name})
+                key, slot = await gate.admit(headers.get(b"authorization"), need)
+                if slot is not None:
+                    send = SlotReleasingSend(send, lambda: gate.release(key, slot))
             spec = await state.directory.resolve(name, version)
             status = await infer(state, spec, headers, request_id, receive, send, key)
         except InferboxError as exc:
@@ -212,7 +223,7 @@ class InferenceFastPath:
             await send_error(send, InferboxError("internal error"), request_id)
         finally:
             if slot is not None:
-                await gate.release(key, slot)
+                await send.release()
             self.in_flight -= 1
             elapsed = time.perf_counter() - started
             if spec is None:
@@ -280,6 +291,15 @@ async def send_error(
     await send({"type": "http.response.body", "body": body})
 
 
+OFF_LOOP_BYTES = 256 * 1024
+"""Bodies from this size up are checked against the model first and decoded in a thread."""
+
+
+def _decode_checked(body: bytes, header_length: int | None, limits, spec):
+    decoded = decode_infer_request(body, header_length, limits)
+    return decoded, check_request(decoded, spec)
+
+
 async def infer(
     state,
     spec,
@@ -307,13 +327,24 @@ async def infer(
         if not header_length.isdigit():
             raise BadRequest("Inference-Header-Content-Length must be an integer")
         header_length = int(header_length)
-    decoded = decode_infer_request(body, header_length, state.limits)
+    if len(body) < OFF_LOOP_BYTES:
+        decoded = decode_infer_request(body, header_length, state.limits)
+        checked = check_request(decoded, spec)
+    else:
+        # A large body: refuse what the model cannot take before decoding anything, then
+        # decode in a thread (the event loop keeps serving), a bounded number at once.
+        check_declared(peek_inputs(body, header_length), spec)
+        async with state.decode_slots:
+            decoded, checked = await asyncio.to_thread(
+                _decode_checked, body, header_length, state.limits, spec
+            )
     try:
         # After the body, the next ASGI message can only be the client leaving.
-        tensors = await run_request(state, spec, decoded, request_id, key, receive)
+        tensors = await run_request(state, spec, decoded, request_id, key, receive, checked)
     except ClientGone:
         return 499
-    payload, json_length = encode_infer_response(
+    encode = functools.partial(
+        encode_infer_response,
         model_name=spec.name,
         model_version=str(spec.version),
         request_id=decoded.id,
@@ -321,6 +352,11 @@ async def infer(
         requested=decoded.outputs,
         binary_default=decoded.binary_output_default,
     )
+    if sum(len(tensor.raw) for tensor in tensors) < OFF_LOOP_BYTES:
+        payload, json_length = encode()
+    else:  # as with decoding: a large answer is encoded in a thread
+        async with state.decode_slots:
+            payload, json_length = await asyncio.to_thread(encode)
     response_headers = [
         (b"content-type", _JSON if json_length is None else _BINARY),
         (b"content-length", str(len(payload)).encode()),
@@ -340,18 +376,21 @@ async def run_request(
     request_id: str,
     key: KeyRecord | None = None,
     receive: Receive | None = None,
+    checked: tuple | None = None,
 ) -> list[OutputTensor]:
     """Check a decoded request against its model, queue it on the model's lane and wait for
     its outputs: the one inference path of HTTP ``/infer`` and gRPC ``ModelInfer``.
 
-    ``receive`` (HTTP) is watched for the client leaving (``ClientGone``).
+    ``receive`` (HTTP) is watched for the client leaving (``ClientGone``); ``checked`` is
+    ``check_request``'s answer when the caller already has it (a large body checked in a thread).
     """
-    metas, raws, outputs = check_request(decoded, spec)
+    metas, raws, outputs = checked or check_request(decoded, spec)
 
     if decoded.timeout_us:
         timeout_s = decoded.timeout_us / 1e6
     else:
         timeout_s = (spec.config.timeout_ms or state.settings.default_timeout_ms) / 1000
+    timeout_s = min(timeout_s, state.settings.max_request_timeout_s)
     priority = (
         decoded.priority
         or (key.priority if key is not None else 0)

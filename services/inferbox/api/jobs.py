@@ -21,9 +21,11 @@ from inferbox.errors import BadRequest, Unavailable
 from inferbox.jobs.inputs import FORMATS, guess_format
 from inferbox.jobs.store import Job
 from inferbox.observability import api_metrics
+from inferbox.security.access import needs
 
 _encode = msgspec.json.Encoder().encode
 JSON = "application/json"
+_JOBS = needs("jobs")
 
 
 def _json(payload: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -57,7 +59,8 @@ async def _submit(request: Request, state: State, name: str, version: str | None
         raise Unavailable(f"model {spec.name!r} version {spec.version} is not usable: {spec.error}")
     header_length = request.headers.get("inference-header-content-length")
     if header_length is not None:
-        if not header_length.isdigit():
+        # isascii: str.isdigit() is also true for '²' and other digits int() refuses.
+        if not (header_length.isascii() and header_length.isdigit()):
             raise BadRequest("Inference-Header-Content-Length must be an integer")
         header_length = int(header_length)
     body = await request.body()
@@ -81,12 +84,16 @@ class JobSubmitController(Controller):
     path = "/v2/models"
     tags = ["jobs"]
 
-    @post("/{name:str}/jobs", status_code=202)
+    @post("/{name:str}/jobs", status_code=202, opt=needs("jobs", model="name"))
     async def submit(self, request: Request, state: State, name: str) -> Response:
         """Queue a job for the model's default version; 202 once it is recorded."""
         return await _submit(request, state, name, None)
 
-    @post("/{name:str}/versions/{version:str}/jobs", status_code=202)
+    @post(
+        "/{name:str}/versions/{version:str}/jobs",
+        status_code=202,
+        opt=needs("jobs", model="name"),
+    )
     async def submit_version(
         self, request: Request, state: State, name: str, version: str
     ) -> Response:
@@ -100,7 +107,7 @@ class JobsController(Controller):
     path = "/v1/jobs"
     tags = ["jobs"]
 
-    @get("")
+    @get("", opt=_JOBS)
     async def list_jobs(
         self,
         request: Request,
@@ -117,7 +124,7 @@ class JobsController(Controller):
         return _json({"jobs": [job.view() for job in jobs], "next": after})
 
     # No body limit here: the file is streamed to disk and spool() enforces its own limit.
-    @post("/inputs", status_code=201, request_max_body_size=None)
+    @post("/inputs", status_code=201, request_max_body_size=None, opt=_JOBS)
     async def upload_input(
         self,
         request: Request,
@@ -132,22 +139,22 @@ class JobsController(Controller):
         row = await state.jobs.add_input(upload_chunks(request), fmt, _key(request))
         return _json(row.view(), status=201)
 
-    @get("/inputs/{input_id:str}")
+    @get("/inputs/{input_id:str}", opt=_JOBS)
     async def show_input(self, request: Request, state: State, input_id: str) -> Response:
         """An uploaded input file's description."""
         return _json((await state.jobs.get_input(input_id, _key(request))).view())
 
-    @get("/{job_id:str}")
+    @get("/{job_id:str}", opt=_JOBS)
     async def show(self, request: Request, state: State, job_id: str) -> Response:
         """A job's state, progress, attempts, timestamps and error."""
         return _json((await state.jobs.get(job_id, _key(request))).view())
 
-    @delete("/{job_id:str}", status_code=200)
+    @delete("/{job_id:str}", status_code=200, opt=_JOBS)
     async def cancel(self, request: Request, state: State, job_id: str) -> Response:
         """Cancel a queued or running job (409 when it has already finished)."""
         return _json((await state.jobs.cancel(job_id, _key(request))).view())
 
-    @get("/{job_id:str}/result")
+    @get("/{job_id:str}/result", opt=_JOBS)
     async def result(self, request: Request, state: State, job_id: str) -> Stream:
         """The V2 inference response, streamed from the object store (binary when asked)."""
         job = await state.jobs.result(job_id, _key(request))

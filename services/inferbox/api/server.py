@@ -47,6 +47,8 @@ class ApiServer(BaseApplication):
             "graceful_timeout": 30,
             "keepalive": 75,
             "control_socket_disable": True,
+            # uvicorn reads X-Forwarded-For only from the proxy the API trusts for X-Real-IP.
+            "forwarded_allow_ips": self.settings.trusted_proxies,
             "logger_class": JsonGunicornLogger,
             "accesslog": None,
             "child_exit": child_exit,

@@ -10,14 +10,17 @@ from litestar import Controller, Request, Response, delete, get, patch, post, pu
 from litestar.datastructures import State
 from litestar.params import Parameter
 
-from inferbox.api.auditing import actor, audited
+from inferbox.api.auditing import actor, audited, visible
 from inferbox.api.uploads import upload_chunks
 from inferbox.errors import BadRequest
 from inferbox.models.catalog import decode_status
 from inferbox.registry.store import ModelVersion
+from inferbox.security.access import needs
 from inferbox.worker.capacity import CapacityCard, propose
 
 _encode = msgspec.json.Encoder().encode
+_READ = needs(None, model="name")
+_WRITE = needs("models:write", model="name")
 
 
 class AliasTarget(msgspec.Struct):
@@ -73,11 +76,14 @@ class ModelsController(Controller):
     path = "/v1/models"
     tags = ["models"]
 
-    @get("")
-    async def list_models(self, state: State) -> Response:
-        """Every model: versions, aliases and the newest ready version."""
+    @get("", opt=needs(None))
+    async def list_models(self, request: Request, state: State) -> Response:
+        """Every model: versions, aliases and the newest ready version (a key limited to some
+        models sees those only)."""
         models = []
         for summary in await state.registry.store.list_models():
+            if not visible(request, summary.name):
+                continue
             model = await state.registry.store.get_model(summary.name)
             models.append(
                 {
@@ -90,7 +96,7 @@ class ModelsController(Controller):
             )
         return _json({"models": models})
 
-    @get("/{name:str}")
+    @get("/{name:str}", opt=_READ)
     async def show_model(self, state: State, name: str) -> Response:
         """A model with every version, its state on each worker, aliases and traffic split."""
         model = await state.registry.store.get_model(name)
@@ -110,7 +116,7 @@ class ModelsController(Controller):
         )
 
     # No body limit here: the upload is streamed to disk and spool() enforces max_model_bytes.
-    @post("/{name:str}/versions", status_code=201, request_max_body_size=None)
+    @post("/{name:str}/versions", status_code=201, request_max_body_size=None, opt=_WRITE)
     async def push(
         self,
         request: Request,
@@ -148,7 +154,7 @@ class ModelsController(Controller):
         response.headers["Location"] = f"/v1/models/{name}/versions/{version.version}"
         return response
 
-    @get("/{name:str}/versions/{version:int}")
+    @get("/{name:str}/versions/{version:int}", opt=_READ)
     async def show_version(self, state: State, name: str, version: int) -> Response:
         """One version with its state on each worker and its capacity card."""
         found = await state.registry.store.get_version(name, version)
@@ -156,7 +162,7 @@ class ModelsController(Controller):
             _version_view(found, await _workers(state, name), await _capacity(state, found))
         )
 
-    @get("/{name:str}/versions/{version:int}/capacity")
+    @get("/{name:str}/versions/{version:int}/capacity", opt=_READ)
     async def capacity(
         self,
         state: State,
@@ -174,7 +180,7 @@ class ModelsController(Controller):
             proposal = msgspec.to_builtins(propose(msgspec.convert(card, CapacityCard), latency_ms))
         return _json({"card": card, "proposal": proposal})
 
-    @patch("/{name:str}/versions/{version:int}/config")
+    @patch("/{name:str}/versions/{version:int}/config", opt=_WRITE)
     async def update_config(
         self, request: Request, state: State, name: str, version: int, data: dict[str, object]
     ) -> Response:
@@ -183,7 +189,7 @@ class ModelsController(Controller):
             updated = await state.registry.update_config(name, version, data)
         return _json(_version_view(updated, await _workers(state, name), updated.capacity))
 
-    @delete("/{name:str}/versions/{version:int}", status_code=204)
+    @delete("/{name:str}/versions/{version:int}", status_code=204, opt=_WRITE)
     async def delete_version(
         self, request: Request, state: State, name: str, version: int, force: bool = False
     ) -> None:
@@ -191,7 +197,7 @@ class ModelsController(Controller):
         async with audited(request, "model.delete", f"{name}/{version}", force=force):
             await state.registry.delete_version(name, version, force=force)
 
-    @put("/{name:str}/aliases/{alias:str}")
+    @put("/{name:str}/aliases/{alias:str}", opt=_WRITE)
     async def set_alias(
         self, request: Request, state: State, name: str, alias: str, data: AliasTarget
     ) -> Response:
@@ -200,13 +206,13 @@ class ModelsController(Controller):
             result = await state.registry.set_alias(name, alias, data.version)
         return _json({"name": name, "alias": result.name, "version": result.version})
 
-    @delete("/{name:str}/aliases/{alias:str}", status_code=204)
+    @delete("/{name:str}/aliases/{alias:str}", status_code=204, opt=_WRITE)
     async def delete_alias(self, request: Request, state: State, name: str, alias: str) -> None:
         """Remove an alias."""
         async with audited(request, "alias.delete", f"{name}:{alias}"):
             await state.registry.delete_alias(name, alias)
 
-    @put("/{name:str}/traffic")
+    @put("/{name:str}/traffic", opt=_WRITE)
     async def set_traffic(
         self, request: Request, state: State, name: str, data: TrafficSplit
     ) -> Response:

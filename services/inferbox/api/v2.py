@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
 from redis.exceptions import RedisError
 
 import inferbox
-from inferbox.api.auditing import audited
+from inferbox.api.auditing import audited, visible
 from inferbox.api.directory import ModelDirectory
 from inferbox.errors import InferboxError, NotFound, Unavailable, error_headers
 from inferbox.models.spec import PLATFORM, ModelSpec
 from inferbox.protocol.datatypes import v2_to_triton_config_type
+from inferbox.security.access import OPEN, needs
 
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository"]
 """Triton protocol extensions this server really implements (and nothing more)."""
 
 JSON = "application/json"
 _encode = msgspec.json.Encoder().encode
+_INFER = needs("infer", model="name")
+_WRITE = needs("models:write", model="name")
 
 
 def _json(payload: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -115,19 +120,19 @@ class V2Controller(Controller):
     path = "/v2"
     tags = ["v2"]
 
-    @get("", sync_to_thread=False)
+    @get("", sync_to_thread=False, opt=OPEN)
     def server_metadata(self) -> Response:
         """Server name, version and the protocol extensions implemented."""
         return _json(
             {"name": "inferbox", "version": inferbox.__version__, "extensions": EXTENSIONS}
         )
 
-    @get("/health/live", sync_to_thread=False)
+    @get("/health/live", sync_to_thread=False, opt=OPEN)
     def live(self) -> Response:
         """The process answers: ``{"live": true}``."""
         return _json({"live": True})
 
-    @get("/health/ready")
+    @get("/health/ready", opt=OPEN)
     async def ready(self, state: State) -> Response:
         """Ready when Redis, PostgreSQL and the S3 store answer and a worker heartbeats."""
         directory: ModelDirectory = state.directory
@@ -146,7 +151,7 @@ class V2Controller(Controller):
             return _json({"ready": False, "error": problem}, 503, {"Retry-After": "1"})
         return _json({"ready": True})
 
-    @get(["/models/{name:str}", "/models/{name:str}/versions/{version:str}"])
+    @get(["/models/{name:str}", "/models/{name:str}/versions/{version:str}"], opt=_INFER)
     async def model_metadata(self, state: State, name: str, version: str | None = None) -> Response:
         """Name, versions, platform, inputs and outputs (``-1`` marks a dynamic dimension)."""
         directory: ModelDirectory = state.directory
@@ -155,7 +160,10 @@ class V2Controller(Controller):
             raise Unavailable(f"model {name!r} version {spec.version} is not usable: {spec.error}")
         return _json(_metadata(spec, await directory.versions(name)))
 
-    @get(["/models/{name:str}/ready", "/models/{name:str}/versions/{version:str}/ready"])
+    @get(
+        ["/models/{name:str}/ready", "/models/{name:str}/versions/{version:str}/ready"],
+        opt=_INFER,
+    )
     async def model_ready(self, state: State, name: str, version: str | None = None) -> Response:
         """200 ``{"ready": true}`` when a worker serves it, else 503 with the reason."""
         directory: ModelDirectory = state.directory
@@ -169,7 +177,10 @@ class V2Controller(Controller):
             {"Retry-After": "1"},
         )
 
-    @get(["/models/{name:str}/config", "/models/{name:str}/versions/{version:str}/config"])
+    @get(
+        ["/models/{name:str}/config", "/models/{name:str}/versions/{version:str}/config"],
+        opt=_INFER,
+    )
     async def model_config(self, state: State, name: str, version: str | None = None) -> Response:
         """The serving config in Triton's JSON form."""
         spec = await state.directory.resolve(name, version)
@@ -177,16 +188,32 @@ class V2Controller(Controller):
             raise Unavailable(f"model {name!r} version {spec.version} is not usable: {spec.error}")
         return _json(_triton_config(spec))
 
+    @post(
+        ["/models/{name:str}/infer", "/models/{name:str}/versions/{version:str}/infer"],
+        status_code=200,
+        opt=_INFER,
+    )
+    async def infer(self, name: str, version: str | None = None) -> Response:
+        """Run the model on a V2 inference request (JSON, or binary tensors after an
+        ``Inference-Header-Content-Length`` JSON header).
+
+        Served by the fast path in front of Litestar (``inferbox.api.infer``), which takes this
+        route's declared access; Litestar itself never sees a canonical ``/infer`` path.
+        """
+        raise Unavailable("inference is served by the API's fast path, which is not running")
+
 
 def error_response(exc: InferboxError) -> Response:
     """``{"error": ...}`` with the error's status (and ``Retry-After`` where it has one)."""
     return _json({"error": exc.message}, exc.status, dict(error_headers(exc)))
 
 
-async def repository_index(state) -> list[dict]:
-    """Every version with its state: READY, LOADING, UNLOADED or UNAVAILABLE (with reason)."""
+async def repository_index(state, shown: Callable[[str], bool]) -> list[dict]:
+    """Every version with its state: READY, LOADING, UNLOADED or UNAVAILABLE (with reason), of
+    the models ``shown`` lets the caller see."""
     entries = []
-    for name in sorted(n.decode() for n in await state.redis.hkeys(state.redis_keys.catalog)):
+    names = (n.decode() for n in await state.redis.hkeys(state.redis_keys.catalog))
+    for name in sorted(n for n in names if shown(n)):
         try:
             versions = await state.directory.versions(name)
         except NotFound:
@@ -213,19 +240,20 @@ class RepositoryController(Controller):
     path = "/v2/repository"
     tags = ["v2"]
 
-    @post("/index", status_code=200)
-    async def index(self, state: State) -> Response:
-        """Every version with its state: READY, LOADING, UNLOADED or UNAVAILABLE (with reason)."""
-        return _json(await repository_index(state))
+    @post("/index", status_code=200, opt=needs("infer"))
+    async def index(self, request: Request, state: State) -> Response:
+        """Every version with its state: READY, LOADING, UNLOADED or UNAVAILABLE (with reason);
+        a key limited to some models sees those only."""
+        return _json(await repository_index(state, lambda name: visible(request, name)))
 
-    @post("/models/{name:str}/load", status_code=200)
+    @post("/models/{name:str}/load", status_code=200, opt=_WRITE)
     async def load(self, request: Request, state: State, name: str) -> Response:
         """Mark every version of the model loaded; workers load it within a second."""
         async with audited(request, "model.load", name):
             await state.registry.set_loaded(name, True)
         return _json({})
 
-    @post("/models/{name:str}/unload", status_code=200)
+    @post("/models/{name:str}/unload", status_code=200, opt=_WRITE)
     async def unload(self, request: Request, state: State, name: str) -> Response:
         """Mark every version of the model unloaded; workers drop it within a second."""
         async with audited(request, "model.unload", name):

@@ -15,7 +15,29 @@ def tensor_limits(settings) -> TensorLimits:
         max_rank=settings.max_tensor_rank,
         max_dim=settings.max_tensor_dim,
         max_elements=settings.max_tensor_elements,
+        max_bytes_elements=settings.max_bytes_elements,
     )
+
+
+def check_declared(inputs: list[tuple[str, str, list[int]]], spec: ModelSpec) -> None:
+    """Names, datatypes and ranks a request declares (``peek_inputs``), against the model,
+    before any tensor data is decoded: a body the model cannot take costs no decoding."""
+    expected = {tensor.name: tensor for tensor in spec.inputs}
+    for name, datatype, shape in inputs:
+        tensor_spec = expected.get(name)
+        if tensor_spec is None:
+            raise BadRequest(
+                f"unknown input {name!r} for model {spec.name!r}; expected {sorted(expected)}"
+            )
+        if datatype != tensor_spec.datatype:
+            raise BadRequest(
+                f"input {name!r} has datatype {datatype}, the model expects {tensor_spec.datatype}"
+            )
+        if len(shape) != len(tensor_spec.shape):
+            raise BadRequest(
+                f"input {name!r} has shape {shape}, the model expects "
+                f"{len(tensor_spec.shape)} dimensions {tensor_spec.shape}"
+            )
 
 
 def check_request(

@@ -3,8 +3,8 @@
 The servicer subclasses the base class ``tritonclient.grpc.service_pb2_grpc`` generates from
 Triton's own ``grpc_service.proto``, so every RPC and message is Triton's. It is backed by what
 serves HTTP: the same key ``Gate`` (the key travels as ``authorization: Bearer ...`` metadata,
-and each RPC needs what its HTTP route needs, looked up with the HTTP route's path in
-``security.auth.requirement``), the same ``run_request`` (lanes, batching, deadlines, priorities,
+and each RPC needs what its HTTP route's handler declares, read from that handler with the
+RPC's model name as the path parameter: ``security.access``), the same ``run_request`` (lanes, batching, deadlines, priorities,
 queue limits), the same metrics and logs. Errors are the HTTP errors with their messages,
 mapped to the protocol's status codes (``STATUS``).
 
@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 import inferbox
-from inferbox.api.auditing import SCOPE_KEY, audited
+from inferbox.api.auditing import SCOPE_KEY, audited, visible
 from inferbox.api.directory import ModelDirectory
 from inferbox.api.health import Dependencies, keep_catalog
 from inferbox.api.infer import InferenceFastPath, new_request_id, run_request
@@ -39,7 +39,7 @@ from inferbox.keys import Keys
 from inferbox.lanes.client import InteractiveClient
 from inferbox.models import triton_config
 from inferbox.observability import api_metrics
-from inferbox.security.auth import requirement
+from inferbox.security.access import access_of
 
 log = structlog.get_logger(__name__)
 
@@ -60,6 +60,18 @@ STATUS = {
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 """The gRPC status of each HTTP status an ``InferboxError`` carries."""
+
+
+def _model_route(version: str, tail: str, method: str) -> tuple[str, str]:
+    """The HTTP route (path template, method) a model RPC stands for."""
+    versioned = "/versions/{version:str}" if version else ""
+    return f"/v2/models/{{name:str}}{versioned}{tail}", method
+
+
+def _concrete(template: str, name: str, version: str = "") -> str:
+    """The path a route template stands for with model ``name`` and ``version`` (for logs and
+    the audit log; access is decided from the template's handler, never by parsing this)."""
+    return template.replace("{name:str}", name).replace("{version:str}", version)
 
 
 def grpc_status(http_status: int) -> grpc.StatusCode:
@@ -128,11 +140,15 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     # --- plumbing ---------------------------------------------------------------------------
 
-    async def _admit(self, call: _Call, method: str):
-        """The key and concurrency slot for the HTTP route ``method call.path`` (None, None
-        when the route is open or keys are off)."""
+    async def _admit(self, call: _Call, route: tuple[str, str], params: dict[str, str]):
+        """The key and concurrency slot for one request of the HTTP route ``route`` (its path
+        template and method) with path parameters ``params``: what that route's handler declares
+        (None, None when the route is open or keys are off)."""
         gate = self.state.gate
-        need = requirement(method, call.scope["path"]) if gate is not None else None
+        if gate is None:
+            return None, None
+        template, method = route
+        need = access_of(self.state.route_handlers[template][method]).need(params)
         if need is None:
             return None, None
         try:
@@ -154,14 +170,17 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         context.set_trailing_metadata(tuple(trailers))
         await context.abort(grpc_status(exc.status), exc.message)
 
-    async def _serve(self, context, path: str, method: str, answer, route: str):
-        """Admit, answer, count and map errors, for every RPC but inference."""
+    async def _serve(
+        self, context, http: tuple[str, str], name: str, answer, route: str, version: str = ""
+    ):
+        """Admit (as the HTTP route ``http``, a path template and method, for model ``name``),
+        answer, count and map errors, for every RPC but inference."""
         started = time.perf_counter()
-        call = _Call(context, path, self.state)
+        call = _Call(context, _concrete(http[0], name, version), self.state)
         status = 500
         key = slot = None
         try:
-            key, slot = await self._admit(call, method)
+            key, slot = await self._admit(call, http, {"name": name})
             result = await answer(call)
             status = 200
             return result
@@ -204,11 +223,6 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     # --- models -----------------------------------------------------------------------------
 
-    @staticmethod
-    def _path(name: str, version: str, tail: str = "") -> str:
-        base = f"/v2/models/{name}" + (f"/versions/{version}" if version else "")
-        return base + tail
-
     async def ModelReady(self, request, context):
         async def answer(call):
             directory = self.state.directory
@@ -216,8 +230,14 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             available = await directory.availability(spec)
             return service_pb2.ModelReadyResponse(ready=available.ready)
 
-        path = self._path(request.name, request.version, "/ready")
-        return await self._serve(context, path, "GET", answer, "ModelReady")
+        return await self._serve(
+            context,
+            _model_route(request.version, "/ready", "GET"),
+            request.name,
+            answer,
+            "ModelReady",
+            request.version,
+        )
 
     async def ModelMetadata(self, request, context):
         async def answer(call):
@@ -240,8 +260,14 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 ],
             )
 
-        path = self._path(request.name, request.version)
-        return await self._serve(context, path, "GET", answer, "ModelMetadata")
+        return await self._serve(
+            context,
+            _model_route(request.version, "", "GET"),
+            request.name,
+            answer,
+            "ModelMetadata",
+            request.version,
+        )
 
     async def ModelConfig(self, request, context):
         async def answer(call):
@@ -253,8 +279,14 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             config = triton_config.from_json(_triton_config(spec))
             return service_pb2.ModelConfigResponse(config=config)
 
-        path = self._path(request.name, request.version, "/config")
-        return await self._serve(context, path, "GET", answer, "ModelConfig")
+        return await self._serve(
+            context,
+            _model_route(request.version, "/config", "GET"),
+            request.name,
+            answer,
+            "ModelConfig",
+            request.version,
+        )
 
     async def ModelStatistics(self, request, context):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "model statistics are not served")
@@ -263,14 +295,15 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def RepositoryIndex(self, request, context):
         async def answer(call):
-            entries = await repository_index(self.state)
+            entries = await repository_index(self.state, lambda name: visible(call, name))
             if request.ready:
                 entries = [e for e in entries if e["state"] == "READY"]
             return service_pb2.RepositoryIndexResponse(
                 models=[service_pb2.RepositoryIndexResponse.ModelIndex(**e) for e in entries]
             )
 
-        return await self._serve(context, "/v2/repository/index", "POST", answer, "RepositoryIndex")
+        route = ("/v2/repository/index", "POST")
+        return await self._serve(context, route, "", answer, "RepositoryIndex")
 
     async def _load(self, request, context, loaded: bool):
         action = "load" if loaded else "unload"
@@ -282,9 +315,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 return service_pb2.RepositoryModelLoadResponse()
             return service_pb2.RepositoryModelUnloadResponse()
 
-        path = f"/v2/repository/models/{request.model_name}/{action}"
+        route = (f"/v2/repository/models/{{name:str}}/{action}", "POST")
         rpc = "RepositoryModelLoad" if loaded else "RepositoryModelUnload"
-        return await self._serve(context, path, "POST", answer, rpc)
+        return await self._serve(context, route, request.model_name, answer, rpc)
 
     async def RepositoryModelLoad(self, request, context):
         return await self._load(request, context, True)
@@ -309,12 +342,13 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request, context):
         started = time.perf_counter()
         name = request.model_name
-        call = _Call(context, self._path(name, request.model_version, "/infer"), self.state)
+        route = _model_route(request.model_version, "/infer", "POST")
+        call = _Call(context, _concrete(route[0], name, request.model_version), self.state)
         state = self.state
         spec = key = slot = None
         status = 500
         try:
-            key, slot = await self._admit(call, "POST")
+            key, slot = await self._admit(call, route, {"name": name})
             spec = await state.directory.resolve(name, request.model_version or None)
             await state.directory.admit(spec)
             decoded = decode_request(request, state.limits)
@@ -363,8 +397,12 @@ async def serving_state(settings: Settings) -> AsyncIterator[SimpleNamespace]:
     keys = Keys(settings.key_prefix)
     lane = InteractiveClient(settings.redis_url, keys)
     await lane.start()
+    from inferbox.api.app import create_app
+
     state = SimpleNamespace(
         settings=settings,
+        # Each RPC is admitted as its HTTP route's handler declares (security.access).
+        route_handlers=create_app(settings).route_handler_method_map,
         limits=tensor_limits(settings),
         redis=client,
         redis_keys=keys,

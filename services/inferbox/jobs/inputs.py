@@ -9,6 +9,7 @@ file larger than memory is processed chunk by chunk.
 
 from __future__ import annotations
 
+import math
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,22 +65,29 @@ def _array_info(shape: tuple[int, ...], dtype: np.dtype, name: str) -> tuple[int
     return shape[0], {"datatype": datatype, "shape": list(shape[1:])}
 
 
-def inspect(path: Path, fmt: str) -> tuple[int, dict[str, dict]]:
+def inspect(
+    path: Path, fmt: str, max_unpacked_bytes: int = 2 * 1024**3
+) -> tuple[int, dict[str, dict]]:
     """``(rows, arrays)`` of an input file, ``arrays`` mapping each name to its V2 datatype
     (None for JSON values, typed by the model later) and per-row shape. Raises ``BadRequest``
-    for anything that is not a well-formed file of that format."""
+    for anything that is not a well-formed file of that format, and for a ``.npz`` archive
+    whose members would unpack to more than ``max_unpacked_bytes``."""
     if fmt == "npy":
         with path.open("rb") as handle:
             rows, info = _array_info(*_npy_header(handle), "arr_0")
         return rows, {"arr_0": info}
     if fmt == "npz":
-        return _inspect_npz(path)
+        return _inspect_npz(path, max_unpacked_bytes)
     if fmt == "jsonl":
         return _inspect_jsonl(path)
     raise BadRequest(f"unknown input format {fmt!r}; use one of {', '.join(FORMATS)}")
 
 
-def _inspect_npz(path: Path) -> tuple[int, dict[str, dict]]:
+def _inspect_npz(path: Path, max_unpacked_bytes: int) -> tuple[int, dict[str, dict]]:
+    """Each member's unpacked size is the one its archive entry declares (zipfile never
+    inflates past it); that must be exactly what its array header needs, and all of them
+    together at most ``max_unpacked_bytes``: checked before anything is unpacked past the
+    headers, so a small archive cannot fill the disk (a zip bomb)."""
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
@@ -87,12 +95,25 @@ def _inspect_npz(path: Path) -> tuple[int, dict[str, dict]]:
     arrays: dict[str, dict] = {}
     rows: int | None = None
     with archive:
-        for member in archive.infolist():
+        members = archive.infolist()
+        unpacked = sum(member.file_size for member in members)
+        if unpacked > max_unpacked_bytes:
+            raise BadRequest(
+                f"the .npz archive unpacks to {unpacked} bytes, at most {max_unpacked_bytes}"
+            )
+        for member in members:
             if not member.filename.endswith(".npy"):
                 raise BadRequest(f".npz member {member.filename!r} is not a .npy array")
             name = member.filename[: -len(".npy")]
             with archive.open(member) as handle:
-                count, info = _array_info(*_npy_header(handle), name)
+                shape, dtype = _npy_header(handle)
+                needed = handle.tell() + math.prod(shape) * dtype.itemsize
+                count, info = _array_info(shape, dtype, name)
+            if member.file_size != needed:
+                raise BadRequest(
+                    f".npz member {member.filename!r} unpacks to {member.file_size} bytes, "
+                    f"its array needs {needed}"
+                )
             if rows is not None and count != rows:
                 raise BadRequest(f"arrays disagree on the number of rows ({rows} and {count})")
             rows = count
@@ -119,6 +140,8 @@ def _inspect_jsonl(path: Path) -> tuple[int, dict[str, dict]]:
                 raise BadRequest(f"line {number} is not a JSON object") from None
             except msgspec.DecodeError as exc:
                 raise BadRequest(f"line {number} is not valid JSON: {exc}") from None
+            except RecursionError:
+                raise BadRequest(f"line {number} is nested too deeply") from None
             if names is None:
                 names = sorted(row)
                 if not names:

@@ -21,7 +21,7 @@ import structlog
 from minio.error import S3Error
 from redis.exceptions import RedisError
 
-from inferbox.api.validation import check_request
+from inferbox.api.validation import check_declared, check_request
 from inferbox.config import Settings
 from inferbox.errors import BadRequest, InferboxError, NotFound
 from inferbox.jobs import inputs
@@ -38,7 +38,7 @@ from inferbox.jobs.store import (
 )
 from inferbox.jobs.transport import JobTransport
 from inferbox.models.spec import ModelSpec
-from inferbox.protocol.codec import TensorLimits, decode_infer_request
+from inferbox.protocol.codec import TOO_DEEP, TensorLimits, decode_infer_request, peek_inputs
 from inferbox.registry.objects import ObjectStore
 from inferbox.registry.upload import spool
 from inferbox.security.keystore import KeyRecord
@@ -173,8 +173,11 @@ class JobService:
         if bulk is not None:
             row = await self._bulk(spec, bulk, key, common)
         else:
-            decoded = decode_infer_request(body, header_length, self.limits)
-            check_request(decoded, spec, batch_limit=False)
+            check_declared(peek_inputs(body, header_length), spec)
+            decoded = await asyncio.to_thread(
+                decode_infer_request, body, header_length, self.limits
+            )
+            await asyncio.to_thread(check_request, decoded, spec, batch_limit=False)
             options = _options(decoded.parameters, self.settings)
             rows = decoded.inputs[0].shape[0] if spec.config.max_batch_size > 0 else None
             uploaded = request_key(job_id)
@@ -246,7 +249,9 @@ class JobService:
         """Receive an input file (streamed to disk), check it, store it; its row."""
         received = await spool(chunks, self.settings.upload_dir, self.settings.jobs_max_input_bytes)
         try:
-            rows, arrays = await asyncio.to_thread(inputs.inspect, received.path, fmt)
+            rows, arrays = await asyncio.to_thread(
+                inputs.inspect, received.path, fmt, self.settings.jobs_max_input_bytes
+            )
             input_id = f"in_{secrets.token_hex(12)}"
             object_key = f"jobs/inputs/{input_id}.{fmt}"
             await asyncio.to_thread(
@@ -359,6 +364,8 @@ def _bulk_request(body: bytes) -> BulkRequest | None:
         document = msgspec.json.decode(body)
     except msgspec.DecodeError:
         return None  # the V2 decoder reports it
+    except RecursionError:
+        raise BadRequest(TOO_DEEP) from None
     if not isinstance(document, dict) or "input_id" not in document:
         return None
     try:

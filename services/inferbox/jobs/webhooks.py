@@ -63,14 +63,16 @@ async def public_address(url: str) -> str:
     """The address to call for ``url``'s host, once every address it resolves to is public;
     raises ``Refused`` for a private, loopback, link-local or otherwise internal one."""
     host = httpx.URL(url).host
+    # The messages reach the job's owner: they say what is wrong, never what an internal name
+    # resolves to (that would make webhooks a probe of the backend's names).
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, None)
-    except OSError as exc:
-        raise Refused(f"cannot resolve {host!r}: {exc}") from None
+    except OSError:
+        raise Refused(f"{host!r} does not resolve to a public address") from None
     addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
     for address in addresses:
         if not address.is_global or address.is_multicast:
-            raise Refused(f"{host!r} is an internal address ({address}); webhooks call public ones")
+            raise Refused(f"{host!r} does not resolve to a public address")
     return str(addresses[0])
 
 
@@ -92,10 +94,23 @@ def pinned_request(url: str, address: str) -> tuple[httpx.URL, dict[str, str], d
     return original.copy_with(host=address), headers, extensions
 
 
+DELIVERY_DEADLINE_S = 30.0
+"""Longest one delivery may take, all of it (httpx's timeouts are per read: a receiver that
+drips a byte at a time would otherwise hold it for ever)."""
+
+
 async def deliver(
-    client: httpx.AsyncClient, job: Job, secret: str, *, allow_private: bool = False
+    client: httpx.AsyncClient,
+    job: Job,
+    secret: str,
+    *,
+    allow_private: bool = False,
+    deadline_s: float = DELIVERY_DEADLINE_S,
 ) -> str | None:
-    """POST the job's completion to its webhook; None on a 2xx answer, else why it failed."""
+    """POST the job's completion to its webhook; None on a 2xx answer, else why it failed.
+
+    Only the status line and headers of the answer are read, never its body, within
+    ``deadline_s`` in all."""
     target, extra, extensions = httpx.URL(job.webhook_url), {}, {}
     if not allow_private:
         try:
@@ -115,8 +130,15 @@ async def deliver(
     }
     if secret:
         headers["X-Inferbox-Signature"] = signature(secret, timestamp, body)
+    request = client.build_request(
+        "POST", target, content=body, headers=headers, extensions=extensions
+    )
     try:
-        response = await client.post(target, content=body, headers=headers, extensions=extensions)
+        async with asyncio.timeout(deadline_s):
+            response = await client.send(request, stream=True)
+            await response.aclose()  # the body is never read
+    except TimeoutError:
+        return f"no answer within {deadline_s:g} s"
     except httpx.HTTPError as exc:
         return f"{type(exc).__name__}: {exc}"[:500]
     if 200 <= response.status_code < 300:

@@ -3,6 +3,10 @@
 Each API process subscribes once to its own reply channel; one task reads every reply and
 resolves the future of the request waiting for it. Queueing is one round trip: ``XLEN`` and
 ``XADD`` travel together, and a call that found the model's queue full is withdrawn again.
+
+Queues are bounded by entries (each model's ``max_queue_size``) and by bytes: the tensor bytes
+an API process has queued and not yet had answered stay under ``max_queued_bytes``, else the
+call gets 503 at once (the bound for all of Redis is that times the API processes).
 """
 
 from __future__ import annotations
@@ -40,8 +44,11 @@ class ClientGone(Exception):
 class InteractiveClient:
     """Queues synchronous calls and routes their replies back to the waiting requests."""
 
-    def __init__(self, redis_url: str, keys: Keys):
+    def __init__(self, redis_url: str, keys: Keys, max_queued_bytes: int = 1 << 30):
         self.process_id = uuid.uuid4().hex
+        self.max_queued_bytes = max_queued_bytes
+        self.queued_bytes = 0
+        """Tensor bytes of this process's calls queued or running (not yet answered)."""
         self.channel = keys.reply_channel(self.process_id)
         self.commands = RespConnection(redis_url)
         self.replies = RespConnection(redis_url, on_push=self._on_push)
@@ -126,6 +133,14 @@ class InteractiveClient:
         message can only be the client leaving. It is watched only once the call has waited
         ``WATCH_DISCONNECT_AFTER_S``: most calls are answered sooner, and a watcher is a task.
         """
+        size = sum(len(raw) for raw in raws)
+        if self.queued_bytes + size > self.max_queued_bytes:
+            raise Unavailable(
+                f"the queue is full: this API process's queued calls hold {self.queued_bytes} "
+                f"of its {self.max_queued_bytes} bytes",
+                retry_after=1.0,
+            )
+        self.queued_bytes += size
         token = str(next(self._tokens))
         header.channel = self.channel
         header.token = token
@@ -164,6 +179,7 @@ class InteractiveClient:
                 raise error
             return reply
         finally:
+            self.queued_bytes -= size
             timer.cancel()
             if watching is not None:
                 watching.cancel()

@@ -56,6 +56,11 @@ OOM_SPLITS = Counter(
     "Batches halved and retried after the device ran out of memory.",
     ["model", "version"],
 )
+BATCH_RETRIES = Counter(
+    "inferbox_batch_halvings_total",
+    "Failed batches halved and re-run to find the calls at fault (bounded per batch).",
+    ["model", "version"],
+)
 EVICTIONS = Counter(
     "inferbox_evictions_total",
     "Model versions unloaded to make room for another under the memory budget.",

@@ -72,6 +72,7 @@ class TensorLimits:
     max_rank: int = 8
     max_dim: int = 16_777_216
     max_elements: int = 16_777_216
+    max_bytes_elements: int = 1_048_576
 
 
 @dataclass(slots=True)
@@ -109,6 +110,35 @@ class _RequestHeader(msgspec.Struct):
 
 
 _HEADER_DECODER = msgspec.json.Decoder(_RequestHeader)
+
+
+class _InputPeek(msgspec.Struct):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class _RequestPeek(msgspec.Struct):
+    inputs: list[_InputPeek]
+
+
+# Fields not named above (``data`` above all) are skipped by the decoder, never built.
+_PEEK_DECODER = msgspec.json.Decoder(_RequestPeek)
+
+
+def peek_inputs(body: bytes, header_length: int | None) -> list[tuple[str, str, list[int]]]:
+    """(name, datatype, shape) of each input, read without decoding any tensor data; empty
+    when the header is malformed (``decode_infer_request`` then says what is wrong)."""
+    header = body if header_length is None else memoryview(body)[:header_length]
+    try:
+        peek = _PEEK_DECODER.decode(header)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError, TypeError):
+        return []
+    return [(tensor.name, tensor.datatype, tensor.shape) for tensor in peek.inputs]
+
+
+TOO_DEEP = "the request's JSON is nested too deeply"
+"""The message of a JSON document deeper than the decoder's recursion limit (about 1,000)."""
 
 
 def _int_range(dt: np.dtype) -> type:
@@ -278,6 +308,8 @@ def _decode_header(header: bytes) -> _RequestHeader:
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         # msgspec raises UnicodeDecodeError itself for a string that is not valid UTF-8.
         raise BadRequest(f"malformed inference request JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest(TOO_DEEP) from None
 
 
 def decode_infer_request(
@@ -321,6 +353,11 @@ def decode_infer_request(
             raise BadRequest(f"{where}: {exc.message}") from None
         _check_no_shared_memory(spec.parameters, where)
         shape, count = _checked_shape(spec.shape, where, limits)
+        if spec.datatype == "BYTES" and count > limits.max_bytes_elements:
+            raise BadRequest(
+                f"{where}: BYTES shape {_shape_text(shape)} has {count} elements, at most "
+                f"{limits.max_bytes_elements}"
+            )
         size = _non_negative_int(spec.parameters, "binary_data_size", where)
         has_data = spec.data is not msgspec.UNSET
         if size is not None:

@@ -187,8 +187,23 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:500] if text else type(exc).__name__
 
 
+def _isolate_network() -> bool:
+    """Leave the parent's network: a new user and network namespace holding only a loopback
+    that is down. Possible where unprivileged user namespaces are allowed (not under Docker's
+    default seccomp profile); True when done."""
+    import ctypes
+
+    clone_newuser, clone_newnet = 0x10000000, 0x40000000
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.unshare(clone_newuser | clone_newnet) == 0
+    except (OSError, AttributeError):
+        return False
+
+
 def main() -> None:
     """Entry point: ``argv[1]`` is the limits JSON, ``argv[2]`` the model path."""
+    isolated = _isolate_network()  # first: unshare needs a single-threaded process
     limits = json.loads(sys.argv[1])
     _limit(resource.RLIMIT_CORE, 0)
     # SIGXCPU at the soft limit, SIGKILL a second later should it be caught.
@@ -211,6 +226,7 @@ def main() -> None:
         os._exit(3)
     except Exception as exc:  # an unexpected failure inside onnx is a rejection, not a crash
         result = {"ok": False, "reason": f"validation failed: {type(exc).__name__}: {exc}"[:600]}
+    result["network_isolated"] = isolated
     sys.stdout.write(json.dumps(result) + "\n")
     sys.stdout.flush()
 

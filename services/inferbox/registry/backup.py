@@ -24,7 +24,9 @@ from inferbox.registry.migrate import migrate_sync
 from inferbox.registry.objects import ObjectStore
 
 FORMAT = 1
-SKIPPED_TABLES = {"schema_migrations"}  # migrations recreate it
+SKIPPED_TABLES = {"schema_migrations", "instance_secrets"}
+"""Not carried over: migrations recreate the first; the restored appliance keeps its own
+secrets (the key-cache MAC secret guards only copies in that appliance's Redis)."""
 
 
 def _tables(conn: psycopg.Connection) -> list[str]:
@@ -80,10 +82,14 @@ def restore(
         manifest = json.loads(archive.extractfile("manifest.json").read())
         if manifest.get("format") != FORMAT:
             raise ValueError(f"unknown backup format {manifest.get('format')}")
+        _check_names(manifest)
         migrate_sync(database_url)
         with psycopg.connect(database_url) as conn:
             if conn.execute("SELECT count(*) FROM models").fetchone()[0]:
                 raise ValueError("the database already holds models: restore needs an empty one")
+            unknown = sorted(set(manifest["tables"]) - set(_tables(conn)))
+            if unknown:
+                raise ValueError(f"the archive names tables this appliance lacks: {unknown}")
             # Rows go in table by table; constraints and triggers wait until all are there.
             conn.execute("SET session_replication_role = replica")
             for table in manifest["tables"]:
@@ -105,6 +111,21 @@ def restore(
                 target.write_bytes(archive.extractfile(f"secrets/{name}").read())
                 target.chmod(0o600)
     return manifest
+
+
+def _check_names(manifest: dict) -> None:
+    """Refuse an archive whose manifest names a secret file outside the secrets folder (a
+    path, ``..``) or an object key that is not a plain relative key; before anything is
+    written."""
+    for name in manifest.get("secrets", []):
+        if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name:
+            raise ValueError(f"the archive names a secret file outside its folder: {name!r}")
+    for key in manifest.get("objects", []):
+        parts = key.split("/") if isinstance(key, str) else [""]
+        if key.startswith("/") or any(part in ("", ".", "..") for part in parts):
+            raise ValueError(f"the archive names an object key that is not plain: {key!r}")
+    if not isinstance(manifest.get("tables"), dict):
+        raise ValueError("the archive's manifest has no table list")
 
 
 def _advance_sequences(conn: psycopg.Connection) -> None:

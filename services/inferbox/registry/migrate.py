@@ -29,10 +29,14 @@ async def migrate(conninfo: str) -> list[str]:
     async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
         await conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_ID,))
         try:
-            await conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-            )
+            # Created only when missing: a role without CREATE (the application's, see
+            # registry/roles.py) can then run this and find nothing to do.
+            cursor = await conn.execute("SELECT to_regclass('public.schema_migrations')")
+            if (await cursor.fetchone())[0] is None:
+                await conn.execute(
+                    "CREATE TABLE schema_migrations ("
+                    " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+                )
             cursor = await conn.execute("SELECT name FROM schema_migrations")
             done = {row[0] for row in await cursor.fetchall()}
             for path in migration_files():

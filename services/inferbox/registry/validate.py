@@ -19,12 +19,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import msgspec
 
 import inferbox
+from inferbox.errors import Unavailable
 from inferbox.models.spec import TensorSpec
 from inferbox.registry.errors import UnprocessableModel
 
@@ -83,6 +85,13 @@ class ValidatedModel:
     ir_version: int
     opsets: dict[str, int]
     """Imported opset per domain (``""`` is the default ONNX domain)."""
+    network_isolated: bool = False
+    """Whether the check ran without network (a network namespace of its own)."""
+
+
+MAX_CONCURRENT = 2
+"""Validations that run at once in one process; more wait for a slot (at most their timeout)."""
+_SLOTS = threading.BoundedSemaphore(MAX_CONCURRENT)
 
 
 def validate_model(path: Path, limits: ValidationLimits | None = None) -> ValidatedModel:
@@ -99,7 +108,10 @@ def validate_model(path: Path, limits: ValidationLimits | None = None) -> Valida
     memory = limits.memory_bytes + limits.memory_per_file_byte * size
     settings = {**asdict(limits), "memory_bytes": memory}
     command += [json.dumps(settings), str(path)]
+    # Nothing of the parent's environment (no credentials) reaches the child.
     env = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    if not _SLOTS.acquire(timeout=limits.timeout_s):
+        raise Unavailable(f"{MAX_CONCURRENT} models are being validated; retry later")
     try:
         proc = subprocess.run(
             command,
@@ -113,6 +125,8 @@ def validate_model(path: Path, limits: ValidationLimits | None = None) -> Valida
         raise UnprocessableModel(
             f"validation took longer than {limits.timeout_s:g} s and was stopped"
         ) from None
+    finally:
+        _SLOTS.release()
     result = _last_json_line(proc.stdout)
     if result is None:
         raise UnprocessableModel(_crash_reason(proc.returncode, proc.stderr, limits, memory))
@@ -123,6 +137,7 @@ def validate_model(path: Path, limits: ValidationLimits | None = None) -> Valida
         outputs=msgspec.convert(result["outputs"], list[TensorSpec]),
         ir_version=result["ir_version"],
         opsets=result["opsets"],
+        network_isolated=bool(result.get("network_isolated")),
     )
 
 

@@ -168,3 +168,39 @@ class AuditLog:
             )
             rows = await cur.fetchall()
         return [msgspec.convert(row, AuditEntry) for row in rows]
+
+
+OUT_OF_SCOPE_SQL = """
+SELECT 'audit' AS source, a.id::text AS id, a.at, a.actor, a.action, a.target, a.outcome,
+       a.remote_addr, k.scopes, k.allowed_models
+  FROM audit_log a JOIN api_keys k ON k.id = a.actor
+ WHERE NOT ('admin' = ANY (k.scopes))
+   AND (a.action LIKE 'key.%%'
+        OR ((a.action LIKE 'model.%%' OR a.action LIKE 'alias.%%')
+            AND (NOT ('models:write' = ANY (k.scopes))
+                 OR (k.allowed_models IS NOT NULL
+                     AND NOT (split_part(split_part(a.target, '/', 1), ':', 1)
+                              = ANY (k.allowed_models))))))
+UNION ALL
+SELECT 'jobs', j.id::text, j.created_at, j.api_key_id, 'job.submit', j.model, j.state,
+       NULL, k.scopes, k.allowed_models
+  FROM jobs j JOIN api_keys k ON k.id = j.api_key_id
+ WHERE NOT ('admin' = ANY (k.scopes))
+   AND (NOT ('jobs' = ANY (k.scopes))
+        OR (k.allowed_models IS NOT NULL AND NOT (j.model = ANY (k.allowed_models))))
+ ORDER BY at
+"""
+"""Control-plane changes and jobs made by keys that did not have the scope (or the model) they
+needed: key creation or revocation by a non-admin key; uploads, config, deletes, alias,
+traffic, load and unload changes by a key without ``models:write`` or that model; jobs by a
+key without ``jobs`` or that model. A key's scopes and models never change after creation, so
+its current row says what it had at the time. The gate refuses such calls before any handler
+runs, so every row found here is a call that got past it (like the path-normalization hole of
+da4a7bd and before: ``GET /v1//keys``, ``POST /v2//repository/models/m/unload``)."""
+
+
+async def out_of_scope(pool: AsyncConnectionPool) -> list[dict[str, Any]]:
+    """The rows of ``OUT_OF_SCOPE_SQL``, oldest first."""
+    async with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(OUT_OF_SCOPE_SQL)
+        return await cur.fetchall()

@@ -1,24 +1,10 @@
-"""The authorization decision: what a request needs (``requirement``) and whether its key has it
-(``Gate``).
+"""Whether a request's key may do what its route needs (``Gate``, ``permits``).
 
-=====================================================  ==================================
-Route                                                  Needs
-=====================================================  ==================================
-``/v2``, ``/v2/health/live``, ``/v2/health/ready``,    nothing (open)
-``/metrics``, ``/docs...``
-``/v2/models/{name}[/versions/{v}]/jobs``              ``jobs``, and ``name`` allowed
-``/v2/models/{name}...`` (metadata, ready, infer)      ``infer``, and ``name`` allowed
-``/v2/repository/index``                               ``infer``
-``/v2/repository/models/{name}/load|unload``           ``models:write``, ``name`` allowed
-``/v1/keys...``, ``/v1/audit...``                      ``admin``
-``/v1/jobs...``                                        ``jobs``
-``/v1/...`` POST, PUT, PATCH, DELETE                   ``models:write`` (model allowed)
-``/v1/...`` GET                                        any valid key (model allowed)
-anything else                                          any valid key
-=====================================================  ==================================
-
-``admin`` implies every scope. A missing, malformed, unknown, wrong, expired or revoked key is
-401 (with ``WWW-Authenticate: Bearer``); a valid key without the scope or the model is 403.
+What each route needs is declared on its handler (``inferbox.security.access``) and decided
+after routing (``inferbox.api.gate``; the inference fast path reads the ``infer`` route's
+declaration). ``admin`` implies every scope. A missing, malformed, unknown, wrong, expired or
+revoked key is 401 (with ``WWW-Authenticate: Bearer``); a valid key without the scope or the
+model is 403.
 """
 
 from __future__ import annotations
@@ -38,12 +24,6 @@ from inferbox.security.limits import Limiter
 
 log = structlog.get_logger(__name__)
 
-OPEN_PATHS = frozenset({"/v2", "/v2/health/live", "/v2/health/ready", "/metrics", "/docs"})
-"""Served to anyone: health for load balancers, server metadata for clients probing the
-protocol, metrics for Prometheus (never exposed by nginx), the OpenAPI description."""
-
-_READS = frozenset({"GET", "HEAD", "OPTIONS"})
-
 
 @dataclass(frozen=True, slots=True)
 class Need:
@@ -51,28 +31,6 @@ class Need:
 
     scope: str | None
     model: str | None = None
-
-
-def requirement(method: str, path: str) -> Need | None:
-    """What ``method path`` needs; None when it is open."""
-    if path in OPEN_PATHS or path.startswith("/docs/"):
-        return None
-    parts = path.strip("/").split("/")
-    if parts[0] == "v2":
-        if len(parts) >= 3 and parts[1] == "models":
-            return Need("jobs" if parts[-1] == "jobs" else "infer", parts[2])
-        if len(parts) >= 4 and parts[1] == "repository" and parts[2] == "models":
-            return Need("models:write", parts[3])
-        return Need("infer")
-    if parts[0] == "v1" and len(parts) >= 2:
-        section = parts[1]
-        if section in ("keys", "audit"):
-            return Need("admin")
-        if section == "jobs":
-            return Need("jobs")
-        model = parts[2] if section == "models" and len(parts) >= 3 else None
-        return Need(None if method in _READS else "models:write", model)
-    return Need(None)
 
 
 def permits(key: KeyRecord, need: Need) -> str | None:
@@ -104,13 +62,31 @@ class ScopeRefused(Forbidden):
         self.key_id = key_id
 
 
-def remote_address(scope: dict, headers: dict[bytes, bytes]) -> str | None:
-    """The caller's IP address: nginx's ``X-Real-IP`` when the peer is loopback or private (the
-    proxy in front), else the peer itself; None when neither is an IP address."""
+Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+LOOPBACK: Networks = (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128"))
+
+
+def trusted_networks(text: str) -> Networks:
+    """``Settings.trusted_proxies`` parsed: addresses and networks, comma-separated."""
+    try:
+        return tuple(
+            ipaddress.ip_network(part.strip(), strict=False)
+            for part in text.split(",")
+            if part.strip()
+        )
+    except ValueError as exc:
+        raise ValueError(f"INFERBOX_TRUSTED_PROXIES: {exc}") from None
+
+
+def remote_address(
+    scope: dict, headers: dict[bytes, bytes], trusted: Networks = LOOPBACK
+) -> str | None:
+    """The caller's IP address: the proxy's ``X-Real-IP`` when the peer is one of the
+    ``trusted`` proxies, else the peer itself; None when neither is an IP address."""
     client = scope.get("client")
     peer = _ip(client[0]) if client else None
     real = headers.get(b"x-real-ip")
-    if real and peer is not None and peer.is_private:
+    if real and peer is not None and any(peer in network for network in trusted):
         forwarded = _ip(real.decode("latin-1"))
         if forwarded is not None:
             return str(forwarded)
@@ -127,10 +103,13 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 class Gate:
     """Everything a request passes before it is served: its key, scope, model and limits."""
 
-    def __init__(self, cache: KeyCache, limiter: Limiter, audit: AuditLog) -> None:
+    def __init__(
+        self, cache: KeyCache, limiter: Limiter, audit: AuditLog, trusted: Networks = LOOPBACK
+    ) -> None:
         self.cache = cache
         self.limiter = limiter
         self.audit = audit
+        self.trusted = trusted
         # Authorization header -> (key id, the stored hash its secret matched). A client sends
         # the same header on every call: hashing it again each time is wasted work. The key's
         # record (revocation, expiry, scopes) is still looked up on every call.
@@ -207,7 +186,7 @@ class Gate:
             return
         try:
             await self.audit.auth_failure(
-                remote_addr=remote_address(scope, headers),
+                remote_addr=remote_address(scope, headers, self.trusted),
                 reason=exc.message,
                 key_id=getattr(exc, "key_id", None),
                 path=scope["path"],

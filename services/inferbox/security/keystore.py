@@ -4,6 +4,11 @@ The request path looks a key up by its id: first in the API process's own dictio
 live ``ttl_s``, one second), then in Redis (``Keys.api_key``, shared by every API process), and
 only then in PostgreSQL. A busy key therefore costs no round trip at all most of the time.
 
+Redis holds copies only, each with an HMAC-SHA256 over the key id and the record made with a
+secret that lives in PostgreSQL (``instance_secrets``, made at first start), never in Redis: a
+copy whose MAC does not match (planted, altered, or moved to another id) is deleted and the
+record read from PostgreSQL, so write access to Redis cannot mint or widen a key.
+
 Revocation is effective within a second everywhere: ``KeyCache.revoked`` overwrites the Redis
 copy with the revoked record and publishes the id, and every API process drops its local copy
 on that message; a process that missed it drops it when its one-second entry expires. Cache
@@ -15,7 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import os
+import secrets
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -161,6 +169,19 @@ class KeyStore:
             row = await cur.fetchone()
         return msgspec.convert(row, KeyRecord), full
 
+    async def cache_secret(self) -> bytes:
+        """The appliance's key-cache MAC secret, made (32 random bytes) at first use."""
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO instance_secrets (name, value) VALUES ('key_cache_mac', %s)"
+                " ON CONFLICT (name) DO NOTHING",
+                (secrets.token_bytes(32),),
+            )
+            cursor = await conn.execute(
+                "SELECT value FROM instance_secrets WHERE name = 'key_cache_mac'"
+            )
+            return bytes((await cursor.fetchone())[0])
+
     async def get(self, key_id: str) -> KeyRecord | None:
         """One key by id, or None."""
         async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
@@ -263,6 +284,22 @@ class KeyCache:
         """Ids of keys used since the last ``last_used_at`` update."""
         self._local: dict[str, tuple[float, KeyRecord | None]] = {}
         self._tasks: list[asyncio.Task] = []
+        self._mac_key: bytes | None = None
+
+    async def _secret(self) -> bytes:
+        if self._mac_key is None:
+            self._mac_key = await self.store.cache_secret()
+        return self._mac_key
+
+    def _seal(self, key_id: str, payload: bytes) -> bytes:
+        """``payload`` as stored in Redis: its MAC (64 hex digits), then the payload."""
+        mac = hmac.new(self._mac_key, key_id.encode() + b"\0" + payload, hashlib.sha256)
+        return mac.hexdigest().encode() + payload
+
+    def _open(self, key_id: str, value: bytes) -> bytes | None:
+        """The payload of a Redis value, or None when its MAC does not match."""
+        payload = value[64:]
+        return payload if hmac.compare_digest(self._seal(key_id, payload), value) else None
 
     async def get(self, key_id: str) -> KeyRecord | None:
         """The key's record (None for an unknown id), at most ``ttl_s`` old."""
@@ -302,10 +339,17 @@ class KeyCache:
             # cannot (down or restarting).
             log.warning("API key cache unreachable; reading PostgreSQL", error=str(exc))
             return await self.store.get(key_id)
+        await self._secret()
         if raw is not None:
-            return None if raw == _MISSING else msgspec.json.decode(raw, type=KeyRecord)
+            payload = self._open(key_id, raw)
+            if payload is not None:
+                return None if payload == _MISSING else msgspec.json.decode(payload, type=KeyRecord)
+            # Not written by an API process of this appliance: not believed, not kept.
+            log.warning("API key cache entry with a wrong MAC deleted", api_key_id=key_id[:40])
+            with contextlib.suppress(RedisError):
+                await self.redis.delete(name)
         record = await self.store.get(key_id)
-        value = _MISSING if record is None else msgspec.json.encode(record)
+        value = self._seal(key_id, _MISSING if record is None else msgspec.json.encode(record))
         # Unknown ids are remembered briefly: a flood of made-up keys reaches Redis, not SQL.
         ttl = self.redis_ttl_ms if record is not None else 5000
         with contextlib.suppress(RedisError):
@@ -319,14 +363,18 @@ class KeyCache:
 
     async def revoked(self, record: KeyRecord) -> None:
         """A key was just revoked: replace every cached copy within the second."""
+        await self._secret()
         await self.redis.set(
-            self.keys.api_key(record.id), msgspec.json.encode(record), px=self.redis_ttl_ms
+            self.keys.api_key(record.id),
+            self._seal(record.id, msgspec.json.encode(record)),
+            px=self.redis_ttl_ms,
         )
         self._local.pop(record.id, None)
         await self.redis.publish(self.keys.api_key_events, record.id)
 
     async def start(self) -> None:
         """Start following invalidations and recording ``last_used_at``."""
+        await self._secret()
         self._tasks = [
             asyncio.create_task(self._follow(), name="key-invalidations"),
             asyncio.create_task(self._touch(), name="key-last-used"),

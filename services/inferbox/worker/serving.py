@@ -22,6 +22,11 @@ from inferbox.worker.runtime import LoadedModel
 log = structlog.get_logger(__name__)
 
 
+def _halving_budget(calls: int) -> int:
+    """How often a failed batch of ``calls`` may be halved: enough to isolate two bad calls."""
+    return 2 * max(1, math.ceil(math.log2(calls))) + 1
+
+
 class ModelServer:
     """Serves one loaded model version with ``instance_count`` batch-loop threads."""
 
@@ -170,7 +175,10 @@ class ModelServer:
         for batch in batches:
             self._run(consumer, batch)
 
-    def _run(self, consumer: LaneConsumer, batch: Batch) -> None:
+    def _run(self, consumer: LaneConsumer, batch: Batch, halvings: list[int] | None = None) -> None:
+        """Run one batch and answer its calls. A failed batch is halved to find the calls at
+        fault (about 2·log2(n) runs per bad call), at most ``halvings[0]`` times in all for the
+        batch it came from; past that budget its calls get 503 (retry) and not a re-run each."""
         # Answers of an earlier batch go out before this one computes.
         consumer.flush()
         wanted = self._outputs_for(batch.calls)
@@ -191,11 +199,27 @@ class ModelServer:
                     half = len(batch.calls) // 2
                     for part in (batch.calls[:half], batch.calls[half:]):
                         for smaller in assemble(part, self.spec):
-                            self._run(consumer, smaller)
+                            self._run(consumer, smaller, halvings)
                     return
-                # Find the call at fault instead of failing every request of the batch.
-                for call in batch.calls:
-                    self._run(consumer, assemble([call], self.spec)[0])
+                # Find the calls at fault instead of failing every request of the batch: by
+                # halving, within a budget, so a trickle of poison calls cannot turn every
+                # batch into one run per call.
+                if halvings is None:
+                    halvings = [_halving_budget(len(batch.calls))]
+                if halvings[0] > 0:
+                    halvings[0] -= 1
+                    metrics.BATCH_RETRIES.labels(*self.labels).inc()
+                    half = len(batch.calls) // 2
+                    for part in (batch.calls[:half], batch.calls[half:]):
+                        for smaller in assemble(part, self.spec):
+                            self._run(consumer, smaller, halvings)
+                    return
+                self._reply_error(
+                    consumer,
+                    batch.calls,
+                    "inference failed for a call batched with this one; retry",
+                    503,
+                )
                 return
             status = 400 if isinstance(exc, InvalidArgument) else 500
             self._reply_error(consumer, batch.calls, f"inference failed: {exc}", status)
