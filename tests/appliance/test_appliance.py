@@ -218,6 +218,29 @@ def test_calls_succeed_again_soon_after_a_restart(env, service):
     assert took < 45, f"{took:.1f} s until calls passed again after restarting {service}"
 
 
+def test_backup_then_restore_into_a_wiped_appliance(env, tmp_path):
+    archive = tmp_path / "backups" / "appliance.tar.gz"
+    appliance("run", "scripts/backup", "--compose", str(archive))
+    # Written through the container for this host's user, readable by that user only.
+    assert archive.stat().st_uid == os.getuid() and archive.stat().st_mode & 0o077 == 0
+    appliance("down", "-v")
+    appliance("up")
+    fresh = read_env()
+    assert fresh["INFERBOX_API_KEY"] != env["INFERBOX_API_KEY"], "a wiped appliance has a new key"
+    with http(fresh) as client:
+        assert client.get(f"/v2/models/{MODEL}").status_code == 404
+    appliance("run", "scripts/restore", "--compose", str(archive))
+    appliance("compose", "restart", "api", "worker-cpu")
+    # The old key, model and job are back; `up` again is a no-op that finds the old admin key.
+    with http(env) as client:
+        wait_until(lambda: len(infer_json(client)) == 10, 90, "the restored model served")
+        np.testing.assert_allclose(infer_json(client), expected().ravel(), rtol=1e-5)
+        job_id = (Path(ENV_FILE).parent / "test-job-id").read_text()
+        assert client.get(f"/v1/jobs/{job_id}").json()["state"] == "succeeded"
+    appliance("up")
+    assert read_env()["INFERBOX_API_KEY"] == env["INFERBOX_API_KEY"]
+
+
 def test_down_and_up_again_keeps_models_keys_and_jobs(env, tmp_path):
     appliance("down")
     appliance("up")
