@@ -191,6 +191,56 @@ def test_grafana_and_kibana_without_a_trailing_slash_redirect(env):
             assert response.headers["location"] == f"{env['INFERBOX_URL']}/{name}/"
 
 
+def test_cuda_worker_image_resolves_its_libraries_and_refuses_the_cpu():
+    image = "inferbox-worker-cuda:0.1.0"
+    if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode:
+        pytest.skip(f"no {image} (scripts/appliance cuda builds it)")
+    ldd = subprocess.run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--entrypoint",
+            "sh",
+            image,
+            "-c",
+            "ldd /opt/venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime_providers_cuda.so",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "libcudart.so.13 => /opt/venv/" in ldd and "libcublas.so.13 => /opt/venv/" in ldd
+    missing = [line.split()[0] for line in ldd.splitlines() if "not found" in line]
+    assert missing == ["libcuda.so.1"], ldd
+    # Here no GPU: a worker that requires CUDA exits with the reason, never serves on the CPU.
+    worker = subprocess.run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "-e",
+            "INFERBOX_WORKER_REQUIRE_CUDA=true",
+            "-e",
+            "INFERBOX_REDIS_URL=redis://127.0.0.1:1/0",
+            "-e",
+            "INFERBOX_DATABASE_URL=postgresql://x@127.0.0.1:1/x",
+            image,
+            "inferbox",
+            "worker",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert worker.returncode != 0
+    assert "this worker will not serve on the CPU" in worker.stdout + worker.stderr
+
+
 def test_a_dead_api_replica_is_taken_out_of_rotation(env):
     containers = appliance("compose", "ps", "-q", "api").split()
     assert len(containers) == 2, "two API replicas by default"
