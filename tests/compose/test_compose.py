@@ -109,6 +109,24 @@ def test_init_env_generates_every_secret_once(env_file):
     ) == {k: v for k, v in values.items()}
 
 
+def test_init_env_add_missing_adds_new_settings_only(tmp_path):
+    # After an upgrade .env.example has settings an existing .env lacks.
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(ROOT / "scripts" / "init-env", tmp_path / "scripts" / "init-env")
+    (tmp_path / ".env.example").write_text("A_PASSWORD=GENERATED\nB=1\n")
+    subprocess.run([str(tmp_path / "scripts" / "init-env")], check=True, capture_output=True)
+    before = (tmp_path / ".env").read_text()
+    (tmp_path / ".env.example").write_text("A_PASSWORD=GENERATED\nB=1\nC_KEY=GENERATED\nD=2\n")
+    subprocess.run(
+        [str(tmp_path / "scripts" / "init-env"), "--add-missing"], check=True, capture_output=True
+    )
+    after = (tmp_path / ".env").read_text()
+    assert after.startswith(before)
+    values = dict(line.split("=", 1) for line in after.splitlines() if "=" in line)
+    assert values["D"] == "2" and len(values["C_KEY"]) == 48 and values["C_KEY"] != "GENERATED"
+    assert len(after.splitlines()) == len(before.splitlines()) + 4  # blank, comment, C_KEY, D
+
+
 def test_only_nginx_is_reachable_from_outside(every_profile):
     config = every_profile
     for name, service in config["services"].items():
