@@ -255,6 +255,42 @@ def test_a_dead_api_replica_is_taken_out_of_rotation(env):
         subprocess.run(["docker", "start", containers[0]], check=True, capture_output=True)
 
 
+def container_addresses(service: str) -> set[str]:
+    ids = appliance("compose", "ps", "-q", service).split()
+    out = subprocess.run(
+        [
+            "docker",
+            "inspect",
+            "-f",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
+            *ids,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return set(out.split())
+
+
+def test_recreated_api_replicas_get_calls_at_their_new_addresses(env):
+    # nginx is not restarted: it must look the replicas up again, not keep the old addresses.
+    before = container_addresses("api")
+    old = appliance("compose", "ps", "-q", "api").split()
+    # Two new replicas next to the old ones (so they cannot get their addresses), then the old
+    # ones removed: what `up` after a rebuild does, one replica at a time.
+    appliance(
+        "compose", "up", "-d", "--wait", "--no-deps", "--no-recreate", "--scale", "api=4", "api"
+    )
+    subprocess.run(["docker", "rm", "-f", *old], capture_output=True, check=True)
+    assert len(container_addresses("api")) == 2
+    assert not container_addresses("api") & before, "a new replica got an old address"
+    with http(env) as client:
+        took = wait_until(lambda: len(infer_json(client)) == 10, 60, "a call after recreating api")
+        for _ in range(10):
+            np.testing.assert_allclose(infer_json(client), expected().ravel(), rtol=1e-5)
+    assert took < 15, f"{took:.1f} s until calls passed again"
+
+
 @pytest.mark.parametrize("service", ["api", "worker-cpu"])
 def test_calls_succeed_again_soon_after_a_restart(env, service):
     appliance("compose", "restart", service)
