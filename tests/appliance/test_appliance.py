@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import ssl
 import subprocess
 import sys
@@ -59,9 +60,14 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.25) -> 
         time.sleep(interval)
 
 
-def appliance(*args: str, timeout: float = 600) -> str:
+def appliance(*args: str, timeout: float = 600, **env: str) -> str:
     done = subprocess.run(
-        [str(APPLIANCE), *args], capture_output=True, text=True, timeout=timeout, check=False
+        [str(APPLIANCE), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, **env},
     )
     assert done.returncode == 0, (
         f"scripts/appliance {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
@@ -141,7 +147,7 @@ def test_up_wrote_the_env_file(env):
 
 def test_push_a_model_and_call_it_with_tritonclient(env):
     out = cli(env, "models", "push", str(model_file()), "--name", MODEL, "--alias", "production")
-    assert f"{MODEL} version 1" in out
+    assert re.search(rf"{MODEL} version \d+ \(\w+\) -> production", out), out
     headers = {"Authorization": f"Bearer {env['INFERBOX_API_KEY']}"}
     host = env["INFERBOX_URL"].removeprefix("https://")
     with triton.InferenceServerClient(
@@ -334,8 +340,12 @@ def test_backup_then_restore_into_a_wiped_appliance(env, tmp_path):
 
 
 def test_down_and_up_again_keeps_models_keys_and_jobs(env, tmp_path):
+    # Up again with a Triton-layout model repository: setup imports it on this start.
+    repository = Path(ENV_FILE).parent / "test-repository"
+    if not repository.exists():
+        onnx_models.write_demo_repository(repository)
     appliance("down")
-    appliance("up")
+    appliance("up", INFERBOX_MODEL_REPOSITORY=str(repository))
     after = read_env()
     # The same admin key (setup's steps are idempotent), and the key still works.
     assert after["INFERBOX_API_KEY"] == env["INFERBOX_API_KEY"]
@@ -346,3 +356,7 @@ def test_down_and_up_again_keeps_models_keys_and_jobs(env, tmp_path):
         job = client.get(f"/v1/jobs/{job_id}")
         assert job.status_code == 200 and job.json()["state"] == "succeeded", job.text
         assert client.get(f"/v1/jobs/{job_id}/result").status_code == 200
+        # The repository's models came in beside the pushed one.
+        wait_until(
+            lambda: client.get("/v2/models/mlp/ready").status_code == 200, 60, "mlp imported"
+        )
