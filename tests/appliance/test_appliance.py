@@ -344,6 +344,8 @@ def test_down_and_up_again_keeps_models_keys_and_jobs(env, tmp_path):
     repository = Path(ENV_FILE).parent / "test-repository"
     if not repository.exists():
         onnx_models.write_demo_repository(repository)
+    # setup reads it as the image's non-root user.
+    subprocess.run(["chmod", "-R", "a+rX", str(repository)], check=True)
     appliance("down")
     appliance("up", INFERBOX_MODEL_REPOSITORY=str(repository))
     after = read_env()
