@@ -54,8 +54,13 @@ def worker(settings: Settings) -> None:
     # directory is set in a shared environment.
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     from inferbox.registry.wiring import object_store
+    from inferbox.worker.runtime import CudaUnavailable
 
-    worker = Worker(settings, objects=object_store(settings))
+    try:
+        worker = Worker(settings, objects=object_store(settings))
+    except CudaUnavailable as exc:
+        # Before the metrics port opens: the container exits and its healthcheck never passes.
+        raise click.ClickException(str(exc)) from None
     if settings.worker_metrics_port:
         from prometheus_client import REGISTRY, start_http_server
 

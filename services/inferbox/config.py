@@ -172,6 +172,10 @@ class Settings(BaseSettings):
     worker_providers: list[str] = Field(default_factory=lambda: list(DEFAULT_PROVIDERS))
     """Execution providers in preference order, intersected with what ONNX Runtime offers."""
 
+    worker_require_cuda: bool = False
+    """Refuse to start (exit non-zero) unless sessions really run on CUDA: a GPU worker never
+    serves on the CPU silently."""
+
     worker_cache_dir: Path = Path("/tmp/inferbox-cache")
     """Where a worker keeps local copies of model files."""
 

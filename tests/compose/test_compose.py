@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -17,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose.yaml"
 ENV_EXAMPLE = ROOT / ".env.example"
 BIN = Path(sys.executable).parent
+STANDINS = ROOT / "tests" / "appliance" / "standins"
 
 
 def _compose_binary() -> str:
@@ -37,29 +39,34 @@ def env_file(tmp_path_factory) -> Path:
     return root / ".env"
 
 
-@pytest.fixture(scope="module")
-def config(env_file) -> dict:
+def _resolve(env_file: Path, *profiles: str, files: tuple[Path, ...] = (COMPOSE,)) -> dict:
     """The compose file as compose itself resolves it (anchors merged, variables set)."""
+    args = [_compose_binary()]
+    for file in files:
+        args += ["-f", str(file)]
+    args += ["--env-file", str(env_file)]
+    for profile in profiles:
+        args += ["--profile", profile]
     done = subprocess.run(
-        [
-            _compose_binary(),
-            "-f",
-            str(COMPOSE),
-            "--env-file",
-            str(env_file),
-            "--profile",
-            "cpu",
-            "config",
-            "--format",
-            "json",
-        ],
+        [*args, "config", "--format", "json"],
         capture_output=True,
         text=True,
         check=True,
+        cwd=ROOT,
     )
-    import json
-
     return json.loads(done.stdout)
+
+
+@pytest.fixture(scope="module")
+def config(env_file) -> dict:
+    """The `cpu` profile: what a machine without a GPU (and CI) runs."""
+    return _resolve(env_file, "cpu")
+
+
+@pytest.fixture(scope="module")
+def every_profile(env_file) -> dict:
+    """Every service of every profile (gpu, cpu, ray, ray-cpu)."""
+    return _resolve(env_file, "*")
 
 
 def test_schema_valid():
@@ -102,7 +109,26 @@ def test_init_env_generates_every_secret_once(env_file):
     ) == {k: v for k, v in values.items()}
 
 
-def test_only_nginx_is_reachable_from_outside(config):
+def test_init_env_add_missing_adds_new_settings_only(tmp_path):
+    # After an upgrade .env.example has settings an existing .env lacks.
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(ROOT / "scripts" / "init-env", tmp_path / "scripts" / "init-env")
+    (tmp_path / ".env.example").write_text("A_PASSWORD=GENERATED\nB=1\n")
+    subprocess.run([str(tmp_path / "scripts" / "init-env")], check=True, capture_output=True)
+    before = (tmp_path / ".env").read_text()
+    (tmp_path / ".env.example").write_text("A_PASSWORD=GENERATED\nB=1\nC_KEY=GENERATED\nD=2\n")
+    subprocess.run(
+        [str(tmp_path / "scripts" / "init-env"), "--add-missing"], check=True, capture_output=True
+    )
+    after = (tmp_path / ".env").read_text()
+    assert after.startswith(before)
+    values = dict(line.split("=", 1) for line in after.splitlines() if "=" in line)
+    assert values["D"] == "2" and len(values["C_KEY"]) == 48 and values["C_KEY"] != "GENERATED"
+    assert len(after.splitlines()) == len(before.splitlines()) + 4  # blank, comment, C_KEY, D
+
+
+def test_only_nginx_is_reachable_from_outside(every_profile):
+    config = every_profile
     for name, service in config["services"].items():
         for port in service.get("ports", []):
             if name == "nginx":
@@ -150,14 +176,42 @@ def test_images_are_pinned_and_containers_unnamed(config):
         assert "container_name" not in service, f"{name} sets container_name (no --scale)"
 
 
-def test_gpu_worker_reserves_a_gpu_and_cpu_profile_exists(config):
-    devices = config["services"]["worker"]["deploy"]["resources"]["reservations"]["devices"]
-    assert devices[0]["capabilities"] == ["gpu"] and devices[0]["count"] == 1
+def test_gpu_worker_is_pinned_to_its_own_gpu_and_cpu_profile_exists(every_profile, config):
+    worker = every_profile["services"]["worker"]
+    assert worker["profiles"] == ["gpu"]
+    (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
+    # `count: 1` would give every worker GPU 0 (Docker does no GPU scheduling).
+    assert device["capabilities"] == ["gpu"] and device["device_ids"] == ["0"]
+    assert "count" not in device and "replicas" not in worker.get("deploy", {})
+    assert worker["environment"]["INFERBOX_WORKER_REQUIRE_CUDA"] == "true"
+    # The cpu profile builds and runs nothing of the GPU worker.
+    assert "worker" not in config["services"]
     assert config["services"]["worker-cpu"]["profiles"] == ["cpu"]
     assert (
         "CPUExecutionProvider"
         in config["services"]["worker-cpu"]["environment"]["INFERBOX_WORKER_PROVIDERS"]
     )
+
+
+def test_gpu_workers_script_gives_each_gpu_its_own_worker(env_file, tmp_path):
+    override = tmp_path / "compose.override.yaml"
+    subprocess.run(
+        [str(ROOT / "scripts" / "gpu-workers"), "3"],
+        check=True,
+        capture_output=True,
+        env={"PATH": "/usr/bin:/bin", "INFERBOX_GPU_WORKERS_FILE": str(override)},
+    )
+    services = _resolve(env_file, "gpu", files=(COMPOSE, override))["services"]
+    workers = {n: s for n, s in services.items() if n == "worker" or n.startswith("worker-gpu")}
+    assert sorted(workers) == ["worker", "worker-gpu1", "worker-gpu2"]
+    gpus = []
+    for name, service in workers.items():
+        (device,) = service["deploy"]["resources"]["reservations"]["devices"]
+        gpus += device["device_ids"]
+        # Each is scraped: Prometheus resolves the alias they share to every one of them.
+        assert "worker-gpu" in service["networks"]["backend"]["aliases"], name
+        assert ("build" in service) == (name == "worker"), name
+    assert sorted(gpus) == ["0", "1", "2"]
 
 
 def test_image_recipe_runs_as_a_non_root_user_on_pinned_bases():
@@ -166,5 +220,142 @@ def test_image_recipe_runs_as_a_non_root_user_on_pinned_bases():
     for base in re.findall(r"BASE_IMAGE=(\S+)", dockerfile):
         assert re.search(r":\d", base), base
     compose_text = yaml.safe_load(COMPOSE.read_text())
-    build = compose_text["x-worker"]["build"]["args"]
-    assert build["ORT_EXTRA"] == "gpu" and "cuda" in build["BASE_IMAGE"]
+    build = compose_text["services"]["worker"]["build"]["args"]
+    assert build["ORT_EXTRA"] == "gpu"
+
+
+def test_image_recipe_needs_no_frontend_from_a_registry():
+    # `# syntax=` makes BuildKit pull a frontend image: an offline engine cannot build then.
+    for recipe in (ROOT / "services" / "Dockerfile", STANDINS / "Dockerfile"):
+        assert not re.search(r"^#\s*syntax\s*=", recipe.read_text(), re.MULTILINE), recipe
+
+
+def test_cuda_variant_carries_the_libraries_its_onnxruntime_links_against():
+    # onnxruntime-gpu from PyPI is built for CUDA 13 and cuDNN 9: the CUDA image takes them from
+    # the wheels its own extras name, not from a CUDA base image of another major version.
+    project = (ROOT / "pyproject.toml").read_text()
+    assert re.search(r'gpu = \["onnxruntime-gpu\[cuda,cudnn\]==1\.31\.1"\]', project)
+    compose_text = COMPOSE.read_text()
+    assert "nvidia/cuda:12" not in compose_text
+    dockerfile = (ROOT / "services" / "Dockerfile").read_text()
+    # The build fails on an unresolved library of the CUDA provider other than the driver's.
+    assert "libonnxruntime_providers_cuda.so" in dockerfile
+    assert "ldd" in dockerfile and "grep -v 'libcuda\\.so\\.1'" in dockerfile
+
+
+def test_minio_image_comes_from_a_registry_that_still_serves_it(every_profile):
+    image = every_profile["services"]["minio"]["image"]
+    # MinIO deleted its Docker Hub repositories (2026): `minio/minio` no longer pulls.
+    assert image.startswith("quay.io/minio/minio:RELEASE."), image
+
+
+def test_services_with_published_ports_are_on_a_network_with_a_way_out(every_profile):
+    # Docker binds no published port of a container whose networks are all internal.
+    networks = every_profile["networks"]
+    for name, service in every_profile["services"].items():
+        if not service.get("ports"):
+            continue
+        attached = set(service.get("networks", {}))
+        assert any(not networks[n].get("internal") for n in attached), name
+
+
+def test_workers_reach_webhook_receivers(every_profile):
+    # Job webhooks are delivered by the workers; `backend` has no route out.
+    networks = every_profile["networks"]
+    for name in ("worker", "worker-cpu"):
+        attached = set(every_profile["services"][name]["networks"])
+        assert any(not networks[n].get("internal") for n in attached), name
+    assert "egress" not in every_profile["services"]["api"]["networks"]
+
+
+def test_each_image_has_one_builder(every_profile):
+    # Compose builds services in parallel: two builders of one tag fail with "already exists".
+    builders: dict[str, list[str]] = {}
+    for name, service in every_profile["services"].items():
+        if "build" in service:
+            builders.setdefault(service["image"], []).append(name)
+    # ray-head and ray-head-cpu share one recipe but never one profile.
+    builders = {
+        image: [n for n in names if n != "ray-head-cpu"] for image, names in builders.items()
+    }
+    assert all(len(names) == 1 for names in builders.values()), builders
+    assert builders["inferbox-api:0.1.0"] == ["api"]
+
+
+def test_every_container_has_a_memory_limit_set_in_env_example(every_profile):
+    for name, service in every_profile["services"].items():
+        assert service.get("mem_limit"), f"{name} has no memory limit"
+    text = COMPOSE.read_text()
+    for variable in re.findall(r"mem_limit: \$\{([A-Z0-9_]+):-", text):
+        assert re.search(rf"^{variable}=\S+", ENV_EXAMPLE.read_text(), re.MULTILINE), variable
+
+
+def test_grafana_healthcheck_asks_under_its_sub_path(every_profile):
+    grafana = every_profile["services"]["grafana"]
+    # Served from /grafana/, Grafana redirects /api/health to root_url (port 80): unhealthy.
+    assert grafana["environment"]["GF_SERVER_SERVE_FROM_SUB_PATH"] == "true"
+    url = next(arg for arg in grafana["healthcheck"]["test"] if arg.startswith("http"))
+    assert url == "http://127.0.0.1:3000/grafana/api/health"
+
+
+def test_prometheus_scrapes_every_api_replica_and_worker(every_profile):
+    config = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    names = {
+        job: {n for sd in jobs[job].get("dns_sd_configs", []) for n in sd["names"]}
+        for job in ("inferbox-api", "inferbox-worker")
+    }
+    assert names["inferbox-api"] == {"api"}
+    # The cpu profile's worker and every GPU worker (alias worker-gpu) are targets.
+    assert names["inferbox-worker"] == {"worker-cpu", "worker-gpu"}
+    services = every_profile["services"]
+    assert (
+        "worker-cpu" in services
+        and "worker-gpu" in services["worker"]["networks"]["backend"]["aliases"]
+    )
+
+
+def test_api_runs_several_replicas_behind_nginx(config):
+    assert config["services"]["api"]["deploy"]["replicas"] == 2
+    # nginx looks the replicas up per request instead of once at start (stale addresses).
+    assert config["services"]["nginx"]["environment"]["INFERBOX_NGINX_API_TARGET"] == "api:8000"
+
+
+def test_nginx_locations_with_their_own_headers_still_pass_host():
+    # A location with any proxy_set_header inherits none from the server (Grafana's origin
+    # check then sees Host: grafana:3000 and refuses every panel query).
+    template = (ROOT / "nginx" / "nginx.conf.template").read_text()
+    for match in re.finditer(r"location ([^{]+)\{(.*?)\n        \}", template, re.DOTALL):
+        body = match.group(2)
+        if "proxy_set_header" in body:
+            assert "proxy_set_header Host $http_host;" in body, match.group(1)
+            assert "proxy_set_header X-Forwarded-Proto https;" in body, match.group(1)
+
+
+def test_grafana_and_kibana_without_a_trailing_slash_redirect():
+    template = (ROOT / "nginx" / "nginx.conf.template").read_text()
+    for name in ("grafana", "kibana"):
+        assert f"location = /{name} {{\n            return 301 https://$http_host/{name}/;" in (
+            template
+        )
+
+
+def test_build_context_leaves_out_secrets_and_data():
+    ignored = set((ROOT / ".dockerignore").read_text().split())
+    assert {".env", "models", "backups", ".stack", ".appliance", ".venv", ".git"} <= ignored
+
+
+def test_build_ca_bundle_is_a_secret_never_an_image_layer(every_profile):
+    dockerfile = (ROOT / "services" / "Dockerfile").read_text()
+    assert "ca_bundle" in dockerfile and "COPY" not in dockerfile.split("ca_bundle")[0][-200:]
+    for line in dockerfile.splitlines():
+        if "ca_bundle" in line and line.startswith("RUN"):
+            assert "--mount=type=secret,id=ca_bundle,required=false" in line
+    assert every_profile["services"]["api"]["build"]["secrets"][0]["source"] == "ca_bundle"
+
+
+def test_stand_in_override_changes_images_only():
+    override = yaml.safe_load((STANDINS.parent / "compose.test.yaml").read_text())
+    assert set(override) == {"services"}
+    for name, service in override["services"].items():
+        assert set(service) == {"image"}, name

@@ -43,6 +43,7 @@ def prometheus(appliance, tmp_path_factory) -> str:
     # The Ray worker (compose profile ``ray``) is not part of this appliance.
     config["scrape_configs"] = [j for j in config["scrape_configs"] if j["job_name"] in targets]
     for job in config["scrape_configs"]:
+        job.pop("dns_sd_configs", None)
         job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()

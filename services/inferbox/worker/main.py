@@ -66,7 +66,7 @@ class Worker:
         self.recycle = False
         self.jobs = None
         self._lock = threading.Lock()
-        self.device = probe_device(settings.worker_providers)
+        self.device = probe_device(settings.worker_providers, settings.worker_require_cuda)
         self.cache = ModelCache(settings.worker_cache_dir, objects)
         self.residency = Residency(settings.worker_memory_budget_bytes)
         self.baseline = memory.usage(self.device)

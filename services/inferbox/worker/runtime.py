@@ -180,8 +180,13 @@ class LoadedModel:
         return array.reshape((array.shape[0], *shape) if self.batched else shape)
 
 
-def probe_device(preferred: list[str]) -> str:
-    """``cuda`` if a session on a one-node graph really runs on CUDA here, else ``cpu``."""
+class CudaUnavailable(RuntimeError):
+    """CUDA was required (a GPU worker) but a session here does not run on it."""
+
+
+def probe_device(preferred: list[str], require_cuda: bool = False) -> str:
+    """``cuda`` if a session on a one-node graph really runs on CUDA here, else ``cpu``;
+    with ``require_cuda``, raises :class:`CudaUnavailable` instead of falling back to the CPU."""
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
@@ -202,6 +207,12 @@ def probe_device(preferred: list[str]) -> str:
         log.warning("execution provider probe failed", error=str(exc))
         used = ["CPUExecutionProvider"]
     device = "cuda" if used and used[0] == "CUDAExecutionProvider" else "cpu"
+    if device == "cpu" and require_cuda:
+        raise CudaUnavailable(
+            "CUDA was required (INFERBOX_WORKER_REQUIRE_CUDA) but a session here runs on "
+            f"{used}: no GPU visible, or the driver or CUDA libraries do not load "
+            "(ONNX Runtime's error above says which); this worker will not serve on the CPU"
+        )
     if device == "cpu" and "CUDAExecutionProvider" in preferred:
         log.warning("no usable CUDA device: models run on the CPU", providers=used)
     return device

@@ -8,7 +8,13 @@ import pytest
 
 from inferbox.models.spec import ModelConfig, spec_from_onnx
 from inferbox.testing import onnx_models
-from inferbox.worker.runtime import choose_providers, load_model, probe_device, spinning_pays
+from inferbox.worker.runtime import (
+    CudaUnavailable,
+    choose_providers,
+    load_model,
+    probe_device,
+    spinning_pays,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -40,6 +46,12 @@ def test_providers_follow_preference_and_always_end_with_cpu(preferred, availabl
 
 def test_a_machine_without_a_gpu_reports_cpu():
     assert probe_device(["CUDAExecutionProvider", "CPUExecutionProvider"]) == "cpu"
+
+
+def test_a_worker_that_requires_cuda_refuses_the_cpu():
+    # A GPU worker (INFERBOX_WORKER_REQUIRE_CUDA) whose CUDA libraries or GPU are missing.
+    with pytest.raises(CudaUnavailable, match="will not serve on the CPU"):
+        probe_device(["CUDAExecutionProvider", "CPUExecutionProvider"], require_cuda=True)
 
 
 def test_load_model_warms_up_and_runs(tmp_path):
