@@ -9,7 +9,7 @@ import pytest
 from inferbox.lanes.wire import CallHeader, TensorMeta, decode_reply
 from inferbox.worker.batcher import Call, assemble
 from inferbox.worker.serving import ModelServer, _halving_budget
-from tests.unit.worker.test_oom_split import _Consumer, _spec
+from tests.unit.worker.test_oom_split import _spec
 
 pytestmark = pytest.mark.unit
 
@@ -21,6 +21,7 @@ class _Model:
         self.spec = spec
         self.runs = 0
         self.output_names = ["y"]
+        self.buckets: list[int] = []
 
     def run(self, feeds, outputs=None):
         self.runs += 1
@@ -43,11 +44,10 @@ def _calls(values):
     ]
 
 
-def _serve(values):
+def _serve(values, consumer):
     spec = _spec()
     model = _Model(spec)
     server = ModelServer(model, None, None, "w", block_ms=1, claim_idle_ms=1)
-    consumer = _Consumer()
     (batch,) = assemble(_calls(values), spec)
     server._run(consumer, batch)
     return model, consumer
@@ -57,16 +57,16 @@ def _statuses(consumer) -> list[int]:
     return [decode_reply(message)[0].status for _, message in consumer.replies]
 
 
-def test_one_poison_call_in_a_batch_of_64_costs_a_few_runs_and_fails_alone():
-    model, consumer = _serve([1.0] * 40 + [-1.0] + [1.0] * 23)
+def test_one_poison_call_in_a_batch_of_64_costs_a_few_runs_and_fails_alone(new_consumer):
+    model, consumer = _serve([1.0] * 40 + [-1.0] + [1.0] * 23, new_consumer())
     assert len(consumer.done) == 64 and len(consumer.replies) == 64
     assert model.runs <= 2 * 6 + 1  # at da4a7bd: 65 (the batch, then each call alone)
     failed = [s for s in _statuses(consumer) if s != 200]
     assert failed == [500]
 
 
-def test_a_batch_of_poison_calls_stops_at_the_budget_and_asks_the_rest_to_retry():
-    model, consumer = _serve([-1.0] * 64)
+def test_a_batch_of_poison_calls_stops_at_the_budget_and_asks_the_rest_to_retry(new_consumer):
+    model, consumer = _serve([-1.0] * 64, new_consumer())
     assert len(consumer.done) == 64
     assert model.runs <= 1 + 2 * _halving_budget(64)
     assert set(_statuses(consumer)) <= {500, 503}
