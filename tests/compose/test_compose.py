@@ -290,6 +290,20 @@ def test_every_container_has_a_memory_limit_set_in_env_example(every_profile):
         assert re.search(rf"^{variable}=\S+", ENV_EXAMPLE.read_text(), re.MULTILINE), variable
 
 
+def _bytes(size: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    size = size.lower().removesuffix("b")
+    return int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
+
+
+def test_the_queue_redis_refuses_before_its_container_is_killed_and_never_evicts(config):
+    redis = config["services"]["redis"]
+    command = redis["command"]
+    maxmemory = command[command.index("--maxmemory") + 1]
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+    assert _bytes(maxmemory) < _bytes(str(redis["mem_limit"]))
+
+
 def test_grafana_healthcheck_asks_under_its_sub_path(every_profile):
     grafana = every_profile["services"]["grafana"]
     # Served from /grafana/, Grafana redirects /api/health to root_url (port 80): unhealthy.

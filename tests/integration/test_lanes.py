@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import subprocess
 import time
 import uuid
 
 import numpy as np
 import pytest
+import redis
 
 from inferbox.errors import DeadlineExceeded, Unavailable
 from inferbox.keys import CONSUMER_GROUP, Keys
@@ -144,4 +147,61 @@ async def test_queued_bytes_are_bounded_and_given_back(redis_client, keys):
         with pytest.raises(DeadlineExceeded):  # room again
             await client.call(stream, header, [raw], max_queue=100, timeout_s=0.1)
     finally:
+        await client.close()
+
+
+@pytest.fixture
+def full_redis_url(tmp_path):
+    """A Redis of its own with a 4 MiB maxmemory that never evicts (as compose runs the queue's)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    command += ["--appendonly", "no", "--dir", str(tmp_path)]
+    command += ["--maxmemory", "4mb", "--maxmemory-policy", "noeviction"]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    direct = redis.Redis.from_url(url)
+    for _ in range(100):
+        try:
+            direct.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    yield url
+    server.terminate()
+    server.wait(10)
+
+
+async def test_a_queue_redis_at_its_memory_limit_refuses_calls_with_503_and_loses_none(
+    full_redis_url, keys
+):
+    """At its maxmemory the queue's Redis refuses a new call (503 with Retry-After, a message
+    that says why), and what was queued before is still there: nothing is evicted."""
+    direct = redis.Redis.from_url(full_redis_url)
+    client = InteractiveClient(full_redis_url, keys)
+    stream = keys.stream("mlp", 1, "hi")
+    header = CallHeader(
+        channel="", token="", deadline=time.time() + 60, inputs=[TensorMeta("x", "FP32", [1, 64])]
+    )
+    raw = np.zeros(256 * 1024, np.uint8).tobytes()
+    queued = []
+    try:
+        with pytest.raises(Unavailable, match="memory limit") as refused:
+            for _ in range(64):  # 16 MiB: far past the 4 MiB limit
+                queued.append(
+                    asyncio.create_task(
+                        client.call(stream, header, [raw], max_queue=1000, timeout_s=30)
+                    )
+                )
+                await asyncio.sleep(0.01)
+                for task in queued:
+                    if task.done():
+                        task.result()
+        assert refused.value.retry_after == 1.0
+        assert 0 < direct.xlen(stream) < 64
+        assert direct.info("stats")["evicted_keys"] == 0
+    finally:
+        for task in queued:
+            task.cancel()
         await client.close()

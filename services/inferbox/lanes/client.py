@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 import structlog
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from inferbox.errors import DeadlineExceeded, InferboxError, Unavailable
 from inferbox.keys import Keys
@@ -165,9 +165,17 @@ class InteractiveClient:
                 fields += (key, value)
             try:
                 entry_id = await self._enqueue(stream, fields, max_queue)
+            except ResponseError as exc:
+                if str(exc).startswith("OOM"):
+                    # The queue's Redis is at its maxmemory and never evicts (an evicted call
+                    # would be a lost call): it refuses new calls until queued ones are answered.
+                    raise Unavailable(
+                        "the queue is full: its Redis is at its memory limit", retry_after=1.0
+                    ) from exc
+                # Answering but not serving yet (LOADING its data after a restart, MISCONF,
+                # READONLY): the caller may retry.
+                raise Unavailable("the queue is unreachable") from exc
             except RedisError as exc:
-                # Unreachable, or answering but not serving yet (LOADING its data after a
-                # restart, MISCONF, READONLY): the caller may retry.
                 raise Unavailable("the queue is unreachable") from exc
             if entry_id is None:
                 raise Unavailable("the model's queue is full", retry_after=1.0)
