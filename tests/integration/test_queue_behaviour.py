@@ -149,7 +149,9 @@ def test_a_departed_client_has_its_queued_call_dropped(appliance):
     _settled(appliance)
     ok = _ok_calls(appliance)
     expired = appliance.metric("inferbox_worker_calls_total", model="slow", outcome="expired")
-    busy = _occupy(appliance)
+    # The biggest call the model takes (about half a second here, more on a slower machine),
+    # and a client that leaves well before it can be done: its call is still queued then.
+    busy = _occupy(appliance, rows=1024)
     stream = appliance.keys.stream("slow", 1, "hi")
     body, headers = _slow_body(1)
     with pytest.raises(httpx.ReadTimeout):
@@ -157,7 +159,7 @@ def test_a_departed_client_has_its_queued_call_dropped(appliance):
             f"{appliance.url}/v2/models/slow/infer",
             content=body,
             headers={**headers, **appliance.headers},
-            timeout=0.3,
+            timeout=0.1,
         )
     # The API withdraws the call as soon as it sees the client leave.
     wait_for(lambda: appliance.redis.xlen(stream) == 1, 5, "the call to be withdrawn", 0.01)
