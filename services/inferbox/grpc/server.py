@@ -200,6 +200,12 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             await self._release(key, slot)
             api_metrics.record_route(f"grpc:{route}", status, time.perf_counter() - started)
 
+    async def _serve_model(self, context, request, tail: str, answer, rpc: str):
+        """``_serve`` for a model RPC (``name``, ``version``): as the HTTP GET route of the
+        model (or its version) followed by ``tail``."""
+        route = _model_route(request.version, tail, "GET")
+        return await self._serve(context, route, request.name, answer, rpc, request.version)
+
     # --- server -----------------------------------------------------------------------------
 
     async def ServerLive(self, request, context):
@@ -230,14 +236,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             available = await directory.availability(spec)
             return service_pb2.ModelReadyResponse(ready=available.ready)
 
-        return await self._serve(
-            context,
-            _model_route(request.version, "/ready", "GET"),
-            request.name,
-            answer,
-            "ModelReady",
-            request.version,
-        )
+        return await self._serve_model(context, request, "/ready", answer, "ModelReady")
 
     async def ModelMetadata(self, request, context):
         async def answer(call):
@@ -260,14 +259,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 ],
             )
 
-        return await self._serve(
-            context,
-            _model_route(request.version, "", "GET"),
-            request.name,
-            answer,
-            "ModelMetadata",
-            request.version,
-        )
+        return await self._serve_model(context, request, "", answer, "ModelMetadata")
 
     async def ModelConfig(self, request, context):
         async def answer(call):
@@ -279,14 +271,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             config = triton_config.from_json(_triton_config(spec))
             return service_pb2.ModelConfigResponse(config=config)
 
-        return await self._serve(
-            context,
-            _model_route(request.version, "/config", "GET"),
-            request.name,
-            answer,
-            "ModelConfig",
-            request.version,
-        )
+        return await self._serve_model(context, request, "/config", answer, "ModelConfig")
 
     async def ModelStatistics(self, request, context):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "model statistics are not served")
