@@ -304,6 +304,19 @@ def test_the_queue_redis_refuses_before_its_container_is_killed_and_never_evicts
     assert _bytes(maxmemory) < _bytes(str(redis["mem_limit"]))
 
 
+def test_only_setup_connects_to_postgresql_as_the_owner(every_profile):
+    """The running parts use the application role setup makes (the audit log append-only for
+    them); migrations, backup and restore run in setup as the owner."""
+    services = every_profile["services"]
+    setup = services["setup"]
+    assert setup["environment"]["INFERBOX_DATABASE_URL"].startswith("postgresql://inferbox:")
+    assert "inferbox db app-role --role inferbox_app" in " ".join(setup["command"])
+    for name, service in services.items():
+        url = (service.get("environment") or {}).get("INFERBOX_DATABASE_URL")
+        if url is not None and name != "setup":
+            assert url.startswith("postgresql://inferbox_app:"), name
+
+
 def test_grafana_healthcheck_asks_under_its_sub_path(every_profile):
     grafana = every_profile["services"]["grafana"]
     # Served from /grafana/, Grafana redirects /api/health to root_url (port 80): unhealthy.
