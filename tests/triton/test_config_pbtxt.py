@@ -174,3 +174,13 @@ def test_dims_more_specific_than_the_graph_narrow_it_and_fixed_dims_cannot_be_dy
         _serving("max_batch_size: 4", inputs=[TensorSpec("x", "FP32", [1, 16])])
     with pytest.raises(triton_config.TritonConfigError, match="'nope' is not an input"):
         _serving('input [ { name: "nope", dims: [ 16 ] } ]')
+
+
+def test_cuda_graphs_in_the_optimization_section_are_honoured():
+    graph = [TensorSpec("x", "FP32", [-1, 16])], [TensorSpec("y", "FP32", [-1, 4])]
+    proto = triton_config.parse(
+        'name: "m"\nmax_batch_size: 8\noptimization { cuda { graphs: true } }'
+    )
+    serving = triton_config.serving_from_triton(proto, "m", *graph, default_max_batch_size=64)
+    assert serving.config["cuda_graphs"] is True
+    assert serving.not_honoured == []

@@ -92,6 +92,18 @@ class ModelConfig(msgspec.Struct, frozen=True, kw_only=True):
     at load. Off by default: on an H200 it did not change a ResNet-50's throughput (a cuDNN
     convolution pays its setup again whenever the batch size differs from its last run, and
     a few sizes still alternate; docs/benchmarks.md), and padded rows cost compute."""
+    bucket_sessions: bool = False
+    """Pad batches as ``pad_batches`` does and keep one session per batch size, so that each
+    session only ever sees one shape. On CUDA a convolution re-plans whenever its input shape
+    differs from its last run; with a session per size none does. Costs a copy of the weights
+    per size (``max_batch_size`` 128: eight sessions)."""
+    cuda_graphs: bool = False
+    """Replay a captured CUDA graph per batch size instead of launching each kernel (implies
+    ``bucket_sessions``; every tensor's shape must be fixed but the batch dimension). Ignored,
+    with a warning, where the session runs on the CPU."""
+    io_binding: bool | None = None
+    """Run batches through ONNX Runtime's I/O binding: inputs copied to the device once,
+    outputs copied back together after the run. None: on where the session runs on CUDA."""
     provider_options: dict[str, dict[str, str]] = msgspec.field(default_factory=dict)
     """ONNX Runtime options per execution provider, over inferbox's defaults, e.g.
     ``{"CUDAExecutionProvider": {"cudnn_conv_algo_search": "HEURISTIC"}}`` (the GPU knobs and

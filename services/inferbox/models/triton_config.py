@@ -61,6 +61,7 @@ HONOURED = (
     "instance_group[*].kind",
     "parameters[intra_op_thread_count].string_value",
     "optimization.graph.level",
+    "optimization.cuda.graphs",
     "optimization.execution_accelerators.gpu_execution_accelerator[*].name",
     "optimization.execution_accelerators.cpu_execution_accelerator[*].name",
     "model_warmup[*].name",
@@ -427,6 +428,8 @@ def serving_from_triton(
     level = proto.optimization.graph.level
     if level in _GRAPH_LEVELS and proto.optimization.HasField("graph"):
         config["graph_optimization_level"] = _GRAPH_LEVELS[level]
+    if proto.optimization.cuda.graphs:
+        config["cuda_graphs"] = True
     accelerators = proto.optimization.execution_accelerators
     extra = [
         _ACCELERATORS[item.name]

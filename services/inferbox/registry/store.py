@@ -147,6 +147,19 @@ def check_config(
     elif not all(p.endswith("ExecutionProvider") for p in providers):
         problems.append("execution_providers must be ONNX Runtime provider names")
     problems += _provider_option_problems(config.provider_options)
+    if config.cuda_graphs:
+        batched = config.max_batch_size > 0
+        loose = [
+            t.name
+            for t in [*inputs, *outputs]
+            if t.datatype == "BYTES"
+            or any(d < 0 for d in (t.reshape or (t.shape[1:] if batched else t.shape)))
+        ]
+        if loose:
+            problems.append(
+                "cuda_graphs needs numeric tensors of fixed shape but the batch dimension; "
+                f"not so: {loose}"
+            )
     if config.graph_optimization_level not in GRAPH_OPTIMIZATION_LEVELS:
         problems.append(f"graph_optimization_level must be one of {GRAPH_OPTIMIZATION_LEVELS}")
     if config.timeout_ms is not None and config.timeout_ms <= 0:

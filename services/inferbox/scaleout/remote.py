@@ -59,8 +59,6 @@ class RemoteModel:
         self.key = (spec.name, spec.version)
         self.output_names = output_names
         self.providers = providers
-        self.buckets: list[int] = []
-        """Batches go to the actors as assembled (padding is a local session's option)."""
         self.load_seconds = 0.0
         self.pool = pool
         self.retry_wait_s = retry_wait_s

@@ -237,6 +237,7 @@ class Worker:
             claim_idle_ms=self.settings.worker_claim_idle_ms,
             device=self.device,
             on_batch=lambda: self.residency.touch(key),
+            tensor_dir=self.settings.tensor_dir or None,
         )
         server.start()
         self.servers[key] = server

@@ -16,7 +16,7 @@ from inferbox.keys import Keys
 from inferbox.lanes.consumer import LaneConsumer
 from inferbox.lanes.wire import ReplyHeader, encode_reply
 from inferbox.observability import worker_metrics as metrics
-from inferbox.worker.batcher import Batch, Call, assemble, padded, split
+from inferbox.worker.batcher import Batch, Call, assemble, split
 from inferbox.worker.runtime import LoadedModel
 
 log = structlog.get_logger(__name__)
@@ -41,6 +41,7 @@ class ModelServer:
         claim_idle_ms: int,
         device: str = "cpu",
         on_batch=None,
+        tensor_dir: str | None = None,
     ):
         self.model = model
         self.spec = model.spec
@@ -51,11 +52,11 @@ class ModelServer:
         self.claim_idle_ms = claim_idle_ms
         self.device = device
         self.on_batch = on_batch or (lambda: None)
+        self.tensor_dir = tensor_dir
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
         self.labels = (self.spec.name, str(self.spec.version))
         self.datatypes = {t.name: t.datatype for t in self.spec.outputs}
-        self.buckets = model.buckets
         metrics.init_model(*self.labels)
 
     def start(self) -> None:
@@ -82,7 +83,12 @@ class ModelServer:
 
     def _loop(self) -> None:
         consumer = LaneConsumer(
-            self.client, self.keys, self.spec.name, self.spec.version, self.consumer_name
+            self.client,
+            self.keys,
+            self.spec.name,
+            self.spec.version,
+            self.consumer_name,
+            self.tensor_dir,
         )
         backlog: deque[Call] = deque()
         next_claim = 0.0
@@ -184,12 +190,7 @@ class ModelServer:
         wanted = self._outputs_for(batch.calls)
         started = time.perf_counter()
         try:
-            rows = sum(batch.rows)
-            if self.buckets and len(batch.calls) > 0 and rows > 0:
-                names, results = self.model.run(padded(batch.feeds, rows, self.buckets), wanted)
-                results = [r[:rows] if r.ndim and r.shape[0] > rows else r for r in results]
-            else:
-                names, results = self.model.run(batch.feeds, wanted)
+            names, results = self.model.run(batch.feeds, wanted)
             replies = split(batch, names, results, self.datatypes)
         except Exception as exc:
             if len(batch.calls) > 1:

@@ -1,5 +1,6 @@
 """The worker's GPU code paths, run where no GPU is: provider options, CUDA library preload,
-padded batches, per-process device memory (docs/benchmarks.md has what they were worth on an H200)."""
+padded batches, a session per batch size, I/O binding, CUDA-graph shapes, per-process device
+memory (docs/benchmarks.md has what they were worth on an H200)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,18 @@ import pytest
 
 from inferbox.errors import BadRequest
 from inferbox.lanes.wire import CallHeader, TensorMeta
-from inferbox.models.spec import ModelConfig, spec_from_onnx
+from inferbox.models.spec import ModelConfig, TensorSpec, spec_from_onnx
 from inferbox.registry.store import check_config
 from inferbox.testing import onnx_models
 from inferbox.worker import memory
 from inferbox.worker.batcher import Call, assemble, batch_buckets, padded
-from inferbox.worker.runtime import load_model, preload_cuda_libraries, provider_options
+from inferbox.worker.runtime import (
+    LoadedModel,
+    graph_shapes,
+    load_model,
+    preload_cuda_libraries,
+    provider_options,
+)
 from inferbox.worker.serving import ModelServer
 
 pytestmark = pytest.mark.unit
@@ -101,29 +108,131 @@ def _calls(rows: list[int]) -> list[Call]:
     return calls
 
 
-def _serve(tmp_path, pad: bool, consumer) -> tuple[list[bytes], list[int]]:
+def _load(tmp_path, **config) -> LoadedModel:
     spec = spec_from_onnx("mlp", 1, onnx_models.mlp(tmp_path / "m.onnx"))
-    config = msgspec.structs.replace(spec.config, max_batch_size=16, pad_batches=pad)
-    model = load_model(msgspec.structs.replace(spec, config=config))
-    seen = []
-    run = model.run
-    model.run = lambda feeds, outputs=None: (seen.append(len(feeds["x"])), run(feeds, outputs))[1]
+    config = msgspec.structs.replace(spec.config, max_batch_size=16, **config)
+    return load_model(msgspec.structs.replace(spec, config=config))
+
+
+def _record(model: LoadedModel) -> list[tuple[int, int]]:
+    """(rows, id of the session's runner) of every run from now on."""
+    seen: list[tuple[int, int]] = []
+
+    def recording(runner):
+        return lambda names, feeds: (
+            seen.append((len(feeds["x"]), id(runner))),
+            runner(names, feeds),
+        )[1]
+
+    model.runner = recording(model.runner)
+    model.runners = {size: recording(r) for size, r in model.runners.items()}
+    return seen
+
+
+def _serve(tmp_path, consumer, **config) -> tuple[list[bytes], list[int]]:
+    model = _load(tmp_path, **config)
+    seen = _record(model)
     server = ModelServer(model, None, None, "w", block_ms=1, claim_idle_ms=1)
     for batch in assemble(_calls([2, 3, 1]), model.spec):
         server._run(consumer, batch)
-    return [message for _, message in consumer.replies], seen
+    return [message for _, message in consumer.replies], [rows for rows, _ in seen]
 
 
-def test_a_padded_batch_answers_each_call_exactly_as_an_unpadded_one(tmp_path, new_consumer):
-    padded_replies, padded_sizes = _serve(tmp_path, True, new_consumer())
-    plain_replies, plain_sizes = _serve(tmp_path, False, new_consumer())
-    assert plain_sizes == [6] and padded_sizes == [8]
-    assert padded_replies == plain_replies and len(padded_replies) == 3
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"pad_batches": True},
+        {"bucket_sessions": True},
+        {"io_binding": True},
+        {"bucket_sessions": True, "io_binding": True},
+        {"cuda_graphs": True},  # on the CPU: a session per batch size, no graphs
+    ],
+)
+def test_each_gpu_path_answers_each_call_exactly_as_the_plain_one(tmp_path, new_consumer, config):
+    plain_replies, plain_sizes = _serve(tmp_path, new_consumer())
+    replies, sizes = _serve(tmp_path, new_consumer(), **config)
+    assert plain_sizes == [6]
+    assert sizes == ([8] if set(config) != {"io_binding"} else [6])
+    assert replies == plain_replies and len(replies) == 3
 
 
 def test_a_padded_model_warms_every_bucket_at_load(tmp_path):
-    spec = spec_from_onnx("mlp", 1, onnx_models.mlp(tmp_path / "m.onnx"))
-    config = msgspec.structs.replace(spec.config, max_batch_size=16, pad_batches=True)
-    model = load_model(msgspec.structs.replace(spec, config=config))
+    model = _load(tmp_path, pad_batches=True)
     assert model.buckets == [1, 2, 4, 8, 16]
-    assert load_model(spec).buckets == []
+    assert _load(tmp_path).buckets == []
+
+
+def test_bucket_sessions_give_each_batch_size_its_own_session(tmp_path):
+    model = _load(tmp_path, bucket_sessions=True)
+    assert sorted(model.runners) == [1, 2, 4, 8, 16]
+    # One session per size; the largest keeps the first session (one copy of the weights less).
+    assert len(model.sessions) == 5 and model.runners[16].__self__ is model.session
+    seen = _record(model)
+    for rows in (3, 4, 1, 9, 3):
+        _, results = model.run({"x": np.ones((rows, 64), np.float32)})
+        assert results[0].shape == (rows, 10)
+    by_size = {}
+    for rows, runner in seen:
+        by_size.setdefault(rows, set()).add(runner)
+    assert sorted(by_size) == [1, 4, 16] and all(len(r) == 1 for r in by_size.values())
+    assert len({next(iter(r)) for r in by_size.values()}) == 3
+
+
+def test_io_binding_is_on_where_the_session_runs_on_cuda_and_off_on_the_cpu(tmp_path):
+    assert not _load(tmp_path).io_binding  # automatic, and this session runs on the CPU
+    model = _load(tmp_path, io_binding=True)
+    assert model.io_binding
+    plain = _load(tmp_path, io_binding=False)
+    feeds = {"x": np.random.default_rng(0).standard_normal((5, 64)).astype(np.float32)}
+    assert model.run(feeds)[1][0].tobytes() == plain.run(feeds)[1][0].tobytes()
+    # A non-contiguous input is bound as a contiguous copy.
+    wide = np.random.default_rng(1).standard_normal((5, 128)).astype(np.float32)[:, ::2]
+    assert model.run({"x": wide})[1][0].tobytes() == plain.run({"x": wide})[1][0].tobytes()
+
+
+def test_string_inputs_never_go_through_io_binding(tmp_path):
+    path = onnx_models.identity_all_types(tmp_path / "t.onnx", ["BYTES", "FP32"])
+    spec = spec_from_onnx("types", 1, path)
+    spec = msgspec.structs.replace(
+        spec, config=msgspec.structs.replace(spec.config, io_binding=True)
+    )
+    model = load_model(spec)
+    assert not model.io_binding
+    feeds = {t.name: _warm(t) for t in spec.inputs}
+    _, results = model.run(feeds)
+    assert len(results) == len(spec.outputs)
+
+
+def _warm(tensor):
+    shape = [1 if d < 0 else d for d in tensor.shape]
+    if tensor.datatype == "BYTES":
+        return np.full(shape, "a", dtype=object)
+    return np.zeros(shape, np.float32)
+
+
+def test_cuda_graphs_on_the_cpu_warn_and_serve_with_a_session_per_batch_size(tmp_path):
+    model = _load(tmp_path, cuda_graphs=True)
+    assert not model.graphs and sorted(model.runners) == [1, 2, 4, 8, 16]
+
+
+def test_cuda_graph_buffers_take_each_tensors_fixed_shape_at_the_batch_size(tmp_path):
+    spec = spec_from_onnx("mlp", 1, onnx_models.mlp(tmp_path / "m.onnx"))
+    inputs, outputs = graph_shapes(spec, 8)
+    assert inputs == {"x": ([8, 64], np.dtype(np.float32))}
+    assert outputs == {"y": ([8, 10], np.dtype(np.float32))}
+    reshaped = msgspec.structs.replace(
+        spec, inputs=[TensorSpec("x", "FP32", [-1, 8, 8], reshape=[64])]
+    )
+    assert graph_shapes(reshaped, 4)[0] == {"x": ([4, 64], np.dtype(np.float32))}
+    loose = msgspec.structs.replace(spec, inputs=[TensorSpec("x", "FP32", [-1, -1])])
+    with pytest.raises(ValueError, match="'x' is FP32 \\[-1, -1\\]"):
+        graph_shapes(loose, 8)
+
+
+def test_cuda_graphs_on_tensors_without_a_fixed_shape_are_refused_at_registration():
+    tensors = [TensorSpec("x", "FP32", [-1, -1])], [TensorSpec("y", "FP32", [-1, 4])]
+    with pytest.raises(BadRequest, match=r"cuda_graphs needs .* not so: \['x'\]"):
+        check_config(ModelConfig(max_batch_size=8, cuda_graphs=True), *tensors)
+    fixed = [TensorSpec("x", "FP32", [-1, 4])], [TensorSpec("y", "FP32", [-1, 4])]
+    config = ModelConfig(max_batch_size=8, cuda_graphs=True)
+    assert check_config(config, *fixed) is config
