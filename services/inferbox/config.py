@@ -124,6 +124,17 @@ class Settings(BaseSettings):
     """Tensor bytes one API process may have queued for the workers and not yet answered
     (503 beyond): with ``api_workers`` this bounds what the queues hold in Redis."""
 
+    tensor_dir: str = ""
+    """A directory the API processes and the workers share, in memory (a tmpfs: the compose
+    volume ``tensors``, or a folder under ``/dev/shm``), through which a call's inputs of at
+    least ``tensor_file_min_bytes`` travel as a file instead of through Redis; empty: every
+    input travels through Redis. Set it to the same directory on the API, the gRPC server and
+    every worker."""
+
+    tensor_file_min_bytes: int = Field(default=256 * 1024, gt=0)
+    """Inputs of a call smaller than this in all travel through Redis even with
+    ``tensor_dir`` set (a file costs a few system calls; a small call is cheaper inline)."""
+
     max_concurrent_decodes: int = Field(default=1, gt=0)
     """Large request bodies (256 KiB and up) decoded at once per API process, each in a thread
     so the event loop keeps serving; more wait their turn (this bounds their memory too)."""

@@ -154,7 +154,7 @@ def create_app(settings: Settings) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         client = redis_client(settings.redis_url)
         keys = Keys(settings.key_prefix)
-        lane = InteractiveClient(settings.redis_url, keys, settings.max_queued_bytes)
+        lane = InteractiveClient.from_settings(settings, keys)
         await lane.start()
         app.state.redis = client
         app.state.redis_keys = keys

@@ -380,7 +380,7 @@ async def serving_state(settings: Settings) -> AsyncIterator[SimpleNamespace]:
 
     client = redis_client(settings.redis_url)
     keys = Keys(settings.key_prefix)
-    lane = InteractiveClient(settings.redis_url, keys)
+    lane = InteractiveClient.from_settings(settings, keys)
     await lane.start()
     from inferbox.api.app import create_app
 

@@ -139,7 +139,7 @@ class JobLane:
         self._stop = asyncio.Event()
         settings = self.settings
         client = aioredis.Redis.from_url(settings.redis_url)
-        lane = InteractiveClient(settings.redis_url, self.keys)
+        lane = InteractiveClient.from_settings(settings, self.keys)
         await lane.start()
         objects = object_store(settings)
         pool = create_pool(settings.database_url, min_size=1, max_size=4)

@@ -20,9 +20,11 @@ from collections.abc import Awaitable, Callable
 import structlog
 from redis.exceptions import RedisError, ResponseError
 
+from inferbox.config import Settings
 from inferbox.errors import DeadlineExceeded, InferboxError, Unavailable
 from inferbox.keys import Keys
 from inferbox.lanes.resp import RespConnection
+from inferbox.lanes.tensor_files import TensorFiles
 from inferbox.lanes.wire import (
     CallHeader,
     ReplyHeader,
@@ -36,6 +38,12 @@ log = structlog.get_logger(__name__)
 WATCH_DISCONNECT_AFTER_S = 0.02
 """How long a call waits before its client's departure is watched for."""
 
+WRITE_IN_THREAD_BYTES = 4 << 20
+"""Tensor files at least this large are written in a thread, off the event loop."""
+
+SWEEP_EVERY_S = 60.0
+"""How often an API process looks for tensor files that dead API processes left behind."""
+
 
 class ClientGone(Exception):
     """The HTTP client disconnected before its answer; its queued call was withdrawn."""
@@ -44,8 +52,22 @@ class ClientGone(Exception):
 class InteractiveClient:
     """Queues synchronous calls and routes their replies back to the waiting requests."""
 
-    def __init__(self, redis_url: str, keys: Keys, max_queued_bytes: int = 1 << 30):
+    def __init__(
+        self,
+        redis_url: str,
+        keys: Keys,
+        max_queued_bytes: int = 1 << 30,
+        *,
+        tensor_dir: str = "",
+        tensor_file_min_bytes: int = 256 * 1024,
+        longest_call_s: float = 300.0,
+    ):
         self.process_id = uuid.uuid4().hex
+        self.files = (
+            TensorFiles(tensor_dir, tensor_file_min_bytes, self.process_id) if tensor_dir else None
+        )
+        """Where large inputs travel as files (``tensor_files``); None: all through Redis."""
+        self.longest_call_s = longest_call_s
         self.max_queued_bytes = max_queued_bytes
         self.queued_bytes = 0
         """Tensor bytes of this process's calls queued or running (not yet answered)."""
@@ -55,18 +77,34 @@ class InteractiveClient:
         self._waiting: dict[str, asyncio.Future] = {}
         self._tokens = itertools.count()
         self._reader: asyncio.Task | None = None
+        self._sweeper: asyncio.Task | None = None
         self._subscribed = asyncio.Event()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, keys: Keys) -> InteractiveClient:
+        """The client of an API, gRPC or job-runner process, as its settings describe it."""
+        return cls(
+            settings.redis_url,
+            keys,
+            settings.max_queued_bytes,
+            tensor_dir=settings.tensor_dir,
+            tensor_file_min_bytes=settings.tensor_file_min_bytes,
+            longest_call_s=settings.max_request_timeout_s,
+        )
 
     async def start(self) -> None:
         """Subscribe to this process's reply channel and start routing replies."""
         self._reader = asyncio.create_task(self._read_replies(), name="reply-reader")
+        if self.files is not None:
+            self._sweeper = asyncio.create_task(self._sweep_files(), name="tensor-file-sweep")
         await asyncio.wait_for(self._subscribed.wait(), timeout=10)
 
     async def close(self) -> None:
         """Stop routing replies; waiting requests fail as unavailable."""
-        if self._reader:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
+        for task in (self._reader, self._sweeper):
+            if task:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         self.commands.close()
         self.replies.close()
         for future in self._waiting.values():
@@ -84,6 +122,12 @@ class InteractiveClient:
                 # Replies published while we were away are lost; their callers time out (504).
                 log.warning("reply channel unavailable; retrying", error=str(exc))
             await asyncio.sleep(0.5)
+
+    async def _sweep_files(self) -> None:
+        # Past the longest deadline (and a minute of slack) no call can wait for a file.
+        while True:
+            await asyncio.to_thread(self.files.sweep, self.longest_call_s + 60)
+            await asyncio.sleep(SWEEP_EVERY_S)
 
     def _on_push(self, message: list) -> None:
         if len(message) == 3 and message[0] == b"message":
@@ -148,6 +192,7 @@ class InteractiveClient:
         future = loop.create_future()
         self._waiting[token] = future
         entry_id = None
+        file = None
         watcher: asyncio.Future | None = None
 
         def watch() -> None:
@@ -160,8 +205,15 @@ class InteractiveClient:
         # timeout scopes: this runs for every request.
         timer = loop.call_later(timeout_s, _expire, future, timeout_s)
         try:
+            if self.files is not None and self.files.wanted(size):
+                if size >= WRITE_IN_THREAD_BYTES:
+                    file = await asyncio.to_thread(self.files.write, token, raws)
+                else:
+                    file = self.files.write(token, raws)
+            if file is not None:
+                header.file, header.sizes = file, [memoryview(raw).nbytes for raw in raws]
             fields = []
-            for key, value in encode_call(header, raws).items():
+            for key, value in encode_call(header, [] if file else raws).items():
                 fields += (key, value)
             try:
                 entry_id = await self._enqueue(stream, fields, max_queue)
@@ -198,6 +250,8 @@ class InteractiveClient:
                 # Not answered: withdraw the call so no worker computes it for nobody.
                 with contextlib.suppress(RedisError):
                     await self.commands.execute("XDEL", stream, entry_id)
+            if file is not None:
+                self.files.remove(file)
 
 
 def _expire(future: asyncio.Future, timeout_s: float) -> None:

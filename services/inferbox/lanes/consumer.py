@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 import redis
 import structlog
 
 from inferbox.keys import CONSUMER_GROUP, LANES, Keys
 from inferbox.lanes.resp import BlockingRespConnection, pack
-from inferbox.lanes.wire import bundle_replies, decode_call
+from inferbox.lanes.tensor_files import TensorFileMissing, read_inputs
+from inferbox.lanes.wire import ReplyHeader, bundle_replies, decode_call, encode_reply
 from inferbox.worker.batcher import Call
 
 log = structlog.get_logger(__name__)
@@ -20,8 +23,18 @@ class LaneConsumer:
     ``BlockingRespConnection``; the rare commands (groups, claims) go through ``client``.
     """
 
-    def __init__(self, client: redis.Redis, keys: Keys, model: str, version: int, consumer: str):
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        model: str,
+        version: int,
+        consumer: str,
+        tensor_dir: str | None = None,
+    ):
         self.client = client
+        self.tensor_dir = tensor_dir
+        """The directory shared with the API where large inputs arrive as files."""
         self.consumer = consumer
         self.streams = [keys.stream(model, version, lane) for lane in LANES]
         self._claim_cursor = {stream: b"0-0" for stream in self.streams}
@@ -93,12 +106,28 @@ class LaneConsumer:
                 continue
             try:
                 header, raws = decode_call(fields)
+                if header.file is not None:
+                    raws = read_inputs(self.tensor_dir, header.file, header.sizes)
+            except TensorFileMissing as exc:
+                self._missing_file(stream, entry_id, header, exc)
+                continue
             except Exception:
                 log.error("dropping a malformed queue entry", stream=stream, entry=entry_id)
                 self.done([(stream, entry_id)])
                 continue
             calls.append(Call(stream, entry_id, header, raws))
         return calls
+
+    def _missing_file(self, stream: str, entry_id: bytes, header, exc: TensorFileMissing) -> None:
+        if header.deadline <= time.time():
+            # Its API removed the file when the call ended (deadline or client gone).
+            self.done([(stream, entry_id)])
+            return
+        # Alive, and still no file: this worker does not share the API's directory. Say so
+        # to the caller at once rather than leave it to its deadline.
+        log.error("a call's tensor file is missing", error=str(exc), stream=stream)
+        reply = ReplyHeader(token=header.token, error=str(exc), status=503)
+        self.finish([(header.channel, encode_reply(reply))], [(stream, entry_id)])
 
     def finish(self, replies: list[tuple[str, bytes]], done: list[tuple[str, bytes]]) -> None:
         """Queue replies, then the acknowledgement and deletion of their entries.

@@ -37,6 +37,11 @@ class CallHeader(msgspec.Struct, omit_defaults=True):
     inputs: list[TensorMeta]
     outputs: list[str] | None = None
     request_id: str | None = None
+    file: str | None = None
+    """Name of the tensor file in the shared directory holding the inputs back to back
+    (``tensor_files``); None: they are the entry's fields ``0..n-1``."""
+    sizes: list[int] | None = None
+    """Byte size of each input inside ``file``."""
 
 
 class ReplyHeader(msgspec.Struct, omit_defaults=True):
@@ -63,8 +68,13 @@ def encode_call(header: CallHeader, raws: list[bytes]) -> dict[bytes, bytes]:
 
 
 def decode_call(fields: dict[bytes, bytes]) -> tuple[CallHeader, list[bytes]]:
-    """Header and input bytes of a stream entry (raises on a malformed entry)."""
+    """Header and input bytes of a stream entry (raises on a malformed entry); no bytes for a
+    call whose inputs are in a tensor file (``header.file``)."""
     header = _decode_call(fields[HEADER_FIELD])
+    if header.file is not None:
+        if header.sizes is None or len(header.sizes) != len(header.inputs):
+            raise ValueError("a tensor file needs one size per input")
+        return header, []
     raws = [fields[str(index).encode()] for index in range(len(header.inputs))]
     return header, raws
 

@@ -269,6 +269,7 @@ class RayWorker(Worker):
             device=self.device,
             scaler=self.scaler,
             threads_per_actor=max(2, spec.config.instances(self.device)),
+            tensor_dir=self.settings.tensor_dir or None,
         )
         server.start()
         self.models[key] = model
