@@ -93,4 +93,28 @@ def test_the_rehearsal_runs_every_in_process_stage_on_the_cpu(tmp_path):
     assert knobs["baseline"]["rows_s"]["32"] > 0
     assert knobs["CUDA graph"]["error"] == "n/a on the CPU provider"
     assert knobs["FP16 bert"]["extra"]["min_cosine"] > 0.99
+    for label in ("one session", "a session per size"):
+        assert knobs[f"batch sizes alternating, {label}"]["rows_s"]["12"] > 0
     assert "**Raw ONNX Runtime in-process" in (tmp_path / "gpu-bench.md").read_text()
+
+
+def test_knobs_can_be_chosen_by_name(models, tmp_path):
+    chosen, paths = models
+    knobs = gpu.knob_stage(chosen, paths, "cpu", tmp_path, 0.05, ["batch sizes", "CUDA graph"])
+    assert [k["name"] for k in knobs] == [
+        "batch sizes alternating, one session",
+        "batch sizes alternating, a session per size",
+        "CUDA graph",
+    ]
+
+
+def test_each_server_loads_only_the_models_its_points_use(tmp_path, models):
+    chosen, paths = models
+    served = {**chosen}
+    for name, base in gpu.SAME_FILE.items():
+        served[name] = chosen[base]
+    used = {m for m, _, _, on in gpu.E2E_PLAN if "inferbox-redis" in on}
+    repo = gpu.write_repository({m: served[m] for m in used}, paths, tmp_path / "repo", "cpu")
+    assert sorted(p.name for p in repo.iterdir()) == sorted(used)
+    config = json.loads((repo / "resnet50-buckets" / "inferbox.json").read_text())
+    assert config["bucket_sessions"] is True and config["max_batch_size"] == 128
