@@ -184,17 +184,18 @@ class GraphRunner:
         session: ort.InferenceSession,
         inputs: dict[str, tuple[list[int], np.dtype]],
         outputs: dict[str, tuple[list[int], np.dtype]],
+        device: str = "cuda",
     ):
         self.session = session
         self.binding = session.io_binding()
         self.inputs = {}
         for name, (shape, dtype) in inputs.items():
-            value = ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, "cuda", 0)
+            value = ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype.type, device, 0)
             self.binding.bind_ortvalue_input(name, value)
             self.inputs[name] = value
         self.outputs = {}
         for name, (shape, dtype) in outputs.items():
-            value = ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, "cuda", 0)
+            value = ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype.type, device, 0)
             self.binding.bind_ortvalue_output(name, value)
             self.outputs[name] = value
         self.lock = threading.Lock()

@@ -16,6 +16,7 @@ from inferbox.testing import onnx_models
 from inferbox.worker import memory
 from inferbox.worker.batcher import Call, assemble, batch_buckets, padded
 from inferbox.worker.runtime import (
+    GraphRunner,
     LoadedModel,
     graph_shapes,
     load_model,
@@ -236,3 +237,17 @@ def test_cuda_graphs_on_tensors_without_a_fixed_shape_are_refused_at_registratio
     fixed = [TensorSpec("x", "FP32", [-1, 4])], [TensorSpec("y", "FP32", [-1, 4])]
     config = ModelConfig(max_batch_size=8, cuda_graphs=True)
     assert check_config(config, *fixed) is config
+
+
+def test_a_graph_runner_refreshes_its_bound_buffers_and_answers_each_run_afresh(tmp_path):
+    """The runner of a CUDA-graph session, on a CPU session: fixed buffers bound once, inputs
+    copied in before each run, outputs read after it (the graph itself needs a GPU)."""
+    model = _load(tmp_path)
+    plain = _load(tmp_path)
+    inputs, outputs = graph_shapes(model.spec, 4)
+    runner = GraphRunner(model.session, inputs, outputs, device="cpu")
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        feeds = {"x": rng.standard_normal((4, 64)).astype(np.float32)}
+        [got] = runner(["y"], feeds)
+        assert got.tobytes() == plain.run(feeds)[1][0].tobytes()
