@@ -89,14 +89,17 @@ class ModelConfig(msgspec.Struct, frozen=True, kw_only=True):
     pad_batches: bool = False
     """Pad each batch with zero rows up to the next power of two (at most ``max_batch_size``),
     dropped from the answers, so the session only ever sees a few batch sizes, each warmed up
-    at load. Off by default: on an H200 it did not change a ResNet-50's throughput (a cuDNN
-    convolution pays its setup again whenever the batch size differs from its last run, and
-    a few sizes still alternate; docs/benchmarks.md), and padded rows cost compute."""
-    bucket_sessions: bool = False
+    at load. Alone it did not change a ResNet-50's throughput on an H200 (a cuDNN convolution
+    pays its setup again whenever the batch size differs from its last run, and a few sizes
+    still alternate; docs/benchmarks.md): ``bucket_sessions`` adds a session per size."""
+    bucket_sessions: bool | None = None
     """Pad batches as ``pad_batches`` does and keep one session per batch size, so that each
     session only ever sees one shape. On CUDA a convolution re-plans whenever its input shape
-    differs from its last run; with a session per size none does. Costs a copy of the weights
-    per size (``max_batch_size`` 128: eight sessions)."""
+    differs from its last run: batches of 8 and 16 rows in turn took 98 ms each on one session
+    and 3.2 ms on a session per size, and a ResNet-50 served 1,349 rows/s at c=16 against 83
+    (H200, docs/benchmarks.md). Costs a copy of the weights per size (``max_batch_size`` 128:
+    eight sessions). None: on where the session runs on CUDA and the graph has convolutions
+    (an encoder's matrix products showed no such cost)."""
     cuda_graphs: bool = False
     """Replay a captured CUDA graph per batch size instead of launching each kernel (implies
     ``bucket_sessions``; every tensor's shape must be fixed but the batch dimension). Ignored,

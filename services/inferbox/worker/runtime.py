@@ -415,9 +415,12 @@ def _create(spec: ModelSpec, path: Path | None, providers: list[str], spinning: 
     if config.cuda_graphs and not on_cuda:
         log.warning("cuda_graphs asks for CUDA; this session runs on the CPU", model=spec.name)
     model.runner = _runner(model, session, on_cuda)
-    if batched and (config.pad_batches or config.bucket_sessions or config.cuda_graphs):
+    per_size = config.bucket_sessions
+    if per_size is None:
+        per_size = on_cuda and batched and has_convolutions(path or spec.path)
+    if batched and (config.pad_batches or per_size or config.cuda_graphs):
         model.buckets = batch_buckets(config.max_batch_size)
-    if batched and (config.bucket_sessions or config.cuda_graphs):
+    if batched and (per_size or config.cuda_graphs):
         for size in model.buckets:
             if size == model.buckets[-1] and not model.graphs:
                 bucket = session  # the largest batches keep the first session
@@ -434,6 +437,17 @@ def _create(spec: ModelSpec, path: Path | None, providers: list[str], spinning: 
         model.sessions.append(model.graph_session)
         model.runner = _graph_runner(model, model.graph_session, None)
     return model
+
+
+CONVOLUTIONS = frozenset({"Conv", "ConvTranspose", "ConvInteger", "QLinearConv"})
+
+
+def has_convolutions(path: str | Path) -> bool:
+    """Whether the ONNX graph at ``path`` (its main graph; weights not read) has convolutions."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return any(node.op_type in CONVOLUTIONS for node in graph.node)
 
 
 def _runner(model: LoadedModel, session: ort.InferenceSession, on_cuda: bool) -> Runner:

@@ -19,6 +19,7 @@ from inferbox.worker.runtime import (
     GraphRunner,
     LoadedModel,
     graph_shapes,
+    has_convolutions,
     load_model,
     preload_cuda_libraries,
     provider_options,
@@ -251,3 +252,13 @@ def test_a_graph_runner_refreshes_its_bound_buffers_and_answers_each_run_afresh(
         feeds = {"x": rng.standard_normal((4, 64)).astype(np.float32)}
         [got] = runner(["y"], feeds)
         assert got.tobytes() == plain.run(feeds)[1][0].tobytes()
+
+
+def test_only_graphs_with_convolutions_get_a_session_per_batch_size_by_default(tmp_path):
+    assert onnx_models and has_convolutions(onnx_models.conv_net(tmp_path / "c.onnx"))
+    assert not has_convolutions(onnx_models.mlp(tmp_path / "m.onnx"))
+    # Automatic only where the session runs on CUDA: here, on the CPU, one session.
+    spec = spec_from_onnx("cnn", 1, onnx_models.conv_net(tmp_path / "c.onnx"), max_batch_size=8)
+    assert spec.config.bucket_sessions is None
+    model = load_model(spec)
+    assert model.runners == {} and len(model.sessions) == 1
