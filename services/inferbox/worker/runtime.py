@@ -234,6 +234,8 @@ class LoadedModel:
     """Whether batches run through I/O binding."""
     sessions: list[ort.InferenceSession] = field(default_factory=list)
     """Every session of the version (the bucket sessions too), kept alive while it serves."""
+    fp16_error: float | None = None
+    """With ``fp16``: the copy's largest error against the FP32 model, relative to the output."""
     graphs: bool = False
     """Whether batches replay CUDA graphs (``cuda_graphs`` on a session that runs on CUDA)."""
     graph_session: ort.InferenceSession | None = None
@@ -308,6 +310,54 @@ def probe_device(preferred: list[str], require_cuda: bool = False) -> str:
     return device
 
 
+def fp16_copy(path: Path, sha256: str) -> Path:
+    """An FP16 copy of the model at ``path`` (FP32 inputs and outputs kept), made once: beside
+    it, or in the temporary folder where its folder is read-only."""
+    import tempfile
+
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    for folder in (path.parent, Path(tempfile.gettempdir())):
+        target = folder / f"{sha256[:16] or path.stem}.fp16.onnx"
+        if target.exists():
+            return target
+        converted = convert_float_to_float16(onnx.load(str(path)), keep_io_types=True)
+        partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+        try:
+            onnx.save(converted, str(partial))
+            os.replace(partial, target)  # whole or not at all, for a worker that loads it next
+            return target
+        except OSError:
+            continue
+    raise OSError(f"no writable folder for the FP16 copy of {path}")
+
+
+def fp16_error(full: Path, half: LoadedModel, runs: int = 2) -> float | None:
+    """The largest error of ``half``'s outputs against the FP32 model at ``full`` on random
+    inputs (batch 1, dynamic dimensions 1), relative to each output's largest magnitude; None
+    for a model whose tensors are reshaped (Triton's ``reshape``)."""
+    if half.input_reshape or half.output_reshape:
+        return None
+    reference = ort.InferenceSession(str(full), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    worst = 0.0
+    for _ in range(runs):
+        feeds = {}
+        for tensor in half.spec.inputs:
+            zeros = _warmup_array(tensor)
+            if zeros.dtype.kind == "f":
+                zeros = rng.standard_normal(zeros.shape).astype(zeros.dtype)
+            feeds[tensor.name] = zeros
+        names, got = half.run(feeds)
+        expected = reference.run(names, feeds)
+        for a, b in zip(expected, got, strict=True):
+            if a.dtype.kind == "f" and a.size:
+                scale = float(np.abs(a).max()) or 1.0
+                worst = max(worst, float(np.abs(a - b).max()) / scale)
+    return worst
+
+
 def load_model(
     spec: ModelSpec,
     available: list[str] | None = None,
@@ -327,6 +377,9 @@ def load_model(
     # First guess for automatic mode from the preference list; what the session really runs on
     # decides below (the GPU build lists CUDA as available even where it cannot load).
     spinning = wanted[0] == "CPUExecutionProvider" if auto else bool(config.intra_op_spinning)
+    full = Path(path or spec.path)
+    if config.fp16:
+        path = fp16_copy(full, spec.sha256)
     model = _create(spec, path, wanted, spinning)
     warm_run_ms = None
     if config.warmup:
@@ -347,6 +400,9 @@ def load_model(
         for size in model.buckets:
             for _ in range(runs):
                 model.run({t.name: _warmup_array(t, size) for t in spec.inputs})
+    if config.fp16:
+        model.fp16_error = fp16_error(full, model)
+        log.info("serving an FP16 copy", model=spec.name, max_rel_error=model.fp16_error)
     if config.warmup_samples:
         rng = np.random.default_rng(0)
         for sample in config.warmup_samples:

@@ -262,3 +262,17 @@ def test_only_graphs_with_convolutions_get_a_session_per_batch_size_by_default(t
     assert spec.config.bucket_sessions is None
     model = load_model(spec)
     assert model.runners == {} and len(model.sessions) == 1
+
+
+def test_an_fp16_model_is_served_from_a_converted_copy_checked_against_fp32(tmp_path):
+    plain = _load(tmp_path)
+    half = _load(tmp_path, fp16=True)
+    copy = next(tmp_path.glob("*.fp16.onnx"))
+    assert half.fp16_error is not None and 0 < half.fp16_error < 1e-2
+    feeds = {"x": np.random.default_rng(5).standard_normal((3, 64)).astype(np.float32)}
+    got, expected = half.run(feeds)[1][0], plain.run(feeds)[1][0]
+    assert got.dtype == np.float32  # inputs and outputs stay FP32
+    assert np.abs(got - expected).max() <= 1e-2 * np.abs(expected).max()
+    made = copy.stat().st_mtime_ns
+    _load(tmp_path, fp16=True)
+    assert copy.stat().st_mtime_ns == made  # converted once, then reused
