@@ -629,9 +629,12 @@ E2E_PLAN = (
     ("resnet50", ("binary",), (64, 256), ("inferbox-redis",)),
     ("resnet50-buckets", ("binary",), (256,), ("inferbox-redis",)),
     ("resnet50", ("binary",), (256,), ("plain",)),
+    ("resnet50", ("binary",), None, ("inferbox-2w",)),
+    ("resnet50-buckets-2loops", ("binary",), (64, 256), ("inferbox-2w",)),
 )
 """What end to end measures. ``inferbox`` sends large inputs through shared memory (tensor
-files, as compose does), ``inferbox-redis`` through Redis. The ``resnet50-*`` models are the
+files, as compose does), ``inferbox-2w`` the same with two worker processes on the GPU,
+``inferbox-redis`` through Redis. The ``resnet50-*`` models are the
 CNN's file again under another model config, one knob each against the defaults: a session
 per batch size, CUDA graphs, two batch loops over sessions per batch size, no I/O binding."""
 VARIANTS = {
@@ -663,10 +666,63 @@ class GpuInferbox(bench.InferboxServer):
     """inferbox as ``scripts/bench`` runs it, with the worker's providers and more API processes."""
 
     def __init__(
-        self, *args, device: str, api_workers: int, tensor_dir: Path | None, **kwargs
+        self,
+        *args,
+        device: str,
+        api_workers: int,
+        tensor_dir: Path | None,
+        workers: int = 1,
+        **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.device, self.api_workers, self.tensor_dir = device, api_workers, tensor_dir
+        self.workers = workers
+        self.extra: list[tuple[subprocess.Popen, int]] = []
+        """Worker processes beside the first, on the same GPU, with their metrics ports."""
+
+    def start(self) -> None:
+        super().start()
+        for _ in range(self.workers - 1):
+            port = bench.free_port()
+            env = {**self.env(), "INFERBOX_WORKER_METRICS_PORT": str(port)}
+            logs = self.log_to(self.cache.parent)
+            proc = subprocess.Popen([*bench.INFERBOX, "worker"], env=env, cwd=ROOT, **logs)
+            self.extra.append((proc, port))
+            self.procs.append(proc)
+        if self.extra:
+            bench.wait_until(
+                f"{self.workers} workers with every model ready", self._all_ready, self.procs, 300
+            )
+
+    def _all_ready(self) -> bool:
+        for model in self.models:
+            states = self.client.hvals(f"{self.prefix}:status:{model.name}")
+            ready = [s for s in states if json.loads(s).get("state") == "ready"]
+            if len(ready) < self.workers:
+                return False
+        return True
+
+    def cpu(self) -> dict[str, float]:
+        found = super().cpu()
+        if self.extra:
+            pids = [self.worker.pid, *(proc.pid for proc, _ in self.extra)]
+            found["worker"] = bench.cpu_seconds(pids)
+        return found
+
+    def before(self) -> None:
+        self._before = {
+            port: bench.scrape_batches(port)
+            for port in [self.metrics_port, *(port for _, port in self.extra)]
+        }
+
+    def batch(self, model: str) -> dict | None:
+        """Batches of every worker process together."""
+        batches, rows = 0, 0.0
+        for port, before in self._before.items():
+            delta = bench.batch_delta(before, bench.scrape_batches(port), model)
+            batches += delta["batches"]
+            rows += delta["mean"] * delta["batches"]
+        return {"batches": batches, "mean": rows / batches if batches else 0.0, "buckets": []}
 
     def env(self) -> dict[str, str]:
         providers = [CUDA, CPU] if self.device == "cuda" else [CPU]
@@ -692,17 +748,18 @@ class GpuInferbox(bench.InferboxServer):
         return {"devices": [w.get("device") for w in workers], "versions": status}
 
     def compute(self) -> dict[str, dict[str, float]]:
-        """The worker's ``inferbox_compute_seconds`` sum and count per model."""
+        """The workers' ``inferbox_compute_seconds`` sum and count per model."""
         import urllib.request
 
         from prometheus_client.parser import text_string_to_metric_families
 
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            text = response.read().decode()
         found: dict[str, dict[str, float]] = {}
-        for family in text_string_to_metric_families(text):
-            if family.name == "inferbox_compute_seconds":
+        for port in [self.metrics_port, *(port for _, port in self.extra)]:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+                text = response.read().decode()
+            for family in text_string_to_metric_families(text):
+                if family.name != "inferbox_compute_seconds":
+                    continue
                 for sample in family.samples:
                     entry = found.setdefault(sample.labels["model"], {"sum": 0.0, "count": 0.0})
                     if sample.name.endswith("_sum"):
@@ -740,9 +797,15 @@ def e2e_stage(
     # Each server loads only the models its points use (a CUDA-graph version captures a graph
     # per batch size at load: time the run would spend on servers that never call it).
     servers = {}
-    for name in ("inferbox", "inferbox-redis", "plain"):
+    for name in ("inferbox", "inferbox-2w", "inferbox-redis", "plain"):
+        if name not in args.servers.split(","):
+            continue
         (folder / name).mkdir(exist_ok=True)
-        used = {m for m, _, _, on in E2E_PLAN if name in on}
+        used = {
+            m
+            for m, _, _, on in E2E_PLAN
+            if name in on and (not args.only or m in args.only.split(","))
+        }
         repo = write_repository({m: served[m] for m in used}, paths, folder / name / "repo", device)
         if name == "plain":
             servers[name] = bench.PlainServer(repo)
@@ -755,7 +818,8 @@ def e2e_stage(
                 models=tuple(served[m] for m in sorted(used)),
                 device=device,
                 api_workers=args.api_workers,
-                tensor_dir=tensor_dir(folder) if name == "inferbox" else None,
+                tensor_dir=tensor_dir(folder) if name != "inferbox-redis" else None,
+                workers=2 if name == "inferbox-2w" else 1,
             )
         servers[name].name = name
     concurrency = [int(c) for c in args.concurrency.split(",")]
@@ -1105,8 +1169,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--servers",
         default="inferbox,inferbox-redis,plain",
-        help="end-to-end servers: inferbox (large inputs through shared memory), inferbox-redis "
-        "(through Redis), plain [all three]",
+        help="end-to-end servers: inferbox (large inputs through shared memory), inferbox-2w "
+        "(the same, two worker processes), inferbox-redis (through Redis), plain "
+        "[inferbox,inferbox-redis,plain]",
     )
     parser.add_argument(
         "--knobs", default="", help="knobs to measure, comma-separated name prefixes [all]"
@@ -1156,7 +1221,16 @@ def main(argv: list[str] | None = None) -> int:
             for name, m in models.items()
         }
         for stage, run_stage in (
-            ("raw", lambda: raw_stage(models, paths, device, gpu, args.seconds)),
+            (
+                "raw",
+                lambda: raw_stage(
+                    {n: m for n, m in models.items() if not args.only or n in args.only.split(",")},
+                    paths,
+                    device,
+                    gpu,
+                    args.seconds,
+                ),
+            ),
             (
                 "knobs",
                 lambda: knob_stage(
