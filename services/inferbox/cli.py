@@ -135,8 +135,10 @@ def import_models(settings: Settings, root: Path | None) -> None:
     root = root or settings.model_repository
     if root is None:
         raise click.UsageError("give a folder or set INFERBOX_MODEL_REPOSITORY")
+    from inferbox.registry.wiring import with_registry
+
     configure_logging("cli", settings.log_level, "console")
-    for line in asyncio.run(_with_registry(settings, lambda r: r.import_repository(root))):
+    for line in asyncio.run(with_registry(settings, lambda r: r.import_repository(root))):
         click.echo(line)
 
 
@@ -144,23 +146,10 @@ def import_models(settings: Settings, root: Path | None) -> None:
 @click.pass_obj
 def publish_models(settings: Settings) -> None:
     """Rebuild the Redis catalog from PostgreSQL (after Redis lost its data)."""
-    count = asyncio.run(_with_registry(settings, lambda r: r.publish_all()))
+    from inferbox.registry.wiring import with_registry
+
+    count = asyncio.run(with_registry(settings, lambda r: r.publish_all()))
     click.echo(f"published {count} model(s)")
-
-
-async def _with_registry(settings: Settings, action):
-    import redis.asyncio as aioredis
-
-    from inferbox.registry.wiring import object_store, registry_service
-
-    client = aioredis.Redis.from_url(settings.redis_url)
-    objects = object_store(settings)
-    await asyncio.to_thread(objects.ensure_bucket)
-    try:
-        async with registry_service(settings, client, objects) as registry:
-            return await action(registry)
-    finally:
-        await client.aclose()
 
 
 @main.group("keys")

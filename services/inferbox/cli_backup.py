@@ -96,10 +96,9 @@ def register(main: click.Group) -> None:
         """Load ARCHIVE into an empty appliance, then rebuild the serving catalog."""
         import asyncio
 
-        from inferbox.cli import _with_registry
         from inferbox.registry.backup import restore as run_restore
         from inferbox.registry.sealing import SealError, is_sealed, unseal
-        from inferbox.registry.wiring import create_database, object_store
+        from inferbox.registry.wiring import create_database, object_store, with_registry
 
         with tempfile.TemporaryDirectory() as work:
             if is_sealed(archive):
@@ -116,7 +115,7 @@ def register(main: click.Group) -> None:
             manifest = run_restore(
                 settings.database_url, object_store(settings), archive, secrets_dir
             )
-        count = asyncio.run(_with_registry(settings, lambda r: r.publish_all()))
+        count = asyncio.run(with_registry(settings, lambda r: r.publish_all()))
         click.echo(
             f"restored {sum(manifest['tables'].values())} rows, {len(manifest['objects'])} "
             f"objects; {count} model(s) serving"

@@ -13,10 +13,10 @@ from litestar.params import Parameter
 from inferbox.api.auditing import actor, audited, visible
 from inferbox.api.uploads import upload_chunks
 from inferbox.errors import BadRequest
+from inferbox.models.capacity import CapacityCard, propose
 from inferbox.models.catalog import decode_status
 from inferbox.registry.store import ModelVersion
 from inferbox.security.access import needs
-from inferbox.worker.capacity import CapacityCard, propose
 
 _encode = msgspec.json.Encoder().encode
 _READ = needs(None, model="name")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import redis
 import structlog
@@ -10,10 +11,30 @@ import structlog
 from inferbox.keys import CONSUMER_GROUP, LANES, Keys
 from inferbox.lanes.resp import BlockingRespConnection, pack
 from inferbox.lanes.tensor_files import TensorFileMissing, read_inputs
-from inferbox.lanes.wire import ReplyHeader, bundle_replies, decode_call, encode_reply
-from inferbox.worker.batcher import Call
+from inferbox.lanes.wire import (
+    CallHeader,
+    ReplyHeader,
+    bundle_replies,
+    decode_call,
+    encode_reply,
+)
 
 log = structlog.get_logger(__name__)
+
+
+@dataclass(slots=True)
+class Call:
+    """One queued synchronous call as a worker received it."""
+
+    stream: str
+    entry_id: bytes
+    header: CallHeader
+    raws: list[bytes]
+
+    @property
+    def enqueued(self) -> float:
+        """Unix time the API queued it (the stream entry id starts with milliseconds)."""
+        return int(self.entry_id.split(b"-", 1)[0]) / 1000.0
 
 
 class LaneConsumer:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import asynccontextmanager
 
 import psycopg
@@ -65,3 +66,16 @@ def create_database(database_url: str) -> bool:
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
     return True
+
+
+async def with_registry(settings: Settings, action):
+    """Run ``action(registry)`` with a registry service opened from ``settings`` (its bucket
+    made if missing), then close it; what ``action`` returns."""
+    client = aioredis.Redis.from_url(settings.redis_url)
+    objects = object_store(settings)
+    await asyncio.to_thread(objects.ensure_bucket)
+    try:
+        async with registry_service(settings, client, objects) as registry:
+            return await action(registry)
+    finally:
+        await client.aclose()

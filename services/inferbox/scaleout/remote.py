@@ -17,12 +17,12 @@ import structlog
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 from ray.exceptions import RayActorError
 
-from inferbox.lanes.consumer import LaneConsumer
+from inferbox.lanes.consumer import Call, LaneConsumer
 from inferbox.models.spec import ModelSpec
 from inferbox.scaleout import metrics
 from inferbox.scaleout.pool import ActorPool
 from inferbox.scaleout.scaler import Autoscaler
-from inferbox.worker.batcher import Batch, Call
+from inferbox.worker.batcher import Batch
 from inferbox.worker.serving import ModelServer
 
 log = structlog.get_logger(__name__)

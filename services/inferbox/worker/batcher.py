@@ -11,28 +11,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from inferbox.lanes.wire import CallHeader, TensorMeta
+from inferbox.lanes.consumer import Call
+from inferbox.lanes.wire import TensorMeta
 from inferbox.models.spec import ModelSpec
 from inferbox.protocol.datatypes import (
     V2_TO_NUMPY,
     deserialize_bytes_tensor,
     serialize_bytes_tensor,
 )
-
-
-@dataclass(slots=True)
-class Call:
-    """One queued synchronous call as a worker received it."""
-
-    stream: str
-    entry_id: bytes
-    header: CallHeader
-    raws: list[bytes]
-
-    @property
-    def enqueued(self) -> float:
-        """Unix time the API queued it (the stream entry id starts with milliseconds)."""
-        return int(self.entry_id.split(b"-", 1)[0]) / 1000.0
 
 
 @dataclass(slots=True)

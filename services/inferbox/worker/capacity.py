@@ -2,8 +2,8 @@
 
 After a version becomes ready the worker runs a short, bounded sweep (batch sizes 1, 2, 4, ...
 up to ``max_batch_size``) on synthetic inputs and keeps the curve with the version. From the
-curve, ``propose`` suggests ``max_batch_size`` and ``max_queue_delay_microseconds`` for a
-latency target.
+curve, ``models.capacity.propose`` suggests ``max_batch_size`` and
+``max_queue_delay_microseconds`` for a latency target.
 """
 
 from __future__ import annotations
@@ -11,44 +11,11 @@ from __future__ import annotations
 import statistics
 import time
 
-import msgspec
 import numpy as np
 
+from inferbox.models.capacity import CapacityCard, CapacityPoint
 from inferbox.models.spec import TensorSpec
 from inferbox.protocol.datatypes import V2_TO_NUMPY
-
-
-class CapacityPoint(msgspec.Struct, frozen=True):
-    """Latency of one batch size (milliseconds) and the rows per second it sustains."""
-
-    batch_size: int
-    p50_ms: float
-    p95_ms: float
-    rows_per_s: float
-
-
-class CapacityCard(msgspec.Struct, frozen=True):
-    """The measured curve of one version on one worker."""
-
-    points: list[CapacityPoint]
-    device: str
-    memory_bytes: int
-    measured_at: float
-
-    @property
-    def best_rows_per_s(self) -> float:
-        """The highest throughput on the curve."""
-        return max((p.rows_per_s for p in self.points), default=0.0)
-
-
-class Proposal(msgspec.Struct, frozen=True):
-    """Batching knobs suggested for a latency target."""
-
-    latency_target_ms: float
-    max_batch_size: int
-    max_queue_delay_microseconds: int
-    expected_rows_per_s: float
-    expected_p95_ms: float
 
 
 def _inputs(tensors: list[TensorSpec], rows: int, batched: bool) -> dict[str, np.ndarray]:
@@ -111,23 +78,4 @@ def sweep(
         points.append(CapacityPoint(size, p50 * 1000, p95 * 1000, size / p50 if p50 else 0.0))
     return CapacityCard(
         points=points, device=device, memory_bytes=memory_bytes, measured_at=time.time()
-    )
-
-
-def propose(card: CapacityCard, latency_target_ms: float) -> Proposal:
-    """The largest batch whose p95 fits half the target; the other half may be spent waiting.
-
-    A call can wait up to one running batch plus the queue delay before its own batch runs,
-    so the batch's p95 and the delay together are kept within the target.
-    """
-    fitting = [p for p in card.points if p.p95_ms <= latency_target_ms / 2]
-    chosen = max(fitting, key=lambda p: p.batch_size) if fitting else card.points[0]
-    slack_ms = max(0.0, latency_target_ms - 2 * chosen.p95_ms)
-    delay_us = int(min(slack_ms, chosen.p95_ms) * 1000) if chosen.batch_size > 1 else 0
-    return Proposal(
-        latency_target_ms=latency_target_ms,
-        max_batch_size=chosen.batch_size,
-        max_queue_delay_microseconds=delay_us,
-        expected_rows_per_s=chosen.rows_per_s,
-        expected_p95_ms=2 * chosen.p95_ms + delay_us / 1000,
     )

@@ -13,10 +13,10 @@ import structlog
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 from inferbox.keys import Keys
-from inferbox.lanes.consumer import LaneConsumer
+from inferbox.lanes.consumer import Call, LaneConsumer
 from inferbox.lanes.wire import ReplyHeader, encode_reply
 from inferbox.observability import worker_metrics as metrics
-from inferbox.worker.batcher import Batch, Call, assemble, split
+from inferbox.worker.batcher import Batch, assemble, split
 from inferbox.worker.runtime import LoadedModel
 
 log = structlog.get_logger(__name__)

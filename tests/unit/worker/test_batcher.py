@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from inferbox.lanes.consumer import Call
 from inferbox.lanes.wire import CallHeader, TensorMeta
 from inferbox.models.spec import ModelConfig, ModelSpec, TensorSpec
-from inferbox.worker.batcher import Call, SplitError, assemble, split, to_array, to_raw
+from inferbox.worker.batcher import SplitError, assemble, split, to_array, to_raw
 
 pytestmark = pytest.mark.unit
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from inferbox.models.capacity import CapacityCard, CapacityPoint, propose
 from inferbox.models.spec import spec_from_onnx
 from inferbox.testing import onnx_models
-from inferbox.worker.capacity import CapacityCard, CapacityPoint, batch_sizes, propose, sweep
+from inferbox.worker.capacity import batch_sizes, sweep
 from inferbox.worker.runtime import load_model
 
 pytestmark = pytest.mark.unit

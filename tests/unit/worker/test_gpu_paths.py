@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 
 from inferbox.errors import BadRequest
+from inferbox.lanes.consumer import Call
 from inferbox.lanes.wire import CallHeader, TensorMeta
 from inferbox.models.spec import ModelConfig, TensorSpec, spec_from_onnx
 from inferbox.registry.store import check_config
 from inferbox.testing import onnx_models
 from inferbox.worker import memory
-from inferbox.worker.batcher import Call, assemble, batch_buckets, padded
+from inferbox.worker.batcher import assemble, batch_buckets, padded
 from inferbox.worker.runtime import (
     GraphRunner,
     LoadedModel,

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from inferbox.lanes.consumer import Call
 from inferbox.lanes.wire import CallHeader, TensorMeta
 from inferbox.models.spec import ModelConfig, ModelSpec, TensorSpec
-from inferbox.worker.batcher import Call, assemble
+from inferbox.worker.batcher import assemble
 from inferbox.worker.serving import ModelServer, _out_of_memory
 
 pytestmark = pytest.mark.unit

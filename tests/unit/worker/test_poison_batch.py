@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from inferbox.lanes.consumer import Call
 from inferbox.lanes.wire import CallHeader, TensorMeta, decode_reply
-from inferbox.worker.batcher import Call, assemble
+from inferbox.worker.batcher import assemble
 from inferbox.worker.serving import ModelServer, _halving_budget
 from tests.unit.worker.test_oom_split import _spec
 
