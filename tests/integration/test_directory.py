@@ -8,8 +8,8 @@ import uuid
 import pytest
 import redis.asyncio as aioredis
 
-from inferbox.api.directory import ModelDirectory
 from inferbox.errors import Unavailable
+from inferbox.inference.directory import ModelDirectory
 from inferbox.keys import Keys
 from tests.conftest import REDIS_URL
 

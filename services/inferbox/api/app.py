@@ -22,14 +22,12 @@ from redis.backoff import NoBackoff
 
 import inferbox
 from inferbox.api.admin import AuditController, KeysController
-from inferbox.api.directory import ModelDirectory
 from inferbox.api.gate import GateMiddleware
 from inferbox.api.health import Dependencies, keep_catalog
 from inferbox.api.infer import InferenceFastPath
 from inferbox.api.jobs import JobsController, JobSubmitController
 from inferbox.api.v1 import ModelsController
 from inferbox.api.v2 import RepositoryController, V2Controller, error_response
-from inferbox.api.validation import tensor_limits
 from inferbox.config import Settings
 from inferbox.errors import (
     PROBLEM_JSON,
@@ -39,6 +37,8 @@ from inferbox.errors import (
     error_headers,
     problem_body,
 )
+from inferbox.inference.directory import ModelDirectory
+from inferbox.inference.validation import tensor_limits
 from inferbox.jobs.service import JobService
 from inferbox.jobs.store import JobStore
 from inferbox.jobs.transport import JobTransport

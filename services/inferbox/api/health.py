@@ -18,7 +18,7 @@ import time
 import structlog
 from psycopg_pool import AsyncConnectionPool
 
-from inferbox.api.directory import ModelDirectory
+from inferbox.inference.directory import ModelDirectory
 from inferbox.keys import Keys
 
 log = structlog.get_logger(__name__)

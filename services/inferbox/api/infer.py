@@ -33,7 +33,6 @@ import structlog
 from litestar import Litestar
 from litestar.types import Receive, Scope, Send
 
-from inferbox.api.validation import check_declared, check_request
 from inferbox.errors import (
     PROBLEM_JSON,
     BadRequest,
@@ -42,6 +41,7 @@ from inferbox.errors import (
     error_headers,
     problem_body,
 )
+from inferbox.inference.validation import check_declared, check_request
 from inferbox.lanes.client import ClientGone
 from inferbox.lanes.wire import CallHeader
 from inferbox.observability import api_metrics

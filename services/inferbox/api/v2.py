@@ -11,8 +11,8 @@ from redis.exceptions import RedisError
 
 import inferbox
 from inferbox.api.auditing import audited, visible
-from inferbox.api.directory import ModelDirectory
 from inferbox.errors import InferboxError, NotFound, Unavailable, error_headers
+from inferbox.inference.directory import ModelDirectory
 from inferbox.models.spec import PLATFORM, ModelSpec
 from inferbox.protocol.datatypes import v2_to_triton_config_type
 from inferbox.security.access import OPEN, needs

@@ -27,14 +27,14 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 import inferbox
 from inferbox.api.auditing import SCOPE_KEY, audited, visible
-from inferbox.api.directory import ModelDirectory
 from inferbox.api.health import Dependencies, keep_catalog
 from inferbox.api.infer import InferenceFastPath, new_request_id, run_request
 from inferbox.api.v2 import EXTENSIONS, _metadata, _triton_config, repository_index
-from inferbox.api.validation import tensor_limits
 from inferbox.config import Settings
 from inferbox.errors import InferboxError, Unavailable, error_headers
 from inferbox.grpc.tensors import decode_request, encode_response
+from inferbox.inference.directory import ModelDirectory
+from inferbox.inference.validation import tensor_limits
 from inferbox.keys import Keys
 from inferbox.lanes.client import InteractiveClient
 from inferbox.models import triton_config

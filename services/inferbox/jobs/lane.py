@@ -22,8 +22,8 @@ from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 from rq.timeouts import TimerDeathPenalty
 
-from inferbox.api.directory import ModelDirectory
 from inferbox.config import Settings
+from inferbox.inference.directory import ModelDirectory
 from inferbox.jobs import execution
 from inferbox.jobs.reconciler import Reconciler
 from inferbox.jobs.runner import JobRunner

@@ -24,8 +24,6 @@ from pathlib import Path
 import numpy as np
 import structlog
 
-from inferbox.api.directory import ModelDirectory
-from inferbox.api.validation import check_request, tensor_limits
 from inferbox.config import Settings
 from inferbox.errors import (
     BadRequest,
@@ -34,6 +32,8 @@ from inferbox.errors import (
     NotFound,
     Unavailable,
 )
+from inferbox.inference.directory import ModelDirectory
+from inferbox.inference.validation import check_request, tensor_limits
 from inferbox.jobs.inputs import RowReader
 from inferbox.jobs.store import CANCELLED, FAILED, SUCCEEDED, Job, JobStore
 from inferbox.jobs.tensors import OutputJoiner, SpooledOutputs, chunk_call, to_array

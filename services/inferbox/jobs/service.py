@@ -21,9 +21,9 @@ import structlog
 from minio.error import S3Error
 from redis.exceptions import RedisError
 
-from inferbox.api.validation import check_declared, check_request
 from inferbox.config import Settings
 from inferbox.errors import BadRequest, InferboxError, NotFound
+from inferbox.inference.validation import check_declared, check_request
 from inferbox.jobs import inputs
 from inferbox.jobs.runner import request_key
 from inferbox.jobs.store import (
