@@ -298,8 +298,3 @@ class Settings(BaseSettings):
     jobs_webhook_allow_private: bool = False
     """Whether webhooks may call private, loopback and link-local addresses. Off, a job cannot
     make the appliance call its own internal services (Redis, PostgreSQL, MinIO...)."""
-
-
-def load_settings(**overrides: object) -> Settings:
-    """Build the settings from the environment, with explicit overrides (tests pass these)."""
-    return Settings(**overrides)  # type: ignore[arg-type]

@@ -78,12 +78,6 @@ class DeadlineExceeded(InferboxError):
     status = 504
 
 
-class InferenceFailed(InferboxError):
-    """The model raised while running valid input (500, with ONNX Runtime's reason)."""
-
-    status = 500
-
-
 def error_headers(exc: InferboxError) -> list[tuple[str, str]]:
     """Headers every rendering of an error carries: its own, and ``Retry-After`` (whole
     seconds, rounded up, at least 1) where it has one."""

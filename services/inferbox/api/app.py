@@ -44,7 +44,6 @@ from inferbox.jobs.store import JobStore
 from inferbox.jobs.transport import JobTransport
 from inferbox.keys import Keys
 from inferbox.lanes.client import InteractiveClient
-from inferbox.logs import configure_logging
 from inferbox.observability import certificate
 from inferbox.protocol.codec import TOO_DEEP
 from inferbox.registry.wiring import object_store, registry_service
@@ -239,10 +238,3 @@ def create_app(settings: Settings) -> Litestar:
 def create_asgi(settings: Settings) -> InferenceFastPath:
     """What the server runs: the inference fast path in front of the Litestar app."""
     return InferenceFastPath(create_app(settings), slow_request_ms=settings.slow_request_ms)
-
-
-def create_asgi_from_env() -> InferenceFastPath:
-    """Entry point for ASGI servers: settings from the environment, JSON logs."""
-    settings = Settings()
-    configure_logging("api", settings.log_level, settings.log_format)
-    return create_asgi(settings)

@@ -7,7 +7,6 @@ from inferbox.protocol.codec import (
     RequestedOutput,
     TensorLimits,
     decode_infer_request,
-    encode_error,
     encode_infer_response,
 )
 from inferbox.protocol.datatypes import (
@@ -35,7 +34,6 @@ __all__ = [
     "check_datatype",
     "decode_infer_request",
     "deserialize_bytes_tensor",
-    "encode_error",
     "encode_infer_response",
     "itemsize",
     "serialize_bytes_tensor",

@@ -521,8 +521,3 @@ def _response_header(
     doc["outputs"] = entries
     # msgspec writes NaN/inf as null, which tritonclient reads back as NaN.
     return msgspec.json.encode(doc)
-
-
-def encode_error(message: str) -> bytes:
-    """The V2 error body: ``{"error": message}``."""
-    return msgspec.json.encode({"error": message})

@@ -14,8 +14,6 @@ import os
 import resource
 import sys
 
-ALLOWED = {"", "ai.onnx", "ai.onnx.ml"}
-
 
 def _limit(kind: int, soft: int, hard: int | None = None) -> None:
     resource.setrlimit(kind, (soft, soft if hard is None else hard))

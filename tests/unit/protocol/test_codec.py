@@ -7,7 +7,6 @@ import time
 import tracemalloc
 from typing import Any
 
-import msgspec
 import numpy as np
 import pytest
 import tritonclient.http as th
@@ -22,7 +21,6 @@ from inferbox.protocol import (
     RequestedOutput,
     TensorLimits,
     decode_infer_request,
-    encode_error,
     encode_infer_response,
     serialize_bytes_tensor,
 )
@@ -693,8 +691,3 @@ def test_request_to_response_round_trip_via_tritonclient() -> None:
     for name, arr in arrays.items():
         got = result.as_numpy(name)
         assert got.tolist() == arr.tolist(), name
-
-
-def test_encode_error() -> None:
-    body = encode_error('bad "input" ü')
-    assert msgspec.json.decode(body) == {"error": 'bad "input" ü'}
