@@ -14,20 +14,16 @@ from litestar.datastructures import State
 from litestar.params import Parameter
 
 from inferbox.api.auditing import actor, audited
+from inferbox.api.responses import json_response as _json
 from inferbox.errors import BadRequest
 from inferbox.security.access import needs
 from inferbox.security.keystore import now_utc
 
-_encode = msgspec.json.Encoder().encode
 _ADMIN = needs("admin")
 
 
 _MAX_EXPIRY_S = 100 * 365 * 86400
 """Longest lifetime a key may be given (a larger one overflows the date arithmetic)."""
-
-
-def _json(payload: object, status: int = 200) -> Response:
-    return Response(_encode(payload), status_code=status, media_type="application/json")
 
 
 class NewKey(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -26,8 +26,9 @@ from inferbox.api.gate import GateMiddleware
 from inferbox.api.health import Dependencies, keep_catalog
 from inferbox.api.infer import InferenceFastPath
 from inferbox.api.jobs import JobsController, JobSubmitController
+from inferbox.api.responses import error_response
 from inferbox.api.v1 import ModelsController
-from inferbox.api.v2 import RepositoryController, V2Controller, error_response
+from inferbox.api.v2 import RepositoryController, V2Controller
 from inferbox.config import Settings
 from inferbox.errors import (
     PROBLEM_JSON,

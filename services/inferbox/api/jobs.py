@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import uuid
 
-import msgspec
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.params import QueryParameter
 from litestar.response import Stream
 
+from inferbox.api.responses import json_response as _json
 from inferbox.api.uploads import upload_chunks
 from inferbox.errors import BadRequest, Unavailable
 from inferbox.jobs.inputs import FORMATS, guess_format
@@ -23,13 +23,7 @@ from inferbox.jobs.store import Job
 from inferbox.observability import api_metrics
 from inferbox.security.access import needs
 
-_encode = msgspec.json.Encoder().encode
-JSON = "application/json"
 _JOBS = needs("jobs")
-
-
-def _json(payload: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(_encode(payload), status_code=status, media_type=JSON, headers=headers)
 
 
 def _key(request: Request):

@@ -11,6 +11,7 @@ from litestar.datastructures import State
 from litestar.params import Parameter
 
 from inferbox.api.auditing import actor, audited, visible
+from inferbox.api.responses import json_response as _json
 from inferbox.api.uploads import upload_chunks
 from inferbox.errors import BadRequest
 from inferbox.models.capacity import CapacityCard, propose
@@ -18,7 +19,6 @@ from inferbox.models.catalog import decode_status
 from inferbox.registry.store import ModelVersion
 from inferbox.security.access import needs
 
-_encode = msgspec.json.Encoder().encode
 _READ = needs(None, model="name")
 _WRITE = needs("models:write", model="name")
 
@@ -33,10 +33,6 @@ class TrafficSplit(msgspec.Struct):
     """Body of ``PUT /v1/models/{name}/traffic``: version -> weight (empty clears the split)."""
 
     weights: dict[int, int]
-
-
-def _json(payload: object, status: int = 200) -> Response:
-    return Response(_encode(payload), status_code=status, media_type="application/json")
 
 
 async def _workers(state: State, name: str) -> dict[int, dict[str, dict]]:

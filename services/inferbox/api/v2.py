@@ -11,7 +11,8 @@ from redis.exceptions import RedisError
 
 import inferbox
 from inferbox.api.auditing import audited, visible
-from inferbox.errors import InferboxError, NotFound, Unavailable, error_headers
+from inferbox.api.responses import json_response as _json
+from inferbox.errors import NotFound, Unavailable
 from inferbox.inference.directory import ModelDirectory
 from inferbox.models.spec import PLATFORM, ModelSpec
 from inferbox.protocol.datatypes import v2_to_triton_config_type
@@ -24,10 +25,6 @@ JSON = "application/json"
 _encode = msgspec.json.Encoder().encode
 _INFER = needs("infer", model="name")
 _WRITE = needs("models:write", model="name")
-
-
-def _json(payload: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(_encode(payload), status_code=status, media_type=JSON, headers=headers)
 
 
 NOT_HONOURED = "inferbox_not_honoured"
@@ -201,11 +198,6 @@ class V2Controller(Controller):
         route's declared access; Litestar itself never sees a canonical ``/infer`` path.
         """
         raise Unavailable("inference is served by the API's fast path, which is not running")
-
-
-def error_response(exc: InferboxError) -> Response:
-    """``{"error": ...}`` with the error's status (and ``Retry-After`` where it has one)."""
-    return _json({"error": exc.message}, exc.status, dict(error_headers(exc)))
 
 
 async def repository_index(state, shown: Callable[[str], bool]) -> list[dict]:
