@@ -328,3 +328,20 @@ def http(appliance) -> httpx.Client:
     sending the admin key."""
     with httpx.Client(base_url=appliance.url, timeout=30, headers=appliance.headers) as client:
         yield client
+
+
+_KINDS = ("unit", "integration", "e2e", "appliance")
+_BY_FOLDER = {"unit": "unit", "appliance": "appliance", "stack": "e2e"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test gets its kind from its folder unless it names one itself: ``tests/unit``
+    unit, ``tests/appliance`` appliance, ``tests/stack`` e2e, the rest integration (they talk
+    to real services). So ``-m unit`` selects what needs no service, without anyone
+    remembering to mark a new file."""
+    root = Path(__file__).parent
+    for item in items:
+        if any(item.get_closest_marker(kind) for kind in _KINDS):
+            continue
+        folder = Path(item.path).relative_to(root).parts[0]
+        item.add_marker(getattr(pytest.mark, _BY_FOLDER.get(folder, "integration")))
