@@ -163,6 +163,31 @@ def test_push_a_model_and_call_it_with_tritonclient(env):
             np.testing.assert_allclose(result.as_numpy("y"), expected(), rtol=1e-5)
 
 
+def test_a_large_call_travels_through_the_shared_tensor_volume(env, tmp_path):
+    """Inputs of 256 KiB and more go from an API container to the worker's through the tmpfs
+    volume ``tensors`` (mounted in both, owned by inferbox's user), and come back right."""
+    name = f"{MODEL}-rows"
+    config = tmp_path / "config.pbtxt"
+    config.write_text(f'name: "{name}"\nmax_batch_size: 4096\n')
+    cli(env, "models", "push", str(model_file()), "--name", name, "--triton-config", str(config))
+    rows = np.random.default_rng(2).standard_normal((4096, 64)).astype(np.float32)  # 1 MiB
+    import onnxruntime as ort
+
+    want = ort.InferenceSession(str(model_file())).run(None, {"x": rows})[0]
+    headers = {"Authorization": f"Bearer {env['INFERBOX_API_KEY']}"}
+    host = env["INFERBOX_URL"].removeprefix("https://")
+    with triton.InferenceServerClient(
+        host, ssl=True, ssl_options={"ca_certs": env["INFERBOX_CA_CERT"]}
+    ) as client:
+        wait_until(lambda: client.is_model_ready(name, headers=headers), 60, "the model ready")
+        for _ in range(4):  # every API replica in turn
+            tensor = triton.InferInput("x", list(rows.shape), "FP32")
+            tensor.set_data_from_numpy(rows, binary_data=True)
+            output = triton.InferRequestedOutput("y", binary_data=True)
+            result = client.infer(name, [tensor], outputs=[output], headers=headers)
+            np.testing.assert_allclose(result.as_numpy("y"), want, rtol=1e-5)
+
+
 def test_submit_a_job_and_fetch_its_result(env, tmp_path):
     rows = np.random.default_rng(7).standard_normal((200, 64)).astype(np.float32)
     np.save(tmp_path / "rows.npy", rows)
