@@ -97,6 +97,18 @@ def http(env: dict[str, str]) -> httpx.Client:
     )
 
 
+def key_header(env: dict[str, str]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {env['INFERBOX_API_KEY']}"}
+
+
+def triton_client(env: dict[str, str]) -> triton.InferenceServerClient:
+    """tritonclient's HTTP client through nginx, trusting the appliance's CA."""
+    host = env["INFERBOX_URL"].removeprefix("https://")
+    return triton.InferenceServerClient(
+        host, ssl=True, ssl_options={"ca_certs": env["INFERBOX_CA_CERT"]}
+    )
+
+
 def infer_json(client: httpx.Client) -> list[float]:
     body = {
         "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 64], "data": X.ravel().tolist()}]
@@ -149,11 +161,8 @@ def test_up_wrote_the_env_file(env):
 def test_push_a_model_and_call_it_with_tritonclient(env):
     out = cli(env, "models", "push", str(model_file()), "--name", MODEL, "--alias", "production")
     assert re.search(rf"{MODEL} version \d+ \(\w+\) -> production", out), out
-    headers = {"Authorization": f"Bearer {env['INFERBOX_API_KEY']}"}
-    host = env["INFERBOX_URL"].removeprefix("https://")
-    with triton.InferenceServerClient(
-        host, ssl=True, ssl_options={"ca_certs": env["INFERBOX_CA_CERT"]}
-    ) as client:
+    headers = key_header(env)
+    with triton_client(env) as client:
         wait_until(lambda: client.is_model_ready(MODEL, headers=headers), 60, "the model ready")
         for binary in (False, True):
             tensor = triton.InferInput("x", [1, 64], "FP32")
@@ -174,11 +183,8 @@ def test_a_large_call_travels_through_the_shared_tensor_volume(env, tmp_path):
     import onnxruntime as ort
 
     want = ort.InferenceSession(str(model_file())).run(None, {"x": rows})[0]
-    headers = {"Authorization": f"Bearer {env['INFERBOX_API_KEY']}"}
-    host = env["INFERBOX_URL"].removeprefix("https://")
-    with triton.InferenceServerClient(
-        host, ssl=True, ssl_options={"ca_certs": env["INFERBOX_CA_CERT"]}
-    ) as client:
+    headers = key_header(env)
+    with triton_client(env) as client:
         wait_until(lambda: client.is_model_ready(name, headers=headers), 60, "the model ready")
         for _ in range(4):  # every API replica in turn
             tensor = triton.InferInput("x", list(rows.shape), "FP32")
