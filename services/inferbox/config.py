@@ -24,13 +24,15 @@ class Settings(BaseSettings):
     # --- shared -------------------------------------------------------------------------------
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", pattern=r"^redis://")
     """Redis carrying the interactive lane, the model catalog and worker status: a
-    ``redis://[[user]:password@]host[:port][/db]`` URL (the hot paths speak RESP over TCP)."""
+    ``redis://[[user]:password@]host[:port][/db]`` URL. The hot paths speak RESP over TCP, so
+    TLS (``rediss://``) and Unix sockets are refused at start."""
 
     key_prefix: str = "inferbox"
     """Prefix of every Redis key and channel, so several appliances (or test runs) share one Redis."""
 
     model_repository: Path | None = None
-    """A Triton-layout folder (``<name>/<version>/model.onnx``) imported by ``inferbox models import``."""
+    """A Triton-layout folder (``<name>/<version>/model.onnx``) that ``inferbox models import``
+    reads when given no folder (``scripts/stack up`` imports it). Unset: none."""
 
     log_level: str = "INFO"
     """Minimum level of log lines written (DEBUG, INFO, WARNING, ERROR)."""
@@ -39,7 +41,8 @@ class Settings(BaseSettings):
     """``json`` (one object per line, for Logstash) or ``console`` (for a person at a terminal)."""
 
     database_url: str = "postgresql://postgres@127.0.0.1:5432/inferbox"
-    """PostgreSQL holding models, versions and aliases (the source of truth)."""
+    """PostgreSQL holding the registry, API keys, the audit log and jobs (the source of truth);
+    ``inferbox migrate`` creates the database when missing."""
 
     s3_endpoint: str = "127.0.0.1:9000"
     """S3 API (MinIO in the appliance) holding model files, as ``host:port``."""
@@ -57,7 +60,7 @@ class Settings(BaseSettings):
     """Region name passed to the S3 API, if it needs one."""
 
     s3_bucket: str = "inferbox"
-    """Bucket of model files (created when missing)."""
+    """Bucket of model files and job data (created when missing)."""
 
     s3_timeout_s: float = Field(default=30.0, gt=0)
     """Longest wait for the S3 API to accept a connection or send the next bytes of an answer;
@@ -79,7 +82,7 @@ class Settings(BaseSettings):
     validation_timeout_s: float = Field(default=120.0, gt=0)
     """Wall-clock limit of the upload check."""
 
-    # --- api ----------------------------------------------------------------------------------
+    # --- API and gRPC server ------------------------------------------------------------------
     api_bind: str = "127.0.0.1:8000"
     """Address gunicorn listens on (``host:port``); nginx is the only public door."""
 
@@ -147,7 +150,8 @@ class Settings(BaseSettings):
 
     # --- security -----------------------------------------------------------------------------
     auth_enabled: bool = True
-    """Require an API key (``Authorization: Bearer``) on every route but health and metadata."""
+    """Require an API key (``Authorization: Bearer``) on every route but health and metadata;
+    ``false`` is for development only (a warning is logged at start)."""
 
     key_cache_s: float = Field(default=1.0, gt=0, le=1.0)
     """How long an API process trusts its copy of a key; a revocation takes effect within it."""
@@ -181,7 +185,8 @@ class Settings(BaseSettings):
     """Name of this worker as a Redis consumer and in status; unique per process."""
 
     worker_providers: list[str] = Field(default_factory=lambda: list(DEFAULT_PROVIDERS))
-    """Execution providers in preference order, intersected with what ONNX Runtime offers."""
+    """Execution providers in preference order (a JSON list), intersected with what ONNX
+    Runtime offers."""
 
     worker_require_cuda: bool = False
     """Refuse to start (exit non-zero) unless sessions really run on CUDA: a GPU worker never
@@ -232,8 +237,8 @@ class Settings(BaseSettings):
     # --- gateway certificate (watched by the API) ----------------------------------------------
     tls_cert_file: Path | None = None
     """The certificate nginx serves (mounted read-only); its expiry is exported as
-    ``inferbox_tls_certificate_expiry_timestamp_seconds`` for the expiry alert. None: not
-    exported."""
+    ``inferbox_tls_certificate_expiry_timestamp_seconds`` for the expiry alert. Unset:
+    not exported."""
 
     # --- async jobs ----------------------------------------------------------------------------
     jobs_enabled: bool = True
@@ -270,8 +275,9 @@ class Settings(BaseSettings):
     """Priority of job chunks: 2 and above is the low lane, served after interactive calls."""
 
     jobs_retention_s: int = Field(default=7 * 24 * 3600, gt=0)
-    """How long a finished job's result (and input) is kept; a job may ask for less or more up
-    to ``jobs_max_retention_s``."""
+    """How long a finished job's result (and input) is kept when neither the job
+    (``retention_s``) nor its model's config (``job_retention_s``) says; a job may ask for less
+    or more up to ``jobs_max_retention_s``."""
 
     jobs_max_retention_s: int = Field(default=30 * 24 * 3600, gt=0)
     """The longest retention a job may ask for."""
