@@ -167,6 +167,32 @@ def test_every_variable_used_is_documented_in_env_example():
     assert used - documented == set()
 
 
+def _runs_inferbox(service: dict) -> bool:
+    command = service.get("command") or []
+    return any(part == "inferbox" or part.startswith("inferbox ") for part in command)
+
+
+def test_every_inferbox_variable_given_to_an_inferbox_process_is_a_setting(every_profile):
+    # A misspelt or removed setting in compose.yaml or the image would be ignored without a word
+    # (the settings ignore unknown variables); docs/settings.md lists the real ones.
+    from inferbox.config import Settings
+    from inferbox.scaleout.settings import RaySettings
+
+    known = {f"INFERBOX_{name}".upper() for name in Settings.model_fields}
+    known |= {f"INFERBOX_RAY_{name}".upper() for name in RaySettings.model_fields}
+    given = {
+        (name, variable)
+        for name, service in every_profile["services"].items()
+        if _runs_inferbox(service)
+        for variable in service.get("environment") or {}
+        if variable.startswith("INFERBOX_")
+    }
+    assert {name for name, _ in given} >= {"api", "grpc", "worker", "worker-cpu", "setup"}
+    image = re.findall(r"\b(INFERBOX_[A-Z0-9_]+)=", (ROOT / "services" / "Dockerfile").read_text())
+    given |= {("Dockerfile", variable) for variable in image}
+    assert {(name, variable) for name, variable in given if variable not in known} == set()
+
+
 def test_images_are_pinned_and_containers_unnamed(config):
     for name, service in config["services"].items():
         image = service.get("image", "")
