@@ -4,7 +4,7 @@
     python grafana/build_dashboards.py
 
 Each panel is (title, description, unit, [(legend, PromQL), ...]); a panel's description says
-what it means (the README's Observability section repeats it). Panels tagged ``gpu`` have data
+what it means (docs/observability.md repeats it). Panels tagged ``gpu`` have data
 only on a machine with a GPU. tests/observability checks the JSON is up to date and that every
 query parses and returns data against a real Prometheus scraping a real API and worker.
 """
