@@ -9,8 +9,6 @@ from pathlib import Path
 import click
 import pytest
 
-pytestmark = pytest.mark.unit
-
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 

@@ -8,8 +8,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from inferbox import settings_doc
 
-pytestmark = pytest.mark.unit
-
 
 def test_the_settings_page_matches_the_code():
     assert settings_doc.PAGE.read_text() == settings_doc.render(), "run scripts/settings-doc"
