@@ -138,6 +138,15 @@ class RespConnection:
         protocol.write(pack(*args))
         return future
 
+    def send(self, *args) -> asyncio.Future:
+        """Queue one command on the open connection and return its reply's future, without
+        waiting (the caller bounds the wait); ``ConnectionError`` when no connection is open
+        (``connect`` first)."""
+        protocol = self._protocol
+        if protocol is None or protocol.lost.done():
+            raise RedisConnectionError("not connected to redis")
+        return self._send(protocol, *args)
+
     async def execute(self, *args):
         """Send one command and wait for its reply (errors raise ``ResponseError``)."""
         protocol = self._protocol

@@ -1,0 +1,290 @@
+"""The hot path's side of the response cache: one lookup before a call is queued, one insert
+after it is answered.
+
+A lookup is one ``MGET`` of the version's generation token and the entry, on a pipelined
+connection of the lanes' own kind (``lanes.resp``): commands of concurrent calls leave in one
+write and hiredis parses the replies. It never fails a call and never holds it longer than
+``cache_timeout_ms``: a timer fails the wait, and the call goes to the queue as if the cache
+had missed. When the connection fails (or a few lookups in a row time out) calls skip the
+cache for ``cache_retry_s`` while it is reconnected in the background, so a cache that is down
+costs calls nothing at all. An insert is a ``SET`` sent without waiting for its answer (a done
+callback counts it); an entry carries the generation token read by the lookup, so an answer
+computed while its version was being unloaded or changed is never served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+
+import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+from inferbox.cache.entry import GENERATION_BYTES, decode_entry, encode_entry
+from inferbox.cache.key import entry_digest, version_tag
+from inferbox.keys import Keys
+from inferbox.lanes.resp import RespConnection
+from inferbox.lanes.wire import TensorMeta
+from inferbox.models.spec import ModelSpec
+from inferbox.observability.cache_metrics import CacheMetrics
+
+log = structlog.get_logger(__name__)
+
+HIT = "hit"
+MISS = "miss"
+TIMEOUTS_BEFORE_PAUSE = 3
+"""Lookups in a row that time out before calls skip the cache for ``retry_s``."""
+OFF_LOOP_BYTES = 256 * 1024
+"""Inputs from this size up are hashed in a thread (hashlib lets go of the GIL)."""
+
+
+class CacheTimeout(Exception):
+    """The cache did not answer within its timeout."""
+
+
+class Probe:
+    """One call's lookup: its entry key, the generation it read, and the stored outputs on a
+    hit. ``state`` is what the ``X-Inferbox-Cache`` header says (``hit`` or ``miss``)."""
+
+    __slots__ = ("generation", "key", "outputs", "spec", "state")
+
+    def __init__(self, spec: ModelSpec, key: str) -> None:
+        self.spec = spec
+        self.key = key
+        self.generation: bytes | None = None
+        self.outputs: tuple[list[TensorMeta], list[memoryview]] | None = None
+        self.state = MISS
+
+
+class ResponseCache:
+    """Lookups and inserts of one process (``source``: ``infer`` or ``job``) on the cache Redis."""
+
+    def __init__(
+        self,
+        url: str,
+        keys: Keys,
+        *,
+        source: str,
+        timeout_s: float = 0.025,
+        retry_s: float = 1.0,
+        max_entry_bytes: int = 1 << 20,
+        ttl_s: int = 3600,
+        per_key: bool = False,
+    ) -> None:
+        self.keys = keys
+        self.source = source
+        self.timeout_s = timeout_s
+        self.retry_s = retry_s
+        self.max_entry_bytes = max_entry_bytes
+        self.ttl_ms = ttl_s * 1000
+        self.per_key = per_key
+        self.metrics = CacheMetrics(source)
+        self.conn = RespConnection(url)
+        self._paused_until = 0.0
+        self._timeouts = 0
+        self._connecting: asyncio.Task | None = None
+        self._closed = False
+
+    @classmethod
+    def from_settings(cls, settings, keys: Keys, source: str) -> ResponseCache | None:
+        """The cache ``Settings`` describe; None without ``INFERBOX_CACHE_URL``."""
+        if not settings.cache_url:
+            return None
+        return cls(
+            settings.cache_url,
+            keys,
+            source=source,
+            timeout_s=settings.cache_timeout_ms / 1000,
+            retry_s=settings.cache_retry_s,
+            max_entry_bytes=settings.cache_max_entry_bytes,
+            ttl_s=settings.cache_ttl_s,
+            per_key=settings.cache_per_key,
+        )
+
+    # --- the connection -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect (bounded: a cache that is away only means calls skip it for now)."""
+        await self._connect()
+
+    async def close(self) -> None:
+        """Close the connection; later lookups miss."""
+        self._closed = True
+        if self._connecting is not None:
+            self._connecting.cancel()
+            await asyncio.gather(self._connecting, return_exceptions=True)
+        self.conn.close()
+
+    def _usable(self) -> bool:
+        """Whether a lookup may be sent now; reconnects in the background when it may not."""
+        lost = self.conn.lost
+        if lost is not None and not lost.done():
+            return True
+        if self._closed or self._connecting is not None or time.monotonic() < self._paused_until:
+            return False
+        self._connecting = asyncio.ensure_future(self._connect())
+        return False
+
+    async def _connect(self) -> None:
+        try:
+            await asyncio.wait_for(self.conn.connect(), timeout=max(self.timeout_s, 1.0))
+        except (TimeoutError, RedisError, OSError) as exc:
+            # A connection cut off during its handshake must not be used half-authenticated.
+            self.conn.close()
+            self._pause(f"cannot connect: {exc}")
+        else:
+            self._timeouts = 0
+            if self._paused_until:
+                log.info("response cache reachable again", source=self.source)
+            self._paused_until = 0.0
+        finally:
+            self._connecting = None
+
+    def _pause(self, why: str) -> None:
+        """Skip the cache for ``retry_s`` and drop the connection (pending waits fail)."""
+        if time.monotonic() >= self._paused_until:
+            log.warning(
+                "response cache unavailable; calls skip it for a while",
+                source=self.source,
+                error=why[:300],
+                retry_s=self.retry_s,
+            )
+        self._paused_until = time.monotonic() + self.retry_s
+        self.conn.close()
+
+    # --- lookups and inserts -------------------------------------------------------------------
+
+    def namespace(self, spec: ModelSpec, key_id: str | None) -> str:
+        """The entry namespace of a call: its API key's id when entries are kept per key."""
+        if key_id and (self.per_key or spec.config.response_cache_per_key):
+            return key_id
+        return ""
+
+    async def lookup(
+        self,
+        spec: ModelSpec,
+        metas: list[TensorMeta],
+        raws: list[bytes],
+        outputs: list[str] | None,
+        key_id: str | None = None,
+    ) -> Probe:
+        """Look a call up; ``probe.outputs`` holds the stored answer on a hit. Never raises for
+        the cache's own trouble (that is a miss, counted as ``error``)."""
+        namespace = self.namespace(spec, key_id)
+        if sum(len(raw) for raw in raws) < OFF_LOOP_BYTES:
+            digest = entry_digest(spec, metas, raws, outputs, namespace)
+        else:
+            digest = await asyncio.to_thread(entry_digest, spec, metas, raws, outputs, namespace)
+        probe = Probe(spec, self.keys.cache_entry(spec.name, spec.version, digest))
+        if not self._usable():
+            self.metrics.lookup(spec.name, spec.version, "error")
+            return probe
+        generation_key = self.keys.cache_generation(spec.name, spec.version)
+        started = time.perf_counter()
+        try:
+            future = self.conn.send("MGET", generation_key, probe.key)
+            # A timer fails the wait rather than a timeout scope: this runs for every call.
+            timer = asyncio.get_running_loop().call_later(self.timeout_s, _expire, future)
+            try:
+                generation, value = await future
+            finally:
+                timer.cancel()
+        except CacheTimeout:
+            self._timeouts += 1
+            if self._timeouts >= TIMEOUTS_BEFORE_PAUSE:
+                self._pause(f"{self._timeouts} lookups in a row took over {self.timeout_s}s")
+            self.metrics.lookup(spec.name, spec.version, "error")
+            return probe
+        except RedisConnectionError as exc:
+            self._pause(str(exc))
+            self.metrics.lookup(spec.name, spec.version, "error")
+            return probe
+        except RedisError:
+            # Answering but not serving (LOADING after a restart, a refused AUTH...).
+            self.metrics.lookup(spec.name, spec.version, "error")
+            return probe
+        self._timeouts = 0
+        self.metrics.lookup_seconds.observe(time.perf_counter() - started)
+        if generation is None:
+            # No token yet (a version never cached, or the cache restarted or evicted it):
+            # propose one and store this answer under it. Had another process (or the
+            # registry) set one first, the entry carries a token that is not current and is
+            # never served: fresh random tokens can only ever make an entry unservable.
+            probe.generation = secrets.token_hex(GENERATION_BYTES // 2).encode()
+            self._send_quietly("SET", generation_key, probe.generation, "NX")
+        elif len(generation) == GENERATION_BYTES:
+            probe.generation = generation
+            if value is not None:
+                stored = decode_entry(value, generation)
+                if stored is not None:
+                    probe.outputs = stored
+                    probe.state = HIT
+                    self.metrics.lookup(spec.name, spec.version, HIT)
+                    self.metrics.served(spec.name, spec.version, sum(len(r) for r in stored[1]))
+                    return probe
+        self.metrics.lookup(spec.name, spec.version, MISS)
+        return probe
+
+    def store(self, probe: Probe, metas: list[TensorMeta], raws: list, spec_tag: str) -> None:
+        """Offer a successful answer to the cache (not waited for); ``spec_tag`` is the reply's
+        (``ReplyHeader.spec_tag``).
+
+        Not stored: an answer larger than ``max_entry_bytes``; one computed by a worker that ran
+        another spec than the key names (a config change in progress: ``stale``); one whose
+        lookup did not reach the cache.
+        """
+        spec = probe.spec
+        if probe.generation is None:
+            return
+        if spec_tag != version_tag(spec):
+            self.metrics.insert(spec.name, spec.version, "stale")
+            return
+        if sum(len(raw) for raw in raws) > self.max_entry_bytes:
+            self.metrics.insert(spec.name, spec.version, "too_large")
+            return
+        lost = self.conn.lost
+        if lost is None or lost.done():
+            self.metrics.insert(spec.name, spec.version, "error")
+            return
+        value = encode_entry(probe.generation, metas, raws)
+        command = (
+            ("SET", probe.key, value, "PX", self.ttl_ms)
+            if self.ttl_ms
+            else ("SET", probe.key, value)
+        )
+        try:
+            future = self.conn.send(*command)
+        except RedisError:
+            self.metrics.insert(spec.name, spec.version, "error")
+            return
+        started = time.perf_counter()
+        size = len(value)
+
+        def stored(done: asyncio.Future) -> None:
+            if done.cancelled() or done.exception() is not None:
+                # A full cache Redis that cannot evict enough (OOM), or the connection lost.
+                self.metrics.insert(spec.name, spec.version, "error")
+                return
+            self.metrics.insert_seconds.observe(time.perf_counter() - started)
+            self.metrics.insert(spec.name, spec.version, "stored", size)
+
+        future.add_done_callback(stored)
+
+    def _send_quietly(self, *command) -> None:
+        """Send a command whose answer nobody waits for (its error, if any, is dropped)."""
+        with contextlib.suppress(RedisError):
+            future = self.conn.send(*command)
+            future.add_done_callback(_consume)
+
+
+def _expire(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_exception(CacheTimeout())
+
+
+def _consume(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()
