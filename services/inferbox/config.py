@@ -140,7 +140,7 @@ class Settings(BaseSettings):
     evicting policy (``allkeys-lru``), so a full cache never costs a queued call. Empty: no
     response cache (a model's ``response_cache`` then does nothing)."""
 
-    cache_timeout_ms: float = Field(default=25.0, gt=0)
+    cache_timeout_ms: float = Field(default=50.0, gt=0)
     """Longest a call waits for the cache's answer; past it the call goes to the queue. A cache
     that is down or slow makes a call slower by at most this, never fails it."""
 

@@ -170,9 +170,14 @@ def test_large_answers_are_not_stored(stack):
         seen = [call(stack, "cached", x).headers["x-inferbox-cache"] for _ in range(2)]
         assert seen == states
     assert 400 * 10 * 4 <= MAX_ENTRY_BYTES < 600 * 10 * 4
-    assert (
-        stack.api_metric("inferbox_cache_inserts_total", model="cached", result="too_large")
-        == too_large + 2
+    # Counted in each API process and added to the metrics every second.
+    wait_for(
+        lambda: (
+            stack.api_metric("inferbox_cache_inserts_total", model="cached", result="too_large")
+            == too_large + 2
+        ),
+        5,
+        "the two large answers to be counted",
     )
 
 
@@ -310,9 +315,13 @@ def test_jobs_use_the_cache_and_are_counted_apart(stack):
             results.append(http.get(submitted.json()["result_url"]).json()["outputs"])
         assert results[0] == results[1]
         # The second job's chunk came from the cache; so does the same call made online.
-        assert (
-            metric("inferbox_cache_lookups_total", model="cached", source="job", result="hit")
-            > hits
+        wait_for(
+            lambda: (
+                metric("inferbox_cache_lookups_total", model="cached", source="job", result="hit")
+                > hits
+            ),
+            5,
+            "the worker to count the job's hit",
         )
         online = call(stack, "cached", x)
         assert online.headers["x-inferbox-cache"] == "hit"
@@ -435,18 +444,18 @@ def test_a_cache_full_without_eviction_stores_nothing_and_fails_nothing(stack, h
     cache.config_set("maxmemory", 1)  # over its budget: every write is refused (OOM)
     errors = stack.api_metric("inferbox_cache_inserts_total", model="cached", result="error")
     x = rows(5)
-    seen = [call(stack, "cached", x) for _ in range(3)]
-    assert [r.status_code for r in seen] == [200, 200, 200]
-    assert [r.headers["x-inferbox-cache"] for r in seen] == ["miss"] * 3
-    # Each refused insert is counted when Redis's answer arrives (after the call's answer).
-    wait_for(
-        lambda: (
-            stack.api_metric("inferbox_cache_inserts_total", model="cached", result="error")
-            >= errors + 3
-        ),
-        5,
-        "the refused inserts to be counted",
-    )
+    seen = []
+
+    def refused() -> bool:
+        seen.append(call(stack, "cached", x))
+        time.sleep(0.2)
+        return stack.api_metric("inferbox_cache_inserts_total", model="cached", result="error") > (
+            errors
+        )
+
+    wait_for(refused, 10, "an insert refused by the full cache to be counted")
+    assert {r.status_code for r in seen} == {200}
+    assert {r.headers["x-inferbox-cache"] for r in seen} == {"miss"}
     cache.config_set("maxmemory", "64mb")
     cache.config_set("maxmemory-policy", "allkeys-lru")
     wait_for(lambda: call(stack, "cached", x).headers["x-inferbox-cache"] == "hit", 10, "a hit")
@@ -462,19 +471,31 @@ def test_cache_and_queue_live_apart(stack, redis_client):
 
 
 def test_metrics_count_lookups_inserts_bytes_and_latency(stack):
-    x = rows(2)
-    call(stack, "cached", x)
-    call(stack, "cached", x)
     metric = stack.api_metric
-    assert metric("inferbox_cache_lookups_total", model="cached", source="infer", result="hit") > 0
-    assert metric("inferbox_cache_lookups_total", model="cached", source="infer", result="miss") > 0
-    assert metric("inferbox_cache_inserts_total", model="cached", result="stored") > 0
+    names = [
+        ("inferbox_cache_lookups_total", {"model": "cached", "source": "infer", "result": "hit"}),
+        ("inferbox_cache_lookups_total", {"model": "cached", "source": "infer", "result": "miss"}),
+        ("inferbox_cache_inserts_total", {"model": "cached", "result": "stored"}),
+        ("inferbox_cache_served_bytes_total", {"model": "cached"}),
+        ("inferbox_cache_lookup_duration_seconds_count", {"source": "infer"}),
+        ("inferbox_cache_insert_duration_seconds_count", {"source": "infer"}),
+    ]
+    time.sleep(1.5)  # what earlier tests counted is flushed by now
+    before = [metric(name, **labels) for name, labels in names]
+    x = rows(2)
+    assert call(stack, "cached", x).headers["x-inferbox-cache"] == "miss"
+    assert call(stack, "cached", x).headers["x-inferbox-cache"] == "hit"
+    # One hit, one miss, one insert, 2 x 10 floats served, two lookups and one insert timed.
+    expected = [1, 1, 1, 80, 2, 1]
+
+    def counted():
+        return [metric(name, **labels) - b for (name, labels), b in zip(names, before, strict=True)]
+
+    wait_for(lambda: counted() == expected, 5, "the metrics to count the two calls")
     assert metric("inferbox_cache_stored_bytes_total", model="cached") > 0
-    assert metric("inferbox_cache_served_bytes_total", model="cached") >= 80
-    assert metric("inferbox_cache_lookup_duration_seconds_count", source="infer") > 0
-    assert metric("inferbox_cache_insert_duration_seconds_count", source="infer") > 0
+    assert metric("inferbox_cache_lookup_duration_seconds_bucket", source="infer", le="+Inf") > 0
     worker = stack.appliance.metric
     assert worker("inferbox_cache_up") == 1
-    assert worker("inferbox_cache_memory_limit_bytes") > 0
+    assert worker("inferbox_cache_memory_limit_bytes") == 64 * 1024 * 1024
     assert worker("inferbox_cache_memory_bytes") > 0
     assert worker("inferbox_cache_keys") > 0

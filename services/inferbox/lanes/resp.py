@@ -138,14 +138,17 @@ class RespConnection:
         protocol.write(pack(*args))
         return future
 
-    def send(self, *args) -> asyncio.Future:
-        """Queue one command on the open connection and return its reply's future, without
-        waiting (the caller bounds the wait); ``ConnectionError`` when no connection is open
-        (``connect`` first)."""
+    def send_packed(self, parts: list[bytes]) -> asyncio.Future:
+        """Queue one command already packed (``pack``'s output, or the same bytes made another
+        way) on the open connection and return its reply's future, without waiting (the caller
+        bounds the wait); ``ConnectionError`` when no connection is open (``connect`` first)."""
         protocol = self._protocol
         if protocol is None or protocol.lost.done():
             raise RedisConnectionError("not connected to redis")
-        return self._send(protocol, *args)
+        future = asyncio.get_running_loop().create_future()
+        protocol.waiting.append(future)
+        protocol.write(parts)
+        return future
 
     async def execute(self, *args):
         """Send one command and wait for its reply (errors raise ``ResponseError``)."""

@@ -11,6 +11,8 @@ in the worker.
 
 from __future__ import annotations
 
+import bisect
+
 import redis
 import structlog
 from prometheus_client import Counter, Histogram
@@ -59,49 +61,79 @@ INSERT_SECONDS = Histogram(
 
 
 class CacheMetrics:
-    """The children of one source's metrics, resolved once per (model, version) and cached:
-    lookups and inserts happen on the hot path."""
+    """One source's counts, kept in plain numbers on the hot path and added to the Prometheus
+    metrics by ``flush`` (``ResponseCache`` calls it every second and when it closes).
+
+    A lookup and an insert would otherwise cost seven updates of prometheus-client's
+    multiprocess values (a locked write into a memory-mapped file each): about a third of the
+    cache's own cost per call, measured on the tiny model.
+    """
 
     def __init__(self, source: str) -> None:
         self.source = source
-        self.lookup_seconds = LOOKUP_SECONDS.labels(source)
-        self.insert_seconds = INSERT_SECONDS.labels(source)
-        self._lookups: dict[tuple[str, int, str], Counter] = {}
-        self._inserts: dict[tuple[str, int, str], Counter] = {}
-        self._bytes: dict[tuple[str, int], tuple[Counter, Counter]] = {}
+        self._counts: dict[tuple[Counter, tuple[str, str, str, str] | tuple[str, str, str]], float]
+        self._counts = {}
+        self._lookup_seconds = _Latencies(LOOKUP_SECONDS.labels(source))
+        self._insert_seconds = _Latencies(INSERT_SECONDS.labels(source))
 
-    def lookup(self, model: str, version: int, result: str) -> None:
-        """Count one lookup."""
-        key = (model, version, result)
-        child = self._lookups.get(key)
-        if child is None:
-            child = self._lookups[key] = LOOKUPS.labels(model, str(version), self.source, result)
-        child.inc()
+    def _add(self, metric: Counter, labels: tuple, amount: float = 1) -> None:
+        key = (metric, labels)
+        self._counts[key] = self._counts.get(key, 0) + amount
 
-    def insert(self, model: str, version: int, result: str, size: int = 0) -> None:
-        """Count one insert (and the bytes it stored)."""
-        key = (model, version, result)
-        child = self._inserts.get(key)
-        if child is None:
-            child = self._inserts[key] = INSERTS.labels(model, str(version), self.source, result)
-        child.inc()
+    def lookup(self, model: str, version: int, result: str, seconds: float | None = None) -> None:
+        """Count one lookup (and its latency when it was answered)."""
+        self._add(LOOKUPS, (model, version, result))
+        if seconds is not None:
+            self._lookup_seconds.observe(seconds)
+
+    def insert(
+        self, model: str, version: int, result: str, size: int = 0, seconds: float | None = None
+    ) -> None:
+        """Count one insert (the bytes it stored, its latency when it was answered)."""
+        self._add(INSERTS, (model, version, result))
         if size:
-            self._byte_counters(model, version)[0].inc(size)
+            self._add(STORED_BYTES, (model, version), size)
+        if seconds is not None:
+            self._insert_seconds.observe(seconds)
 
     def served(self, model: str, version: int, size: int) -> None:
         """Count the output bytes of one hit."""
-        self._byte_counters(model, version)[1].inc(size)
+        self._add(SERVED_BYTES, (model, version), size)
 
-    def _byte_counters(self, model: str, version: int) -> tuple[Counter, Counter]:
-        key = (model, version)
-        children = self._bytes.get(key)
-        if children is None:
-            labels = (model, str(version), self.source)
-            children = self._bytes[key] = (
-                STORED_BYTES.labels(*labels),
-                SERVED_BYTES.labels(*labels),
-            )
-        return children
+    def flush(self) -> None:
+        """Add what was counted since the last flush to the Prometheus metrics."""
+        counts, self._counts = self._counts, {}
+        for (metric, labels), amount in counts.items():
+            model, version, *rest = labels
+            metric.labels(model, str(version), self.source, *rest).inc(amount)
+        self._lookup_seconds.flush()
+        self._insert_seconds.flush()
+
+
+class _Latencies:
+    """Observations of one histogram child, bucketed locally and added in one go."""
+
+    def __init__(self, child) -> None:
+        self.child = child
+        self.bounds = list(child._upper_bounds)
+        self.counts = [0] * len(self.bounds)
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
+        self.total += seconds
+
+    def flush(self) -> None:
+        if not any(self.counts):
+            return
+        # prometheus-client's Histogram keeps one value per bucket and the sum; observe()
+        # adds to them one observation at a time, this adds a second's worth at once.
+        for bucket, count in zip(self.child._buckets, self.counts, strict=True):
+            if count:
+                bucket.inc(count)
+        self.child._sum.inc(self.total)
+        self.counts = [0] * len(self.bounds)
+        self.total = 0.0
 
 
 class CacheServerCollector:
