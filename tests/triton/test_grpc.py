@@ -6,6 +6,7 @@ Results are compared with what ONNX Runtime itself gives for the same model file
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import grpc
 import httpx
@@ -201,6 +202,41 @@ def test_every_datatype_typed_contents(served, auth):
     assert (
         raw_only.value.details() == "input 'in_FP16': FP16 data must be sent in raw_input_contents"
     )
+
+
+def test_config_pbtxt_response_cache_answers_grpc_and_http(auth, served):
+    """``response_cache { enable: true }`` in config.pbtxt: a repeated call is a hit, over gRPC
+    (``x-inferbox-cache`` initial metadata) and HTTP alike, with its own id."""
+    x = np.random.default_rng(uuid.uuid4().int).standard_normal((2, 16)).astype(np.float32)
+    request = service_pb2.ModelInferRequest(model_name="batched", id="first")
+    request.inputs.add(name="x", datatype="FP32", shape=[2, 16])
+    request.raw_input_contents.append(x.tobytes())
+    with grpc.insecure_channel(served.grpc_url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        first, call = stub.ModelInfer.with_call(request, metadata=list(auth.items()))
+        assert dict(call.initial_metadata())["x-inferbox-cache"] == "miss"
+        request.id = "second"
+        second, call = stub.ModelInfer.with_call(request, metadata=list(auth.items()))
+        assert dict(call.initial_metadata())["x-inferbox-cache"] == "hit"
+        assert second.id == "second" and first.id == "first"
+        assert second.raw_output_contents == first.raw_output_contents
+        # A model whose config.pbtxt does not enable it says nothing.
+        rows = service_pb2.ModelInferRequest(model_name="rows")
+        rows.inputs.add(name="x", datatype="FP32", shape=[2, 16])
+        rows.raw_input_contents.append(x.tobytes())
+        _, call = stub.ModelInfer.with_call(rows, metadata=list(auth.items()))
+        assert "x-inferbox-cache" not in dict(call.initial_metadata())
+    body = {
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 16], "data": x.ravel().tolist()}]
+    }
+    response = httpx.post(
+        f"{served.appliance.url}/v2/models/batched/infer",
+        json=body,
+        headers={"Authorization": auth["authorization"]},
+    )
+    assert response.headers["x-inferbox-cache"] == "hit"
+    got = np.asarray(response.json()["outputs"][0]["data"], np.float32)
+    assert got.tobytes() == first.raw_output_contents[0]
 
 
 def test_large_tensor(client, auth):
