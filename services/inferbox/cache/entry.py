@@ -37,7 +37,8 @@ def encode_entry(
     """The value stored for an answer computed while ``generation`` was current."""
     if len(generation) != GENERATION_BYTES:
         raise ValueError(f"a generation token has {GENERATION_BYTES} bytes")
-    head = _encode(EntryHeader(list(metas), [len(raw) for raw in raws]))
+    # A tuple encodes as EntryHeader does (an array), without building the struct.
+    head = _encode((metas, [len(raw) for raw in raws]))
     return b"".join([FORMAT, generation, _LENGTH.pack(len(head)), head, *raws])
 
 
