@@ -304,22 +304,9 @@ class ResponseCache:
         )
         parts = [head, value, b"\r\n" + self.expiry if self.ttl_s else b"\r\n"]
         try:
-            future = self.conn.send_packed(parts)
+            self.conn.send_packed(parts, _Stored(self.metrics, spec, len(value)))
         except RedisError:
             self.metrics.insert(spec.name, spec.version, "error")
-            return
-        started = time.perf_counter()
-        size = len(value)
-
-        def stored(done: asyncio.Future) -> None:
-            if done.cancelled() or done.exception() is not None:
-                # A full cache Redis that cannot evict enough (OOM), or the connection lost.
-                self.metrics.insert(spec.name, spec.version, "error")
-            else:
-                seconds = time.perf_counter() - started
-                self.metrics.insert(spec.name, spec.version, "stored", size, seconds)
-
-        future.add_done_callback(stored)
 
     # --- waiting -------------------------------------------------------------------------------
 
@@ -354,16 +341,43 @@ class ResponseCache:
     def _send_quietly(self, *command) -> None:
         """Send a command whose answer nobody waits for (its error, if any, is dropped)."""
         with contextlib.suppress(RedisError):
-            future = self.conn.send_packed(pack(*command))
-            future.add_done_callback(_consume)
+            self.conn.send_packed(pack(*command), _Ignored())
+
+
+class _Ignored:
+    """Takes a reply nobody waits for (``RespConnection.send_packed``'s ``waiter``)."""
+
+    __slots__ = ()
+
+    def done(self) -> bool:
+        return False
+
+    def set_result(self, reply) -> None:
+        pass
+
+    def set_exception(self, error) -> None:
+        pass
+
+
+class _Stored(_Ignored):
+    """Counts an insert when Redis answers it: no future and no loop callback per insert."""
+
+    __slots__ = ("metrics", "size", "spec", "started")
+
+    def __init__(self, metrics: CacheMetrics, spec: ModelSpec, size: int) -> None:
+        self.metrics, self.spec, self.size = metrics, spec, size
+        self.started = time.perf_counter()
+
+    def set_result(self, reply) -> None:
+        seconds = time.perf_counter() - self.started
+        self.metrics.insert(self.spec.name, self.spec.version, "stored", self.size, seconds)
+
+    def set_exception(self, error) -> None:
+        # A full cache Redis that cannot evict enough (OOM), or the connection lost.
+        self.metrics.insert(self.spec.name, self.spec.version, "error")
 
 
 def _fail_all(futures: list[asyncio.Future]) -> None:
     for future in futures:
         if not future.done():
             future.set_exception(CacheTimeout())
-
-
-def _consume(future: asyncio.Future) -> None:
-    if not future.cancelled():
-        future.exception()
