@@ -37,6 +37,7 @@ MODELS = {
         "preferred_batch_size": [16],
     },
     "retire": {"response_cache": True},
+    "repeated": {"response_cache": True, "response_cache_admit": "repeated"},
     "gather": {"response_cache": True},
 }
 

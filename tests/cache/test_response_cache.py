@@ -181,6 +181,35 @@ def test_large_answers_are_not_stored(stack):
     )
 
 
+def test_repeated_admission_stores_only_inputs_seen_before(stack):
+    """``response_cache_admit: repeated``: a new input costs no trip to the cache; the second
+    sighting (in the same API process: one keep-alive connection) stores, the third hits."""
+    x = rows(1)
+    new = stack.api_metric("inferbox_cache_lookups_total", model="repeated", result="new")
+    with httpx.Client(headers=stack.appliance.headers, timeout=30) as client:
+        first = call(stack, "repeated", x, client=client)
+        assert first.headers["x-inferbox-cache"] == "miss"
+        assert stack.entries("repeated") == []
+        states = [call(stack, "repeated", x, client=client).headers["x-inferbox-cache"]]
+        states.append(call(stack, "repeated", x, client=client).headers["x-inferbox-cache"])
+    assert states == ["miss", "hit"]
+    assert len(stack.entries("repeated")) == 1
+    wait_for(
+        lambda: (
+            stack.api_metric("inferbox_cache_lookups_total", model="repeated", result="new")
+            == new + 1
+        ),
+        5,
+        "the first sighting to be counted as new",
+    )
+    refused = httpx.patch(
+        f"{stack.url}/v1/models/repeated/versions/1/config",
+        json={"response_cache_admit": "sometimes"},
+        headers=stack.appliance.headers,
+    )
+    assert refused.status_code == 400 and "response_cache_admit" in refused.text
+
+
 # --- versions that change ------------------------------------------------------------------------
 
 

@@ -48,6 +48,8 @@ OFF_LOOP_BYTES = 256 * 1024
 GRACE_S = 0.001
 """How long past its timeout a lookup still takes an answer that is already here."""
 METRICS_FLUSH_S = 1.0
+SEEN_KEYS = 200_000
+"""Keys a process remembers for ``response_cache_admit: repeated`` (per generation of two)."""
 
 
 class CacheTimeout(Exception):
@@ -111,6 +113,7 @@ class ResponseCache:
         self.metrics = CacheMetrics(source)
         self.conn = RespConnection(url)
         self._versions: dict[int, _Version] = {}
+        self._seen = _Seen(SEEN_KEYS)
         self._paused_until = 0.0
         self._timeouts = 0
         self._connecting: asyncio.Task | None = None
@@ -231,6 +234,9 @@ class ResponseCache:
         version = self._version(spec)
         key = version.entry_prefix + digest.encode()
         probe = Probe(spec, version, key)
+        if spec.config.response_cache_admit == "repeated" and not self._seen.check(digest):
+            self.metrics.lookup(spec.name, spec.version, "new")
+            return probe
         if not self._usable():
             self.metrics.lookup(spec.name, spec.version, "error")
             return probe
@@ -342,6 +348,27 @@ class ResponseCache:
         """Send a command whose answer nobody waits for (its error, if any, is dropped)."""
         with contextlib.suppress(RedisError):
             self.conn.send_packed(pack(*command), _Ignored())
+
+
+class _Seen:
+    """The keys a process has seen lately, for ``response_cache_admit: repeated``: two sets of
+    up to ``size`` 64-bit key prefixes, the older dropped when the newer fills (a few MB)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.new: set[int] = set()
+        self.old: set[int] = set()
+
+    def check(self, digest: str) -> bool:
+        """Whether ``digest`` was seen before; remembers it either way."""
+        token = int(digest[:16], 16)
+        if token in self.new:
+            return True
+        seen = token in self.old
+        if len(self.new) >= self.size:
+            self.old, self.new = self.new, set()
+        self.new.add(token)
+        return seen
 
 
 class _Ignored:

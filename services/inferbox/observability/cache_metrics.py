@@ -3,7 +3,8 @@
 Counted where the cache is used, by ``source``: ``infer`` (HTTP and gRPC calls, in the API
 processes, merged across gunicorn workers) and ``job`` (async jobs' chunks, in the workers).
 Lookups by result (``hit``, ``miss``, ``error``: the cache did not answer in time or is
-unreachable, so the call went to the queue), inserts by result (``stored``, ``too_large``,
+unreachable, so the call went to the queue; ``new``: not looked up, an input a process sees
+for the first time under ``response_cache_admit: repeated``), inserts by result (``stored``, ``too_large``,
 ``stale``: computed by a worker still running another config of the version, ``error``), bytes stored and served, and the latency of lookups and inserts. The cache Redis's
 own figures (evictions, memory, entries) are read at scrape time by ``CacheServerCollector``
 in the worker.
@@ -20,14 +21,15 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 log = structlog.get_logger(__name__)
 
-LOOKUP_RESULTS = ("hit", "miss", "error")
+LOOKUP_RESULTS = ("hit", "miss", "error", "new")
 INSERT_RESULTS = ("stored", "too_large", "stale", "error")
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 
 LOOKUPS = Counter(
     "inferbox_cache_lookups_total",
-    "Response cache lookups by result (hit, miss, error: not answered in time or unreachable) "
-    "and source (infer: HTTP and gRPC calls; job: async job chunks).",
+    "Response cache lookups by result (hit, miss, error: not answered in time or unreachable, "
+    "new: not looked up, an input first seen under response_cache_admit=repeated) and source "
+    "(infer: HTTP and gRPC calls; job: async job chunks).",
     ["model", "version", "source", "result"],
 )
 INSERTS = Counter(

@@ -88,3 +88,17 @@ def test_the_identity_is_memoised_per_spec_object_only():
     assert version_identity(SPEC) is first
     changed = _replace(SPEC, sha256="c" * 64)
     assert version_identity(changed) != first
+
+
+def test_a_process_remembers_keys_for_two_generations():
+    from inferbox.cache.client import _Seen
+
+    seen = _Seen(size=2)
+    keys = [f"{i:016x}" + "0" * 48 for i in range(1, 6)]
+    assert [seen.check(k) for k in keys[:2]] == [False, False]
+    assert seen.check(keys[0]) is True
+    assert seen.check(keys[2]) is False  # the first generation is full: it becomes the old one
+    assert seen.check(keys[1]) is True  # still remembered (old generation)
+    seen.check(keys[3])
+    seen.check(keys[4])  # and again: keys[0] and [1] are forgotten
+    assert seen.check(keys[0]) is False
