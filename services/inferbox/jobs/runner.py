@@ -114,8 +114,8 @@ class JobRunner:
         cache: ResponseCache | None = None,
     ):
         """``requeue`` puts a job handed back by this runner on the queue again; ``cache``
-        (source ``job``) answers the chunks of a model with ``response_cache`` it holds, and
-        stores the others' answers."""
+        (source ``job``) answers a chunk of a model with ``response_cache`` when it holds the
+        answer, and keeps the answers computed for the others."""
         self.settings = settings
         self.store = store
         self.objects = objects
