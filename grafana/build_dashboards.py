@@ -56,6 +56,13 @@ OVERVIEW = [
      [q(f"sum by (outcome) (rate(inferbox_worker_calls_total[{R}]))", "{{outcome}}")]),
     ("Model cache disk free", "Free share of the disk holding the workers' model cache (alert below 10%).", "percentunit",
      [q("min by (instance) (inferbox_disk_free_bytes / inferbox_disk_size_bytes)", "{{instance}}")]),
+    ("Response cache memory and evictions", "The cache Redis's memory against its maxmemory, and entries it evicted per second to stay within it (alert when it does not answer).", "bytes",
+     [q("max(inferbox_cache_memory_bytes)", "used"),
+      q("max(inferbox_cache_memory_limit_bytes)", "limit"),
+      q(f"max(rate(inferbox_cache_evictions_total[{R}]))", "evictions/s")]),
+    ("Response cache latency p99", "Time for a lookup (before a call is queued) and an insert to be answered by the cache Redis, per source.", "s",
+     [q(f"histogram_quantile(0.99, sum by (le, source) (rate(inferbox_cache_lookup_duration_seconds_bucket[{R}])))", "lookup {{source}}"),
+      q(f"histogram_quantile(0.99, sum by (le, source) (rate(inferbox_cache_insert_duration_seconds_bucket[{R}])))", "insert {{source}}")]),
     ("GPU utilization", "Busy fraction per GPU (no data without a GPU).", "percentunit",
      [q("inferbox_gpu_utilization_ratio", "gpu {{gpu}}")], "gpu"),
     ("GPU memory", "Memory used per GPU against its total (alert above 95%).", "bytes",
@@ -87,6 +94,13 @@ PER_MODEL = [
      [q(f"max by (version) (inferbox_model_load_seconds_sum{{{M}}} / inferbox_model_load_seconds_count{{{M}}})", "v{{version}}")]),
     ("Model file bytes", "Size of each loaded version's model file.", "bytes",
      [q(f"max by (version) (inferbox_model_bytes{{{M}}})", "v{{version}}")]),
+    ("Response cache", "Lookups per second by result (hit; miss; error: the cache did not answer in time, the call was computed) and source (infer: HTTP and gRPC calls; job: job chunks); the hit ratio of calls. Only models with response_cache look up.", "reqps",
+     [q(f"sum by (version, source, result) (rate(inferbox_cache_lookups_total{{{M}}}[{R}]))", "v{{version}} {{source}} {{result}}"),
+      q(f'sum by (version) (rate(inferbox_cache_lookups_total{{{M},source="infer",result="hit"}}[{R}])) / sum by (version) (rate(inferbox_cache_lookups_total{{{M},source="infer"}}[{R}]))', "v{{version}} hit ratio")]),
+    ("Response cache inserts and bytes", "Answers offered to the cache per second by result (stored; too_large: over INFERBOX_CACHE_MAX_ENTRY_BYTES; stale: computed under another config during a change; error: refused, e.g. a full cache that cannot evict), and bytes stored and served.", "short",
+     [q(f"sum by (version, result) (rate(inferbox_cache_inserts_total{{{M}}}[{R}]))", "v{{version}} {{result}} /s"),
+      q(f"sum by (version) (rate(inferbox_cache_stored_bytes_total{{{M}}}[{R}]))", "v{{version}} stored B/s"),
+      q(f"sum by (version) (rate(inferbox_cache_served_bytes_total{{{M}}}[{R}]))", "v{{version}} served B/s")]),
 ]
 
 

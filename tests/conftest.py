@@ -7,6 +7,8 @@ queues or catalogs; the processes are the same commands the appliance runs.
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -73,6 +75,91 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+class CacheRedis:
+    """A cache Redis as the appliance runs one: its own ``redis-server`` on a free port with
+    its own memory budget and an evicting policy, no persistence (a restart is empty).
+
+    ``kill`` (SIGKILL) and ``start`` again on the same port, ``freeze`` (SIGSTOP: connections
+    are accepted, never answered) and ``thaw``: the faults the response cache must survive.
+    """
+
+    def __init__(self, folder: Path, maxmemory: str = "64mb", policy: str = "allkeys-lru"):
+        self.folder = folder
+        self.maxmemory = maxmemory
+        self.policy = policy
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        self.frozen = False
+
+    @property
+    def url(self) -> str:
+        """``redis://`` URL of this server."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        """A new client of this server."""
+        return redis.Redis(port=self.port, socket_timeout=5)
+
+    def start(self) -> None:
+        """Start (or restart, empty) on the same port; returns once it answers PING."""
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        with (self.folder / "cache-redis.log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    *(binary, "--bind", "127.0.0.1", "--port", str(self.port)),
+                    *("--dir", str(self.folder), "--save", "", "--appendonly", "no"),
+                    *("--maxmemory", self.maxmemory, "--maxmemory-policy", self.policy),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+        def answers():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"redis-server exited; see {self.folder}/cache-redis.log")
+            try:
+                return self.client().ping()
+            except redis.RedisError:
+                return False
+
+        wait_for(answers, 20, "the cache redis-server to answer", interval=0.05)
+
+    def kill(self) -> None:
+        """SIGKILL: everything it held is gone."""
+        if self.proc is not None and self.proc.poll() is None:
+            if self.frozen:
+                self.thaw()
+            self.proc.kill()
+            self.proc.wait()
+
+    def freeze(self) -> None:
+        """Stop answering (SIGSTOP), connections still accepted by the kernel."""
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        self.frozen = True
+
+    def thaw(self) -> None:
+        """Answer again (SIGCONT), with everything intact."""
+        os.kill(self.proc.pid, signal.SIGCONT)
+        self.frozen = False
+
+    def stop(self) -> None:
+        """Stop for good."""
+        if self.proc is not None:
+            if self.frozen:
+                self.thaw()
+            stop_process(self.proc, 10)
+
+
+@pytest.fixture(scope="session")
+def cache_redis(tmp_path_factory) -> CacheRedis:
+    """The session's cache Redis (beside the machine's Redis, which carries the queues)."""
+    server = CacheRedis(tmp_path_factory.mktemp("cache-redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
 def _admin(statement: str) -> None:
     with psycopg.connect(f"{POSTGRES} dbname=postgres", autocommit=True) as conn:
         conn.execute(statement)
@@ -130,6 +217,9 @@ def model_repo(tmp_path_factory) -> Path:
     onnx_models.mlp(root / "versions" / "1" / "model.onnx", seed=1)
     onnx_models.mlp(root / "versions" / "2" / "model.onnx", seed=2)
     onnx_models.identity_all_types(root / "strings" / "1" / "model.onnx", types=["BYTES"])
+    # The mlp with the response cache.
+    onnx_models.mlp(root / "cached" / "1" / "model.onnx")
+    (root / "cached" / "inferbox.json").write_text('{"response_cache": true}')
     return root
 
 
@@ -299,10 +389,12 @@ def running_appliance(
 
 
 @pytest.fixture(scope="session")
-def appliance(redis_client, model_repo, tmp_path_factory, make_database, s3_endpoint) -> Appliance:
+def appliance(
+    redis_client, model_repo, tmp_path_factory, make_database, s3_endpoint, cache_redis
+) -> Appliance:
     """The appliance serving ``model_repo`` from the registry, plus ``broken``: a catalog
     entry whose file is not ONNX, to see a version that fails to load on the worker (uploads
-    could never get it past validation)."""
+    could never get it past validation). Its response cache is ``cache_redis``."""
     broken = tmp_path_factory.mktemp("broken") / "model.onnx"
     broken.write_bytes(os.urandom(2048))
     certs = tmp_path_factory.mktemp("certs")
@@ -313,11 +405,22 @@ def appliance(redis_client, model_repo, tmp_path_factory, make_database, s3_endp
         make_database(),
         s3_endpoint,
         model_repo,
-        ready=("mlp", "conv", "add_sub", "identity", "fixed", "slow", "versions", "strings"),
+        ready=(
+            "mlp",
+            "conv",
+            "add_sub",
+            "identity",
+            "fixed",
+            "slow",
+            "versions",
+            "strings",
+            "cached",
+        ),
         extra_catalog=[
             ModelSpec(name="broken", version=1, path=str(broken), sha256="0" * 64, size=2048)
         ],
         INFERBOX_TLS_CERT_FILE=str(certs / "tls.crt"),
+        INFERBOX_CACHE_URL=cache_redis.url,
     ) as running:
         yield running
 

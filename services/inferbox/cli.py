@@ -71,6 +71,10 @@ def worker(settings: Settings) -> None:
         gpu = gpu_collector()
         if gpu is not None:
             REGISTRY.register(gpu)
+        if settings.cache_url:
+            from inferbox.observability.cache_metrics import CacheServerCollector
+
+            REGISTRY.register(CacheServerCollector(settings.cache_url))
         start_http_server(settings.worker_metrics_port, addr=settings.worker_metrics_host)
     worker.run()
 

@@ -71,3 +71,14 @@ class Keys:
     def auth_failures(self, remote_addr: str) -> str:
         """Counter of auth failures from one address in the current audit window."""
         return f"{self.prefix}:authfail:{remote_addr}"
+
+    def cache_entry(self, model: str, version: int, digest: str) -> str:
+        """String in the cache Redis: one stored answer (``inferbox.cache.entry``), under the
+        digest of everything that decides it (``inferbox.cache.key``)."""
+        return f"{self.prefix}:rc:{model}:{version}:{digest}"
+
+    def cache_generation(self, model: str, version: int) -> str:
+        """String in the cache Redis: the random token a version's stored answers must carry to
+        be served; the registry replaces it when the version is unloaded, loaded, changed or
+        deleted, so older answers are never served again."""
+        return f"{self.prefix}:rc-gen:{model}:{version}"

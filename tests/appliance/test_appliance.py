@@ -210,6 +210,32 @@ def test_submit_a_job_and_fetch_its_result(env, tmp_path):
     (Path(ENV_FILE).parent / "test-job-id").write_text(job["id"])
 
 
+def test_the_response_cache_answers_from_its_own_redis(env):
+    """A model turned to ``response_cache``: a repeated call is answered from the `cache`
+    service (the header says so through nginx), whose figures the worker exports."""
+    with http(env) as client:
+        version = client.get(f"/v1/models/{MODEL}").json()["aliases"]["production"]
+        patched = client.patch(
+            f"/v1/models/{MODEL}/versions/{version}/config", json={"response_cache": True}
+        )
+        assert patched.status_code == 200, patched.text
+        body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 64], "data": [0.5] * 64}]}
+
+        def hit() -> bool:
+            response = client.post(f"/v2/models/{MODEL}/infer", json=body)
+            return response.status_code == 200 and response.headers["x-inferbox-cache"] == "hit"
+
+        wait_until(hit, 90, "a call answered from the response cache", interval=0.5)
+
+    def exported() -> bool:
+        query = {"query": "max(inferbox_cache_up) * max(inferbox_cache_memory_limit_bytes)"}
+        data = httpx.get(f"{env['INFERBOX_PROMETHEUS_URL']}/api/v1/query", params=query).json()
+        result = data["data"]["result"]
+        return bool(result) and float(result[0]["value"][1]) > 0
+
+    wait_until(exported, 60, "the worker to export the cache Redis's figures", interval=1)
+
+
 def test_prometheus_scrapes_every_api_replica_and_the_cpu_worker(env):
     def targets() -> dict[str, list[str]]:
         data = httpx.get(f"{env['INFERBOX_PROMETHEUS_URL']}/api/v1/targets", timeout=10).json()

@@ -330,6 +330,25 @@ def test_the_queue_redis_refuses_before_its_container_is_killed_and_never_evicts
     assert _bytes(maxmemory) < _bytes(str(redis["mem_limit"]))
 
 
+def test_the_response_cache_has_its_own_evicting_redis(every_profile):
+    """The cache evicts within its own budget, apart from the queue's Redis (which never
+    evicts): everything that reads or writes answers points at the `cache` service."""
+    services = every_profile["services"]
+    cache = services["cache"]
+    command = cache["command"]
+    assert command[command.index("--maxmemory-policy") + 1] == "allkeys-lru"
+    assert _bytes(command[command.index("--maxmemory") + 1]) < _bytes(str(cache["mem_limit"]))
+    assert command[command.index("--appendonly") + 1] == "no"
+    assert "volumes" not in cache
+    for name in ("api", "grpc", "worker", "worker-cpu"):
+        env = services[name]["environment"]
+        assert re.fullmatch(r"redis://:[^@]+@cache:6379/0", env["INFERBOX_CACHE_URL"]), name
+        assert "@redis:" in env["INFERBOX_REDIS_URL"], name
+        # Calls never wait for the cache: it is started before, not required healthy.
+        if "depends_on" in services[name]:
+            assert services[name]["depends_on"]["cache"]["condition"] == "service_started"
+
+
 def test_only_setup_connects_to_postgresql_as_the_owner(every_profile):
     """The running parts use the application role setup makes (the audit log append-only for
     them); migrations, backup and restore run in setup as the owner."""

@@ -296,6 +296,24 @@ def test_access_log_lines_are_json_with_mapped_fields(gateway, appliance):
             assert MAPPING[key]["type"] in COMPATIBLE[type(value)], (key, value, MAPPING[key])
 
 
+def test_access_log_says_whether_the_response_cache_answered(gateway, appliance):
+    x = np.random.default_rng(uuid.uuid4().int).standard_normal((1, 64)).astype(np.float32)
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 64], "data": x.tolist()}]}
+    ids = {}
+    with gateway.client() as http:
+        for label, model in (("first", "cached"), ("again", "cached"), ("uncached", "mlp")):
+            ids[label] = f"cache-{label}-{uuid.uuid4().hex}"
+            headers = {"X-Request-ID": ids[label], **auth_headers(appliance)}
+            response = http.post(f"/v2/models/{model}/infer", json=body, headers=headers)
+            assert response.status_code == 200, response.text
+    flags = {}
+    for line in gateway.access_lines():
+        for label, request_id in ids.items():
+            if line["request_id"] == request_id:
+                flags[label] = line["cache"]
+    assert flags == {"first": "miss", "again": "hit", "uncached": ""}
+
+
 def test_reload_and_certificate_rotation_keep_serving(gateway, appliance):
     headers = auth_headers(appliance)
     errors: list[str] = []

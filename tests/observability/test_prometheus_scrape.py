@@ -47,12 +47,15 @@ def _query(prometheus: str, expr: str) -> list:
 
 
 def _load(appliance) -> None:
-    """A few hundred calls on both lanes, plus rejections (unknown model, bad input)."""
+    """A few hundred calls on both lanes and through the response cache, plus rejections
+    (unknown model, bad input)."""
     x = {"name": "x", "datatype": "FP32", "shape": [2, 64], "data": [0.5] * 128}
     bodies = [
         ("mlp", {"inputs": [x]}),
         ("mlp", {"inputs": [x], "parameters": {"priority": 2}}),
         ("versions", {"inputs": [x]}),
+        # The response cache: one miss (stored), then hits.
+        ("cached", {"inputs": [x]}),
     ]
     with httpx.Client(base_url=appliance.url, timeout=30, headers=appliance.headers) as client:
 

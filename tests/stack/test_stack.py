@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 STACK = ROOT / "scripts" / "stack"
 REDIS_URL = os.environ.get("INFERBOX_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
-PARTS = ("s3", "worker", "api", "grpc", "nginx", "prometheus")
+PARTS = ("cache", "s3", "worker", "api", "grpc", "nginx", "prometheus")
 
 
 def free_port() -> int:
@@ -127,6 +127,7 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         INFERBOX_DATABASE_URL=f"postgresql://postgres@127.0.0.1:5432/{database}",
         INFERBOX_HTTPS_PORT=str(https_port),
         INFERBOX_HTTP_PORT=str(http_port),
+        INFERBOX_CACHE_PORT=str(free_port()),
     )
     try:
         up = run_stack(env, "up")
@@ -163,6 +164,7 @@ def test_up_writes_and_prints_the_env_file(stack: Stack) -> None:
     assert env["INFERBOX_WORKER_METRICS_URL"] == stack.metrics_url
     assert env["INFERBOX_DATABASE_URL"] == stack.env["INFERBOX_DATABASE_URL"]
     assert env["INFERBOX_S3_ENDPOINT"] == stack.env["INFERBOX_S3_ENDPOINT"]
+    assert env["INFERBOX_CACHE_URL"] == f"redis://127.0.0.1:{stack.env['INFERBOX_CACHE_PORT']}/0"
     # Shown without the admin key, which only the file (its owner's alone) holds.
     shown = re.sub(r"(?m)^INFERBOX_API_KEY=.*$", "INFERBOX_API_KEY=...", text)
     assert shown in stack.up_output
@@ -201,6 +203,37 @@ def test_the_stack_serves_the_demo_models(stack: Stack) -> None:
     metrics = httpx.get(stack.metrics_url, timeout=10)
     assert metrics.status_code == 200
     assert "# TYPE" in metrics.text
+
+
+def test_the_stacks_cache_redis_answers_a_model_that_asks_for_it(stack: Stack) -> None:
+    env = dict(line.split("=", 1) for line in (stack.dir / "env").read_text().splitlines())
+    auth = {"Authorization": f"Bearer {env['INFERBOX_API_KEY']}"}
+    cache = redis.Redis.from_url(env["INFERBOX_CACHE_URL"])
+    assert cache.config_get("maxmemory-policy") == {"maxmemory-policy": "allkeys-lru"}
+    with httpx.Client(base_url=stack.api_url, timeout=30, headers=auth) as http:
+        patched = http.patch("/v1/models/add_sub/versions/1/config", json={"response_cache": True})
+        assert patched.status_code == 200, patched.text
+        wait_until(
+            lambda: http.get("/v2/models/add_sub/ready").status_code == 200, 30, "add_sub again"
+        )
+        pair = [
+            {"name": name, "datatype": "FP32", "shape": [1, 4], "data": [1.0, 2.0, 3.0, 4.0]}
+            for name in ("INPUT0", "INPUT1")
+        ]
+        states = []
+
+        def hit() -> bool:
+            response = http.post("/v2/models/add_sub/infer", json={"inputs": pair})
+            assert response.status_code == 200, response.text
+            states.append(response.headers.get("x-inferbox-cache"))
+            return states[-1] == "hit"
+
+        # Answers computed while the worker still runs the old config are not stored: the
+        # first hit comes once the version is reloaded with the cache turned on.
+        wait_until(hit, 30, "a call answered from the cache")
+        assert "miss" in states
+    assert list(cache.scan_iter(f"{stack.prefix}:rc:add_sub:*"))
+    cache.close()
 
 
 def test_the_stack_serves_grpc_through_the_gateway(stack: Stack) -> None:

@@ -40,9 +40,16 @@ def triton_repo(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def triton_appliance(redis_client, tmp_path_factory, make_database, s3_endpoint, triton_repo):
+def triton_appliance(
+    redis_client, tmp_path_factory, make_database, s3_endpoint, triton_repo, cache_redis
+):
     with running_appliance(
-        redis_client, tmp_path_factory, make_database(), s3_endpoint, None
+        redis_client,
+        tmp_path_factory,
+        make_database(),
+        s3_endpoint,
+        None,
+        INFERBOX_CACHE_URL=cache_redis.url,
     ) as appliance:
         report = run_cli(["models", "import", str(triton_repo)], appliance.env)
         grpc_port, metrics_port = free_port(), free_port()

@@ -58,8 +58,19 @@ def test_every_field_not_honoured_is_named(specs):
     assert specs[("batched", 1)].config.not_honoured == [
         "dynamic_batching.priority_queue_policy[1].max_queue_size",
         "parameters[execution_mode].string_value",
-        "response_cache.enable",
     ]
+
+
+def test_response_cache_is_honoured(specs):
+    assert specs[("batched", 1)].config.response_cache is True
+    assert specs[("rows", 1)].config.response_cache is False
+    off = triton_config.serving_from_triton(
+        triton_config.parse('name: "m"\nresponse_cache { enable: false }'),
+        "m",
+        [TensorSpec("x", "FP32", [-1, 16])],
+        [TensorSpec("y", "FP32", [-1, 4])],
+    )
+    assert off.config["response_cache"] is False and off.not_honoured == []
 
 
 def test_version_policy_decides_what_is_loaded(specs):

@@ -6,6 +6,7 @@ Results are compared with what ONNX Runtime itself gives for the same model file
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import grpc
 import httpx
@@ -70,7 +71,7 @@ def _numpy(datatype: str, shape) -> np.ndarray:
 def test_import_reports_what_is_not_honoured(served):
     report = served.import_report
     assert "batched/1: imported as version 1; config.pbtxt fields not honoured: " in report
-    assert "response_cache.enable" in report and "parameters[execution_mode]" in report
+    assert "parameters[execution_mode]" in report and "response_cache" not in report
     assert (
         "declared/1: imported as version 1 (unloaded: outside config.pbtxt's version_policy)"
         in (report)
@@ -95,9 +96,9 @@ def test_model_metadata_ready_and_config(client, auth, served):
     assert config["max_batch_size"] == 8
     assert config["dynamic_batching"]["preferred_batch_size"] == [4, 8]
     assert config["input"][0]["dims"] == ["16"]
-    assert (
-        "response_cache.enable" in (config["parameters"]["inferbox_not_honoured"]["string_value"])
-    )
+    not_honoured = config["parameters"]["inferbox_not_honoured"]["string_value"]
+    assert "parameters[execution_mode]" in not_honoured and "response_cache" not in not_honoured
+    assert config["response_cache"] == {"enable": True}
     # The same answer over HTTP, in Triton's JSON form.
     with httpclient.InferenceServerClient(served.appliance.url.removeprefix("http://")) as http:
         body = http.get_model_config("batched", headers={"Authorization": auth["authorization"]})
@@ -201,6 +202,41 @@ def test_every_datatype_typed_contents(served, auth):
     assert (
         raw_only.value.details() == "input 'in_FP16': FP16 data must be sent in raw_input_contents"
     )
+
+
+def test_config_pbtxt_response_cache_answers_grpc_and_http(auth, served):
+    """``response_cache { enable: true }`` in config.pbtxt: a repeated call is a hit, over gRPC
+    (``x-inferbox-cache`` initial metadata) and HTTP alike, with its own id."""
+    x = np.random.default_rng(uuid.uuid4().int).standard_normal((2, 16)).astype(np.float32)
+    request = service_pb2.ModelInferRequest(model_name="batched", id="first")
+    request.inputs.add(name="x", datatype="FP32", shape=[2, 16])
+    request.raw_input_contents.append(x.tobytes())
+    with grpc.insecure_channel(served.grpc_url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        first, call = stub.ModelInfer.with_call(request, metadata=list(auth.items()))
+        assert dict(call.initial_metadata())["x-inferbox-cache"] == "miss"
+        request.id = "second"
+        second, call = stub.ModelInfer.with_call(request, metadata=list(auth.items()))
+        assert dict(call.initial_metadata())["x-inferbox-cache"] == "hit"
+        assert second.id == "second" and first.id == "first"
+        assert second.raw_output_contents == first.raw_output_contents
+        # A model whose config.pbtxt does not enable it says nothing.
+        rows = service_pb2.ModelInferRequest(model_name="rows")
+        rows.inputs.add(name="x", datatype="FP32", shape=[2, 16])
+        rows.raw_input_contents.append(x.tobytes())
+        _, call = stub.ModelInfer.with_call(rows, metadata=list(auth.items()))
+        assert "x-inferbox-cache" not in dict(call.initial_metadata())
+    body = {
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 16], "data": x.ravel().tolist()}]
+    }
+    response = httpx.post(
+        f"{served.appliance.url}/v2/models/batched/infer",
+        json=body,
+        headers={"Authorization": auth["authorization"]},
+    )
+    assert response.headers["x-inferbox-cache"] == "hit"
+    got = np.asarray(response.json()["outputs"][0]["data"], np.float32)
+    assert got.tobytes() == first.raw_output_contents[0]
 
 
 def test_large_tensor(client, auth):

@@ -29,6 +29,7 @@ from inferbox.api.jobs import JobsController, JobSubmitController
 from inferbox.api.responses import error_response
 from inferbox.api.v1 import ModelsController
 from inferbox.api.v2 import RepositoryController, V2Controller
+from inferbox.cache.client import ResponseCache
 from inferbox.config import Settings
 from inferbox.errors import (
     PROBLEM_JSON,
@@ -156,6 +157,10 @@ def create_app(settings: Settings) -> Litestar:
         keys = Keys(settings.key_prefix)
         lane = InteractiveClient.from_settings(settings, keys)
         await lane.start()
+        cache = ResponseCache.from_settings(settings, keys, "infer")
+        if cache is not None:
+            await cache.start()
+        app.state.cache = cache
         app.state.redis = client
         app.state.redis_keys = keys
         app.state.lane = lane
@@ -191,6 +196,8 @@ def create_app(settings: Settings) -> Litestar:
                     watcher.cancel()
                 if app.state.key_cache is not None:
                     await app.state.key_cache.close()
+                if cache is not None:
+                    await cache.close()
                 await lane.close()
                 await client.aclose()
 
@@ -204,7 +211,7 @@ def create_app(settings: Settings) -> Litestar:
             JobSubmitController,
             JobsController,
         ],
-        state=State({"gate": None, "key_cache": None, "dependencies": None}),
+        state=State({"gate": None, "key_cache": None, "dependencies": None, "cache": None}),
         lifespan=[lifespan],
         logging_config=None,
         exception_handlers={

@@ -27,12 +27,14 @@ import os
 import re
 import secrets
 import time
+from typing import NamedTuple
 
 import msgspec
 import structlog
 from litestar import Litestar
 from litestar.types import Receive, Scope, Send
 
+from inferbox.cache.client import HIT, MISS
 from inferbox.errors import (
     PROBLEM_JSON,
     BadRequest,
@@ -340,9 +342,10 @@ async def infer(
             )
     try:
         # After the body, the next ASGI message can only be the client leaving.
-        tensors = await run_request(state, spec, decoded, request_id, key, receive, checked)
+        answer = await run_request(state, spec, decoded, request_id, key, receive, checked)
     except ClientGone:
         return 499
+    tensors = answer.outputs
     encode = functools.partial(
         encode_infer_response,
         model_name=spec.name,
@@ -364,9 +367,29 @@ async def infer(
     ]
     if json_length is not None:
         response_headers.append((b"inference-header-content-length", str(json_length).encode()))
+    if answer.cache is not None:
+        response_headers.append((b"x-inferbox-cache", _CACHE_HEADER[answer.cache]))
     await send({"type": "http.response.start", "status": 200, "headers": response_headers})
     await send({"type": "http.response.body", "body": payload})
     return 200
+
+
+class Answer(NamedTuple):
+    """The outputs of a call, and what the response cache did for it: ``hit``, ``miss``, or
+    None when the model does not use the cache (the ``X-Inferbox-Cache`` header)."""
+
+    outputs: list[OutputTensor]
+    cache: str | None = None
+
+
+_CACHE_HEADER = {HIT: b"hit", MISS: b"miss"}
+
+
+def _tensors(metas, raws) -> list[OutputTensor]:
+    return [
+        OutputTensor(meta.name, meta.datatype, tuple(meta.shape), raw)
+        for meta, raw in zip(metas, raws, strict=True)
+    ]
 
 
 async def run_request(
@@ -377,14 +400,23 @@ async def run_request(
     key: KeyRecord | None = None,
     receive: Receive | None = None,
     checked: tuple | None = None,
-) -> list[OutputTensor]:
-    """Check a decoded request against its model, queue it on the model's lane and wait for
-    its outputs: the one inference path of HTTP ``/infer`` and gRPC ``ModelInfer``.
+) -> Answer:
+    """Check a decoded request against its model, answer it from the response cache or queue
+    it on the model's lane and wait for its outputs: the one inference path of HTTP ``/infer``
+    and gRPC ``ModelInfer``.
 
     ``receive`` (HTTP) is watched for the client leaving (``ClientGone``); ``checked`` is
     ``check_request``'s answer when the caller already has it (a large body checked in a thread).
+    A model with ``response_cache`` is looked up first (bounded by the cache's timeout); only a
+    successful answer from the queue is stored.
     """
     metas, raws, outputs = checked or check_request(decoded, spec)
+    cache = state.cache if spec.config.response_cache else None
+    probe = None
+    if cache is not None:
+        probe = await cache.lookup(spec, metas, raws, outputs, key.id if key is not None else None)
+        if probe.outputs is not None:
+            return Answer(_tensors(*probe.outputs), HIT)
 
     if decoded.timeout_us:
         timeout_s = decoded.timeout_us / 1e6
@@ -413,7 +445,7 @@ async def run_request(
         timeout_s=timeout_s,
         receive=receive,
     )
-    return [
-        OutputTensor(meta.name, meta.datatype, tuple(meta.shape), raw)
-        for meta, raw in zip(reply.outputs, out_raws, strict=True)
-    ]
+    if probe is None:
+        return Answer(_tensors(reply.outputs, out_raws))
+    cache.store(probe, reply.outputs, out_raws, reply.spec_tag)
+    return Answer(_tensors(reply.outputs, out_raws), MISS)

@@ -57,6 +57,7 @@ def _from_config_pbtxt(spec: ModelSpec) -> dict:
         batching = body["dynamic_batching"]
         batching["preferred_batch_size"] = config.preferred_batch_size
         batching["max_queue_delay_microseconds"] = config.max_queue_delay_microseconds
+    body["response_cache"] = {"enable": config.response_cache}
     if config.not_honoured:
         body.setdefault("parameters", {})[NOT_HONOURED] = {
             "string_value": ", ".join(config.not_honoured)
@@ -101,6 +102,7 @@ def _triton_config(spec: ModelSpec) -> dict:
             "execution_providers": {"string_value": ",".join(config.execution_providers)},
             "graph_optimization_level": {"string_value": config.graph_optimization_level},
         },
+        "response_cache": {"enable": config.response_cache},
     }
     if batched:
         body["dynamic_batching"] = {

@@ -30,6 +30,7 @@ from inferbox.api.auditing import SCOPE_KEY, audited, visible
 from inferbox.api.health import Dependencies, keep_catalog
 from inferbox.api.infer import InferenceFastPath, new_request_id, run_request
 from inferbox.api.v2 import EXTENSIONS, _metadata, _triton_config, repository_index
+from inferbox.cache.client import ResponseCache
 from inferbox.config import Settings
 from inferbox.errors import InferboxError, Unavailable, error_headers
 from inferbox.grpc.tensors import decode_request, encode_response
@@ -125,6 +126,9 @@ class _StreamContext:
 
     def set_trailing_metadata(self, metadata) -> None:
         pass
+
+    async def send_initial_metadata(self, metadata) -> None:
+        pass  # a stream's responses share the stream's headers
 
     async def abort(self, code: grpc.StatusCode, details: str):
         raise _Aborted(details)
@@ -343,8 +347,10 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             ):
                 # The client's own gRPC deadline bounds the call's deadline.
                 decoded.timeout_us = max(int(remaining * 1e6), 1)
-            tensors = await run_request(state, spec, decoded, call.request_id, key)
-            response = encode_response(spec.name, str(spec.version), request.id, tensors)
+            answer = await run_request(state, spec, decoded, call.request_id, key)
+            if answer.cache is not None:
+                await context.send_initial_metadata((("x-inferbox-cache", answer.cache),))
+            response = encode_response(spec.name, str(spec.version), request.id, answer.outputs)
             status = 200
             return response
         except InferboxError as exc:
@@ -382,6 +388,9 @@ async def serving_state(settings: Settings) -> AsyncIterator[SimpleNamespace]:
     keys = Keys(settings.key_prefix)
     lane = InteractiveClient.from_settings(settings, keys)
     await lane.start()
+    cache = ResponseCache.from_settings(settings, keys, "infer")
+    if cache is not None:
+        await cache.start()
     from inferbox.api.app import create_app
 
     state = SimpleNamespace(
@@ -392,6 +401,7 @@ async def serving_state(settings: Settings) -> AsyncIterator[SimpleNamespace]:
         redis=client,
         redis_keys=keys,
         lane=lane,
+        cache=cache,
         directory=ModelDirectory(client, keys, settings.status_cache_s),
         gate=None,
         key_cache=None,
@@ -415,6 +425,8 @@ async def serving_state(settings: Settings) -> AsyncIterator[SimpleNamespace]:
                 if state.key_cache is not None:
                     await state.key_cache.close()
     finally:
+        if cache is not None:
+            await cache.close()
         await lane.close()
         await client.aclose()
 

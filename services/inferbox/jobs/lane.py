@@ -22,6 +22,7 @@ from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 from rq.timeouts import TimerDeathPenalty
 
+from inferbox.cache.client import ResponseCache
 from inferbox.config import Settings
 from inferbox.inference.directory import ModelDirectory
 from inferbox.jobs import execution
@@ -141,6 +142,9 @@ class JobLane:
         client = aioredis.Redis.from_url(settings.redis_url)
         lane = InteractiveClient.from_settings(settings, self.keys)
         await lane.start()
+        cache = ResponseCache.from_settings(settings, self.keys, "job")
+        if cache is not None:
+            await cache.start()
         objects = object_store(settings)
         pool = create_pool(settings.database_url, min_size=1, max_size=4)
         # Not waiting for the database: a worker serves /infer while PostgreSQL is away.
@@ -156,6 +160,7 @@ class JobLane:
                 ModelDirectory(client, self.keys, settings.status_cache_s),
                 self.owner,
                 requeue=reconciler.enqueue,
+                cache=cache,
             )
             sweeping = asyncio.create_task(reconciler.run(self._stop))
             self._ready.set()
@@ -167,6 +172,8 @@ class JobLane:
                 # Jobs still running hand themselves back before the clients close.
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._runner.idle.wait(), timeout=10)
+                if cache is not None:
+                    await cache.close()
                 await lane.close()
                 await pool.close()
                 await client.aclose()

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import structlog
 
+from inferbox.cache.client import ResponseCache
 from inferbox.config import Settings
 from inferbox.errors import (
     BadRequest,
@@ -110,8 +111,11 @@ class JobRunner:
         directory: ModelDirectory,
         owner: str,
         requeue: Callable[[uuid.UUID], Awaitable[None]],
+        cache: ResponseCache | None = None,
     ):
-        """``requeue`` puts a job handed back by this runner on the queue again."""
+        """``requeue`` puts a job handed back by this runner on the queue again; ``cache``
+        (source ``job``) answers a chunk of a model with ``response_cache`` when it holds the
+        answer, and keeps the answers computed for the others."""
         self.settings = settings
         self.store = store
         self.objects = objects
@@ -120,6 +124,7 @@ class JobRunner:
         self.keys = Keys(settings.key_prefix)
         self.owner = owner
         self.requeue = requeue
+        self.cache = cache
         self.stopping = asyncio.Event()
         self.active = 0
         """Jobs running now."""
@@ -376,6 +381,25 @@ class JobRunner:
             task.result()
 
     async def _call(self, job: Job, spec: ModelSpec, metas, raws):
+        """One chunk: from the response cache when the model uses it and holds the answer
+        (with the job's key as the namespace where entries are per key), else on the low lane,
+        where queue-full and deadline misses are tried again."""
+        probe = None
+        if self.cache is not None and spec.config.response_cache:
+            try:
+                await self.directory.admit(spec)
+            except Unavailable:
+                pass  # not served now (unloaded...): the queue's path says what follows
+            else:
+                probe = await self.cache.lookup(spec, metas, raws, None, job.api_key_id)
+                if probe.outputs is not None:
+                    return probe.outputs
+        reply, out_raws = await self._queue(job, spec, metas, raws)
+        if probe is not None:
+            self.cache.store(probe, reply.outputs, out_raws, reply.spec_tag)
+        return reply.outputs, out_raws
+
+    async def _queue(self, job: Job, spec: ModelSpec, metas, raws):
         """One chunk on the low lane; queue-full and deadline misses are tried again."""
         timeout = self.settings.jobs_chunk_timeout_s
         stream = self.keys.stream(spec.name, spec.version, "lo")
@@ -389,10 +413,9 @@ class JobRunner:
                     inputs=metas,
                     request_id=job.request_id,
                 )
-                reply, out_raws = await self.lane.call(
+                return await self.lane.call(
                     stream, header, raws, max_queue=spec.config.max_queue_size, timeout_s=timeout
                 )
-                return reply.outputs, out_raws
             except (DeadlineExceeded, Unavailable) as exc:
                 if isinstance(exc, Unavailable) and "unloaded" in exc.message:
                     raise JobFailed(exc.message) from None

@@ -50,6 +50,7 @@ def handshake(options: dict) -> list[tuple]:
 class _Protocol(asyncio.Protocol):
     def __init__(self, on_push: Callable[[list], None] | None):
         self.reader = hiredis.Reader(replyError=ResponseError)
+        # Futures, or stand-ins with the same three methods (``RespConnection.send_packed``).
         self.waiting: deque[asyncio.Future] = deque()
         self.on_push = on_push
         self.transport: asyncio.Transport | None = None
@@ -137,6 +138,25 @@ class RespConnection:
         protocol.waiting.append(future)
         protocol.write(pack(*args))
         return future
+
+    def send_packed(self, parts: list[bytes], waiter=None):
+        """Queue one command already packed (``pack``'s output, or the same bytes made another
+        way) on the open connection and return what receives its reply, without waiting (the
+        caller bounds the wait); ``ConnectionError`` when no connection is open (``connect``
+        first).
+
+        The reply goes to a new future, or to ``waiter``: any object with ``done()``,
+        ``set_result()`` and ``set_exception()``, called as the reply is read (no future, no
+        callback scheduled on the loop) for a reply nobody awaits.
+        """
+        protocol = self._protocol
+        if protocol is None or protocol.lost.done():
+            raise RedisConnectionError("not connected to redis")
+        if waiter is None:
+            waiter = asyncio.get_running_loop().create_future()
+        protocol.waiting.append(waiter)
+        protocol.write(parts)
+        return waiter
 
     async def execute(self, *args):
         """Send one command and wait for its reply (errors raise ``ResponseError``)."""

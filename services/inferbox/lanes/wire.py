@@ -52,6 +52,9 @@ class ReplyHeader(msgspec.Struct, omit_defaults=True):
     sizes: list[int] = msgspec.field(default_factory=list)
     error: str | None = None
     status: int = 200
+    spec_tag: str = ""
+    """``cache.key.version_tag`` of the spec the worker ran (the response cache stores an
+    answer only when it is the spec the call was resolved to)."""
 
 
 _encode = msgspec.json.Encoder().encode

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Literal
 
 import msgspec
 
@@ -132,6 +133,19 @@ class ModelConfig(msgspec.Struct, frozen=True, kw_only=True):
     ``dynamic_batching.default_priority_level``; 0 and 1 are the high tier)."""
     warmup_samples: list[WarmupSample] = msgspec.field(default_factory=list)
     """Warmup requests run after loading, besides ``warmup`` (Triton's ``model_warmup``)."""
+    response_cache: bool = False
+    """Answer a call whose key (inputs, requested outputs, this exact version) was answered
+    before from the cache Redis, without queueing it (Triton's ``response_cache``); needs
+    ``INFERBOX_CACHE_URL``."""
+    response_cache_per_key: bool = False
+    """Keep this model's stored answers per API key instead of shared by every key allowed to
+    call it (``INFERBOX_CACHE_PER_KEY`` does it for every model)."""
+    response_cache_admit: Literal["always", "repeated"] = "always"
+    """Which calls use the cache: ``always``, every call is looked up and every successful
+    answer stored; ``repeated``, only inputs this API process has already seen lately (its last
+    few hundred thousand), so a model whose inputs are mostly new pays a hash per call instead
+    of two round trips to the cache Redis, and a repeated input is served from the cache from
+    its third call in a process (its second stores it) or wherever another process stored it."""
     triton_config: dict | None = None
     """The model's config.pbtxt in Triton's JSON form, as Triton completes it; answered by
     ``/v2/models/{name}/config`` (with the live serving values) when present."""

@@ -71,6 +71,8 @@ HONOURED = (
     "model_warmup[*].inputs[*].dims",
     "model_warmup[*].inputs[*].zero_data",
     "model_warmup[*].inputs[*].random_data",
+    "response_cache",
+    "response_cache.enable",
 )
 
 _HONOURED = re.compile("|".join(re.escape(p).replace(r"\[\*\]", r"\[[^\]]*\]") for p in HONOURED))
@@ -444,6 +446,8 @@ def serving_from_triton(
         config["execution_providers"] = list(dict.fromkeys([*extra, *base]))
     if proto.model_warmup:
         config["warmup_samples"] = _warmup(proto, inputs, batched)
+    if proto.HasField("response_cache"):
+        config["response_cache"] = proto.response_cache.enable
 
     report = not_honoured(proto)
     complete = completed(proto, name, inputs, outputs)

@@ -15,6 +15,7 @@ from pathlib import Path
 import redis.asyncio as aioredis
 import structlog
 
+from inferbox.cache.generations import Generations
 from inferbox.errors import BadRequest, InferboxError, NotFound
 from inferbox.keys import Keys
 from inferbox.models import triton_config as triton
@@ -70,7 +71,10 @@ class RegistryService:
         limits: ValidationLimits | None = None,
         default_max_batch_size: int = 64,
         default_max_queue_size: int = 2048,
+        generations: Generations | None = None,
     ):
+        """``generations`` (the response cache's tokens, when there is a cache) retires the
+        stored answers of every version a change touches."""
         self.store = store
         self.objects = objects
         self.redis = redis
@@ -80,6 +84,7 @@ class RegistryService:
         self.limits = limits or ValidationLimits(max_bytes=max_model_bytes)
         self.default_max_batch_size = default_max_batch_size
         self.default_max_queue_size = default_max_queue_size
+        self.generations = generations
 
     async def push(
         self,
@@ -162,9 +167,12 @@ class RegistryService:
             spooled.path.unlink(missing_ok=True)
         if alias:
             await self.store.set_alias(name, alias, version.version)
+        # A number is never given twice, but a restored registry may give it to other bytes.
+        touched = [version.version]
         if apply_version_policy and proto is not None and proto.HasField("version_policy"):
-            await self._apply_version_policy(name, proto)
+            touched = await self._apply_version_policy(name, proto)
         await self.publish(name)
+        await self._retire(name, touched)
         log.info(
             "model version pushed", model=name, version=version.version, size_bytes=version.size
         )
@@ -174,6 +182,7 @@ class RegistryService:
         """Mark a version deleted (refused while aliased unless forced); drop its file if unused."""
         deleted = await self.store.delete_version(name, version, force=force)
         await self.publish(name)
+        await self._retire(name, [version])
         if not await self.store.sha256_in_use(deleted.sha256):
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self.objects.delete, object_key(deleted.sha256))
@@ -202,23 +211,36 @@ class RegistryService:
         check_config(config, current.inputs, current.outputs)
         result = await self.store.update_config(name, version, config)
         await self.publish(name)
+        await self._retire(name, [version])
         return result
 
     async def set_loaded(self, name: str, loaded: bool, version: int | None = None) -> None:
         """Triton's load/unload: the desired state of one version, or of every version."""
         model = await self.store.get_model(name)
+        touched = []
         for entry in model.versions:
             if version is None or entry.version == version:
                 await self.store.set_loaded(name, entry.version, loaded)
+                touched.append(entry.version)
         await self.publish(name)
+        await self._retire(name, touched)
 
-    async def _apply_version_policy(self, name: str, proto) -> None:
-        """Load the versions config.pbtxt's ``version_policy`` serves; unload the others."""
+    async def _apply_version_policy(self, name: str, proto) -> list[int]:
+        """Load the versions config.pbtxt's ``version_policy`` serves; unload the others.
+        Returns the versions it set (every live one)."""
         model = await self.store.get_model(name)
         live = [v.version for v in model.versions if v.state != DELETED]
         keep = triton.selected_versions(proto, live)
         for number in live:
             await self.store.set_loaded(name, number, number in keep)
+        return live
+
+    async def _retire(self, name: str, versions: list[int]) -> None:
+        """The response cache never serves these versions' answers stored until now (after the
+        catalog says what changed, so a call that misses meanwhile stores under the new token
+        an answer of the version as it is now)."""
+        if self.generations is not None:
+            await self.generations.renew(name, versions)
 
     async def _catalog_entry(self, name: str) -> bytes | None:
         """The model's encoded catalog entry from PostgreSQL (None: no live version)."""

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from contextlib import asynccontextmanager
 
 import psycopg
 import redis.asyncio as aioredis
 
+from inferbox.cache.generations import Generations
 from inferbox.config import Settings
 from inferbox.keys import Keys
 from inferbox.registry.objects import ObjectStore
@@ -31,10 +33,17 @@ def object_store(settings: Settings) -> ObjectStore:
 
 @asynccontextmanager
 async def registry_service(settings: Settings, redis: aioredis.Redis, objects: ObjectStore):
-    """A ``RegistryService`` with its own PostgreSQL pool, open for the block's duration."""
-    async with create_pool(
-        settings.database_url, max_size=8, timeout_s=settings.database_timeout_s
-    ) as pool:
+    """A ``RegistryService`` with its own PostgreSQL pool (and, with a response cache, its
+    generation tokens' client), open for the block's duration."""
+    generations = (
+        Generations(settings.cache_url, Keys(settings.key_prefix)) if settings.cache_url else None
+    )
+    async with (
+        create_pool(
+            settings.database_url, max_size=8, timeout_s=settings.database_timeout_s
+        ) as pool,
+        contextlib.aclosing(generations) if generations else contextlib.nullcontext(),
+    ):
         yield RegistryService(
             RegistryStore(pool),
             objects,
@@ -49,6 +58,7 @@ async def registry_service(settings: Settings, redis: aioredis.Redis, objects: O
             ),
             default_max_batch_size=settings.default_max_batch_size,
             default_max_queue_size=settings.default_max_queue_size,
+            generations=generations,
         )
 
 

@@ -12,6 +12,7 @@ import redis
 import structlog
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
+from inferbox.cache.key import version_tag
 from inferbox.keys import Keys
 from inferbox.lanes.consumer import Call, LaneConsumer
 from inferbox.lanes.wire import ReplyHeader, encode_reply
@@ -56,6 +57,7 @@ class ModelServer:
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
         self.labels = (self.spec.name, str(self.spec.version))
+        self.spec_tag = version_tag(self.spec)
         self.datatypes = {t.name: t.datatype for t in self.spec.outputs}
         metrics.init_model(*self.labels)
 
@@ -245,7 +247,10 @@ class ModelServer:
         messages = []
         for call, (metas, raws) in zip(batch.calls, replies, strict=True):
             header = ReplyHeader(
-                token=call.header.token, outputs=metas, sizes=[len(r) for r in raws]
+                token=call.header.token,
+                outputs=metas,
+                sizes=[len(r) for r in raws],
+                spec_tag=self.spec_tag,
             )
             messages.append((call.header.channel, encode_reply(header, raws)))
         consumer.finish(messages, [(c.stream, c.entry_id) for c in batch.calls])
