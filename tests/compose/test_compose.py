@@ -386,3 +386,35 @@ def test_stand_in_override_changes_images_only():
     assert set(override) == {"services"}
     for name, service in override["services"].items():
         assert set(service) == {"image"}, name
+
+
+def _volume_at(service: dict, target: str) -> str | None:
+    for mount in service.get("volumes", []):
+        if mount.get("target") == target:
+            return mount.get("source")
+    return None
+
+
+def test_only_the_certificate_step_mounts_the_cas_private_key(every_profile):
+    """scripts/certs keeps ca.key in --ca-dir; the volume there is the certs step's alone, and
+    the API reads a public copy of the certificate (no private key of any kind)."""
+    services = every_profile["services"]
+    command = services["certs"]["command"]
+    ca_volume = _volume_at(services["certs"], command[command.index("--ca-dir") + 1])
+    public_volume = _volume_at(services["certs"], command[command.index("--public-dir") + 1])
+    gateway_volume = _volume_at(services["certs"], command[command.index("--public-dir") + 2])
+    assert ca_volume and public_volume and gateway_volume
+    assert len({ca_volume, public_volume, gateway_volume}) == 3
+    for name, service in services.items():
+        sources = {m.get("source") for m in service.get("volumes", [])}
+        if name != "certs":
+            assert ca_volume not in sources, f"{name} can read the CA's private key"
+    api_sources = {m.get("source") for m in services["api"].get("volumes", [])}
+    assert gateway_volume not in api_sources and public_volume in api_sources
+    assert services["api"]["environment"]["INFERBOX_TLS_CERT_FILE"].startswith(
+        _mount_target(services["api"], public_volume)
+    )
+
+
+def _mount_target(service: dict, source: str) -> str:
+    return next(m["target"] for m in service["volumes"] if m.get("source") == source)
