@@ -418,3 +418,27 @@ def test_only_the_certificate_step_mounts_the_cas_private_key(every_profile):
 
 def _mount_target(service: dict, source: str) -> str:
     return next(m["target"] for m in service["volumes"] if m.get("source") == source)
+
+
+def test_ray_dashboard_and_worker_metrics_listen_on_the_hosts_loopback_only(every_profile):
+    """The Ray containers share the host's network: what only the appliance reads binds
+    127.0.0.1, and reaches nginx and Prometheus through ray-loopback's Unix sockets."""
+    services = every_profile["services"]
+    for head in ("ray-head", "ray-head-cpu"):
+        command = " ".join(services[head]["command"])
+        assert "--dashboard-host=127.0.0.1" in command, head
+        assert "0.0.0.0" not in command, head
+    worker = services["ray-worker"]
+    assert worker["network_mode"] == "host"
+    assert worker["environment"]["INFERBOX_WORKER_METRICS_HOST"] == "127.0.0.1"
+    loopback, relay = services["ray-loopback"], services["ray-relay"]
+    assert loopback["network_mode"] == "host"
+    sockets = _volume_at(loopback, "/run/ray-sockets")
+    assert sockets and _volume_at(relay, "/run/ray-sockets") == sockets
+    assert "extra_hosts" not in relay  # nothing of the host is reached over its bridge
+    served = re.findall(r"listen unix:(\S+);", (ROOT / "nginx" / "ray-loopback.conf").read_text())
+    relayed = re.findall(
+        r"listen (\d+);\s+proxy_pass unix:(\S+);", (ROOT / "nginx" / "ray-relay.conf").read_text()
+    )
+    assert sorted(served) == sorted(path for _, path in relayed)
+    assert {port for port, _ in relayed} == {"8265", "9401"}
