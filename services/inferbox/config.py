@@ -204,6 +204,13 @@ class Settings(BaseSettings):
     """Memory resident models may take in this worker (device memory on a GPU, RSS on a CPU);
     least-recently-used idle models are evicted beyond it. 0: no limit."""
 
+    worker_warmup_max_bytes: int = Field(default=1 << 30, gt=0)
+    """Most bytes of inputs one synthetic run at load may allocate (the warm-up, Triton's
+    warm-up samples, padded batch sizes, the capacity sweep). A version whose warm-up needs more
+    fails to load with that reason, and the sweep stops below it: an uploaded model's fixed
+    dimensions or samples could otherwise ask for any amount of memory. What ONNX Runtime
+    allocates inside a run is bounded by the container's memory limit only."""
+
     worker_capacity_sweep_s: float = Field(default=0.1, ge=0)
     """Time per batch size of the capacity sweep run after a version loads (0: no sweep)."""
 

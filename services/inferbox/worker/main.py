@@ -32,7 +32,7 @@ from inferbox.worker import memory
 from inferbox.worker.capacity import sweep
 from inferbox.worker.model_cache import Fetcher, ModelCache
 from inferbox.worker.residency import NoRoom, Residency
-from inferbox.worker.runtime import LoadedModel, load_model, probe_device
+from inferbox.worker.runtime import LoadedModel, WarmupTooLarge, load_model, probe_device
 from inferbox.worker.serving import ModelServer
 
 log = structlog.get_logger(__name__)
@@ -249,14 +249,17 @@ class Worker:
     def _create_session(self, spec: ModelSpec) -> LoadedModel:
         """Load from the local copy; a copy that fails to load is fetched again, once."""
         path = self.cache.path_for(spec)
+        bound = self.settings.worker_warmup_max_bytes
         try:
-            return load_model(spec, path=path)
+            return load_model(spec, path=path, warmup_max_bytes=bound)
+        except WarmupTooLarge:
+            raise  # the file is fine; fetching it again changes nothing
         except Exception:
             if spec.object_key is None:
                 raise
             log.warning("cached model file failed to load; fetching it again", model=spec.name)
             self.cache.discard(spec)
-            return load_model(spec, path=self.cache.path_for(spec))
+            return load_model(spec, path=self.cache.path_for(spec), warmup_max_bytes=bound)
 
     def _measure_capacity(self, key: tuple[str, int], model: LoadedModel, size: int) -> None:
         seconds = self.settings.worker_capacity_sweep_s
@@ -271,6 +274,7 @@ class Worker:
                 device=self.device,
                 memory_bytes=size,
                 seconds_per_size=seconds,
+                max_input_bytes=self.settings.worker_warmup_max_bytes,
             )
         except Exception as exc:
             log.warning("capacity sweep failed", model=key[0], version=key[1], error=str(exc))
