@@ -442,3 +442,33 @@ def test_ray_dashboard_and_worker_metrics_listen_on_the_hosts_loopback_only(ever
     )
     assert sorted(served) == sorted(path for _, path in relayed)
     assert {port for port, _ in relayed} == {"8265", "9401"}
+
+
+LOG_STACK = {"elasticsearch", "logstash", "kibana", "elk-setup", "kibana-setup"}
+
+
+def test_no_container_of_the_appliance_can_send_logstash_events(every_profile):
+    """GELF over UDP has no authentication: Logstash shares a network with the log stack only
+    (its port is published on 127.0.0.1 for the Docker daemon), so neither the services that
+    handle requests and models nor anything else on `backend` can forge log events."""
+    services = every_profile["services"]
+    logstash = set(services["logstash"]["networks"])
+    assert "backend" not in logstash
+    for name, service in services.items():
+        if name in LOG_STACK:
+            continue
+        assert service.get("network_mode") == "host" or not (
+            set(service.get("networks", {})) & logstash
+        ), f"{name} can reach Logstash's GELF input"
+    (port,) = services["logstash"]["ports"]
+    assert port["host_ip"] == "127.0.0.1" and port["protocol"] == "udp"
+    assert "backend" not in services["elasticsearch"]["networks"]
+
+
+def test_logstash_keeps_dockers_container_name_over_the_lines_own():
+    pipeline = (ROOT / "logstash" / "pipeline" / "inferbox.conf").read_text()
+    aside = pipeline.index('"container_name" => "[@metadata][container]"')
+    parsed = pipeline.index('json { source => "message"')
+    restored = pipeline.index('"[container][name]" => "%{[@metadata][container]}"')
+    assert aside < parsed < restored
+    assert 'remove_field => ["container", "container_name"]' in pipeline[parsed:restored]
