@@ -98,14 +98,23 @@ def db_group() -> None:
 @db_group.command("app-role")
 @click.option("--role", default="inferbox_app", show_default=True, help="the role to make")
 @click.option(
+    "--component",
+    type=click.Choice(["api", "grpc", "worker"]),
+    default="api",
+    show_default=True,
+    help="whose grants it gets: the API's (everything the app needs), the gRPC server's or a "
+    "worker's (jobs only)",
+)
+@click.option(
     "--password-env",
     default=None,
     help="environment variable holding the role's password (LOGIN); without it NOLOGIN",
 )
 @click.pass_obj
-def db_app_role(settings: Settings, role: str, password_env: str | None) -> None:
-    """Make or update the application's role: no superuser, not the owner, audit log
-    append-only. Run as the owner (INFERBOX_DATABASE_URL) after ``inferbox migrate``."""
+def db_app_role(settings: Settings, role: str, component: str, password_env: str | None) -> None:
+    """Make or update a component's role: no superuser, not the owner, the audit log
+    append-only, and only the tables that component uses. Run as the owner
+    (INFERBOX_DATABASE_URL) after ``inferbox migrate``."""
     from inferbox.registry.roles import apply_app_role
 
     password = None
@@ -113,8 +122,8 @@ def db_app_role(settings: Settings, role: str, password_env: str | None) -> None
         password = os.environ.get(password_env)
         if not password:
             raise click.UsageError(f"{password_env} is not set")
-    tables = apply_app_role(settings.database_url, role, password)
-    click.echo(f"role {role}: grants on {len(tables)} tables (audit_log append-only)")
+    tables = apply_app_role(settings.database_url, role, password, component)
+    click.echo(f"role {role} ({component}): grants on {len(tables)} tables")
 
 
 @main.group()

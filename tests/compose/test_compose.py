@@ -304,17 +304,29 @@ def test_the_queue_redis_refuses_before_its_container_is_killed_and_never_evicts
     assert _bytes(maxmemory) < _bytes(str(redis["mem_limit"]))
 
 
+ROLES = {"api": "inferbox_app", "grpc": "inferbox_grpc", "worker": "inferbox_worker"}
+
+
+def _component(name: str) -> str:
+    return "worker" if "worker" in name else name
+
+
 def test_only_setup_connects_to_postgresql_as_the_owner(every_profile):
-    """The running parts use the application role setup makes (the audit log append-only for
-    them); migrations, backup and restore run in setup as the owner."""
+    """Each running part uses its own role, made by setup with that part's grants (the audit
+    log append-only for all); migrations, backup and restore run in setup as the owner."""
     services = every_profile["services"]
     setup = services["setup"]
     assert setup["environment"]["INFERBOX_DATABASE_URL"].startswith("postgresql://inferbox:")
-    assert "inferbox db app-role --role inferbox_app" in " ".join(setup["command"])
+    command = " ".join(setup["command"])
+    for component, role in ROLES.items():
+        assert f"inferbox db app-role --role {role} --component {component}" in command
+    users = set()
     for name, service in services.items():
         url = (service.get("environment") or {}).get("INFERBOX_DATABASE_URL")
         if url is not None and name != "setup":
-            assert url.startswith("postgresql://inferbox_app:"), name
+            assert url.startswith(f"postgresql://{ROLES[_component(name)]}:"), name
+            users.add(url.split(":")[1])
+    assert users == {f"//{role}" for role in ROLES.values()}
 
 
 def test_grafana_healthcheck_asks_under_its_sub_path(every_profile):
