@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import shutil
@@ -484,3 +485,34 @@ def test_logstash_keeps_dockers_container_name_over_the_lines_own():
     restored = pipeline.index('"[container][name]" => "%{[@metadata][container]}"')
     assert aside < parsed < restored
     assert 'remove_field => ["container", "container_name"]' in pipeline[parsed:restored]
+
+
+S3_USERS = {"api": "inferbox-api", "grpc": "inferbox-grpc", "worker": "inferbox-worker"}
+
+
+def test_only_setup_holds_minios_root_and_each_part_has_its_own_user(every_profile, env_file):
+    """setup makes a MinIO user per part (`inferbox s3 setup --user ...`, each with its policy)
+    and the bucket's default encryption; MinIO's root credentials stay with setup."""
+    services = every_profile["services"]
+    values = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
+    root = values["MINIO_ROOT_USER"], values["MINIO_ROOT_PASSWORD"]
+    command = " ".join(services["setup"]["command"])
+    assert "inferbox s3 setup --encrypt" in command
+    for component, access_key in S3_USERS.items():
+        assert f"--user {component}:{access_key}:MINIO_{component.upper()}_PASSWORD" in command
+    keys = set()
+    for name, service in services.items():
+        env = service.get("environment") or {}
+        held = {v for v in env.values() if isinstance(v, str)} & set(root)
+        if name in ("setup", "minio"):
+            continue
+        assert not held, f"{name} holds MinIO's root credentials"
+        if "INFERBOX_S3_ACCESS_KEY" in env:
+            component = _component(name)
+            assert env["INFERBOX_S3_ACCESS_KEY"] == S3_USERS[component], name
+            assert env["INFERBOX_S3_SECRET_KEY"] == values[f"MINIO_{component.upper()}_PASSWORD"]
+            keys.add(env["INFERBOX_S3_ACCESS_KEY"])
+    assert keys == set(S3_USERS.values())
+    kms = services["minio"]["environment"]["MINIO_KMS_SECRET_KEY"]
+    name, _, key = kms.partition(":")
+    assert name and len(base64.b64decode(key, validate=True)) == 32

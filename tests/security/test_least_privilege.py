@@ -1,8 +1,9 @@
 """The appliance runs with each part's own least privileges, as compose gives them: a Redis user
 per component from compose.yaml's ``configs.redis-users`` (on a real redis-server with that ACL
-file), and a PostgreSQL role per component made by ``inferbox db app-role``. Every path of the
-API, the gRPC server and the worker is exercised and Redis's ACL log must hold no refusal; what
-each part must not do, it cannot."""
+file), a PostgreSQL role per component made by ``inferbox db app-role``, and an object-store
+user per component with its ``s3_access`` policy (on an S3 server that enforces policies). Every
+path of the API, the gRPC server and the worker is exercised and Redis's ACL log must hold no
+refusal; what each part must not do, it cannot."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from inferbox.client import InferboxClient
 from inferbox.testing import onnx_models
 from tests.compose.test_compose import ROOT, _resolve
 from tests.conftest import _start, free_port, run_cli, running_appliance, stop_process, wait_for
+from tests.security.s3_iam import s3_with_policies
 
 pytestmark = pytest.mark.integration
 
@@ -104,8 +106,15 @@ def _answers(port: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def parts(compose_env, acl_redis, make_database, tmp_path_factory, s3_endpoint, model_repo):
+def parts(compose_env, acl_redis, make_database, tmp_path_factory, model_repo):
     config, prefix = compose_env
+    with s3_with_policies(prefix) as s3:
+        yield from _parts(
+            config, prefix, acl_redis, make_database, tmp_path_factory, model_repo, s3
+        )
+
+
+def _parts(config, prefix, acl_redis, make_database, tmp_path_factory, model_repo, s3):
     services = config["services"]
     urls = {
         part: _local(services[service]["environment"]["INFERBOX_REDIS_URL"], acl_redis)
@@ -138,20 +147,25 @@ def parts(compose_env, acl_redis, make_database, tmp_path_factory, s3_endpoint, 
         names.append(role)
 
     own = {
-        part: {"INFERBOX_REDIS_URL": urls[part], "INFERBOX_DATABASE_URL": roles[part]}
+        part: {
+            "INFERBOX_REDIS_URL": urls[part],
+            "INFERBOX_DATABASE_URL": roles[part],
+            **s3.env(part),
+        }
         for part in COMPONENTS
     }
     with running_appliance(
         admin,
         tmp_path_factory,
         owner,
-        s3_endpoint,
+        s3.endpoint,
         model_repo,
         ready=("mlp",),
         process_env=own,
         prefix=prefix,
         INFERBOX_REDIS_URL=admin_url,
         INFERBOX_JOBS_RECONCILE_S="1",
+        **s3.env("root"),
     ) as appliance:
         grpc_port = free_port()
         grpc_env = {
