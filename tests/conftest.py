@@ -202,6 +202,9 @@ def appliance_env(prefix: str, database: str, s3_endpoint: str, **extra: str) ->
         "INFERBOX_S3_SECRET_KEY": "test-secret",
         "INFERBOX_S3_REGION": "us-east-1",
         "INFERBOX_S3_BUCKET": prefix,
+        # Test catalogs may name files on disk (``extra_catalog``; the worker refuses them
+        # by default).
+        "INFERBOX_WORKER_LOCAL_MODEL_PATHS": "true",
         **extra,
     }
 

@@ -213,6 +213,11 @@ class Settings(BaseSettings):
     """Memory resident models may take in this worker (device memory on a GPU, RSS on a CPU);
     least-recently-used idle models are evicted beyond it. 0: no limit."""
 
+    worker_local_model_paths: bool = False
+    """Serve catalog entries that name a file on the worker's disk rather than a stored model
+    file (tests and development only): the catalog is in Redis, and a worker that obeyed it
+    would load any file it can read."""
+
     worker_warmup_max_bytes: int = Field(default=1 << 30, gt=0)
     """Most bytes of inputs one synthetic run at load may allocate (the warm-up, Triton's
     warm-up samples, padded batch sizes, the capacity sweep). A version whose warm-up needs more

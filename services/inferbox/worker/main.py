@@ -30,7 +30,7 @@ from inferbox.models.spec import ModelSpec
 from inferbox.observability import worker_metrics as metrics
 from inferbox.worker import memory
 from inferbox.worker.capacity import sweep
-from inferbox.worker.model_cache import Fetcher, ModelCache
+from inferbox.worker.model_cache import Fetcher, ModelCache, UntrustedModelFile
 from inferbox.worker.residency import NoRoom, Residency
 from inferbox.worker.runtime import LoadedModel, WarmupTooLarge, load_model, probe_device
 from inferbox.worker.serving import ModelServer
@@ -67,7 +67,9 @@ class Worker:
         self.jobs = None
         self._lock = threading.Lock()
         self.device = probe_device(settings.worker_providers, settings.worker_require_cuda)
-        self.cache = ModelCache(settings.worker_cache_dir, objects)
+        self.cache = ModelCache(
+            settings.worker_cache_dir, objects, local_paths=settings.worker_local_model_paths
+        )
         self.residency = Residency(settings.worker_memory_budget_bytes)
         self.baseline = memory.usage(self.device)
 
@@ -252,8 +254,8 @@ class Worker:
         bound = self.settings.worker_warmup_max_bytes
         try:
             return load_model(spec, path=path, warmup_max_bytes=bound)
-        except WarmupTooLarge:
-            raise  # the file is fine; fetching it again changes nothing
+        except (WarmupTooLarge, UntrustedModelFile):
+            raise  # fetching the file again changes nothing
         except Exception:
             if spec.object_key is None:
                 raise
