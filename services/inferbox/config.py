@@ -146,14 +146,16 @@ class Settings(BaseSettings):
     than the longest synchronous call (``max_request_timeout_s``), so a running call always
     holds its slot."""
 
-    key_default_rate_per_s: float = Field(default=1000.0, ge=0, le=1e9)
-    """Rate limit (requests per second, burst as many) a key made over the API gets when its
-    creator names none; 0: none. A key asked for with ``"rate_per_s": null`` has no rate limit.
-    The bootstrap admin key has none."""
-
     key_default_max_concurrency: int = Field(default=64, ge=0, le=2**31 - 1)
     """Calls in flight a key made over the API may have when its creator names no limit; 0:
-    none. ``"max_concurrency": null`` asks for no limit."""
+    none. ``"max_concurrency": null`` asks for no limit; the bootstrap admin key has none. This
+    bounds the share of the workers one key can hold whatever its calls cost."""
+
+    key_default_rate_per_s: float = Field(default=0.0, ge=0, le=1e9)
+    """Rate limit (requests per second, burst as many) a key made over the API gets when its
+    creator names none; 0 (the default): none. A count of calls says nothing of their cost: a
+    rate low enough to protect the workers from one key's heavy calls would throttle cheap ones
+    (a tiny model serves thousands a second), so the default limit is the concurrency one."""
 
     max_request_timeout_s: float = Field(default=300.0, gt=0)
     """Longest deadline a synchronous call may have, whatever its ``timeout`` parameter or its

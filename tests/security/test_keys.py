@@ -122,9 +122,8 @@ def test_a_new_key_is_limited_unless_asked_otherwise(admin, appliance):
     creator names limits, or asks for none with null."""
     settings = appliance.settings
     defaulted = admin.create_key("defaulted", ["infer"])
-    assert defaulted["rate_per_s"] == settings.key_default_rate_per_s > 0
     assert defaulted["max_concurrency"] == settings.key_default_max_concurrency > 0
-    assert defaulted["burst"] >= 1
+    assert defaulted["rate_per_s"] is None and settings.key_default_rate_per_s == 0
     own = admin.create_key("own", ["infer"], rate_per_s=5, max_concurrency=2)
     assert (own["rate_per_s"], own["burst"], own["max_concurrency"]) == (5, 5, 2)
     unlimited = admin.create_key("unlimited", ["infer"], unlimited=True)
@@ -143,3 +142,22 @@ def test_a_key_limited_to_some_models_lists_only_those(appliance, make_key):
     assert [model["name"] for model in listed.json()["models"]] == ["mlp"]
     everything = httpx.post(f"{appliance.url}/v2/repository/index", headers=appliance.headers)
     assert len({entry["name"] for entry in everything.json()}) > 1
+
+
+def test_an_operators_default_rate_applies_to_keys_made_without_one():
+    import msgspec
+
+    from inferbox.api.admin import NewKey, _limits
+    from inferbox.config import Settings
+
+    settings = Settings(key_default_rate_per_s=25, key_default_max_concurrency=8)
+
+    def limits(body: bytes):
+        return _limits(msgspec.json.decode(body, type=NewKey), settings)
+
+    assert limits(b'{"name": "a", "scopes": ["infer"]}') == (25, 8)
+    assert limits(b'{"name": "a", "scopes": [], "rate_per_s": 3}') == (3, 8)
+    assert limits(b'{"name": "a", "scopes": [], "rate_per_s": null, "max_concurrency": null}') == (
+        None,
+        None,
+    )
