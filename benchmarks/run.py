@@ -492,6 +492,9 @@ class InferboxServer(Server):
     name = "inferbox"
     worker_command: tuple[str, ...] = ("worker",)
     """The ``inferbox`` subcommand serving the queues (``benchmarks/ray_actors.py`` swaps it)."""
+    limited_key = False
+    """Call with a key made over the API, which gets the appliance's default per-key limits
+    (a Redis script call per request), instead of the bootstrap admin key (no limits)."""
 
     def __init__(
         self,
@@ -566,6 +569,19 @@ class InferboxServer(Server):
                 lambda u=url: http_status(u, self.auth) == 200,
                 self.procs,
                 120,
+            )
+        if self.limited_key:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{self.port}/v1/keys",
+                data=json.dumps({"name": "bench", "scopes": ["infer"]}).encode(),
+                headers={"Authorization": self.auth, "Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                created = json.load(answer)
+            self.auth = f"Bearer {created['key']}"
+            log(
+                f"calls with key {created['id']}: rate {created['rate_per_s']}/s, "
+                f"concurrency {created['max_concurrency']}"
             )
 
     def stop(self) -> None:
@@ -875,6 +891,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--output", type=Path, default=RESULTS, help="Markdown results file")
     parser.add_argument(
+        "--limited-key",
+        action="store_true",
+        help="call inferbox with a key made over the API (the default per-key limits apply) "
+        "instead of the bootstrap admin key",
+    )
+    parser.add_argument(
         "--redis-url", default=os.environ.get("INFERBOX_REDIS_URL", "redis://127.0.0.1:6379/0")
     )
     args = parser.parse_args(argv)
@@ -912,10 +934,9 @@ def main(argv: list[str] | None = None) -> int:
 
         points: list[Point] = []
         retries: list[str] = []
-        servers: list[Server] = [
-            PlainServer(repo),
-            InferboxServer(repo, client, args.redis_url, folder / "cache"),
-        ]
+        inferbox = InferboxServer(repo, client, args.redis_url, folder / "cache")
+        inferbox.limited_key = args.limited_key
+        servers: list[Server] = [PlainServer(repo), inferbox]
         for server in servers:
             try:
                 server.start()

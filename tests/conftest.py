@@ -292,6 +292,9 @@ def appliance_env(prefix: str, database: str, s3_endpoint: str, **extra: str) ->
         "INFERBOX_S3_SECRET_KEY": "test-secret",
         "INFERBOX_S3_REGION": "us-east-1",
         "INFERBOX_S3_BUCKET": prefix,
+        # Test catalogs may name files on disk (``extra_catalog``; the worker refuses them
+        # by default).
+        "INFERBOX_WORKER_LOCAL_MODEL_PATHS": "true",
         **extra,
     }
 
@@ -312,6 +315,8 @@ def running_appliance(
     model_repo: Path | None,
     ready: tuple[str, ...] = (),
     extra_catalog: list[ModelSpec] = (),
+    process_env: dict[str, dict[str, str]] | None = None,
+    prefix: str | None = None,
     **extra_env: str,
 ):
     """Start an API (gunicorn, 2 workers) and one worker on free ports; yield an ``Appliance``.
@@ -319,8 +324,11 @@ def running_appliance(
     The models go in as a user's would (``inferbox migrate``, ``inferbox models import``);
     ``extra_catalog`` entries are written to the catalog directly. Waits until every model
     in ``ready`` answers ready; stops both processes and removes the run's keys at the end.
+    ``process_env`` adds settings for the ``api`` or ``worker`` process only (their own
+    credentials, say), over those every step gets; ``prefix`` names the run's Redis keys and
+    bucket (a fresh one by default).
     """
-    prefix = f"ibtest-{uuid.uuid4().hex[:8]}"
+    prefix = prefix or f"ibtest-{uuid.uuid4().hex[:8]}"
     api_port, metrics_port = free_port(), free_port()
     logs = tmp_path_factory.mktemp("logs")
     env = appliance_env(
@@ -346,9 +354,10 @@ def running_appliance(
         run_cli(["models", "import", str(model_repo)], env)
     if extra_catalog:
         put_specs(redis_client, keys, list(extra_catalog))
+    own = process_env or {}
     processes = [
-        _start(["worker"], env, logs / "worker.log"),
-        _start(["api"], env, logs / "api.log"),
+        _start(["worker"], {**env, **own.get("worker", {})}, logs / "worker.log"),
+        _start(["api"], {**env, **own.get("api", {})}, logs / "api.log"),
     ]
     url = f"http://127.0.0.1:{api_port}"
     auth = {"Authorization": f"Bearer {api_key}"}

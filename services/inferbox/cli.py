@@ -102,14 +102,23 @@ def db_group() -> None:
 @db_group.command("app-role")
 @click.option("--role", default="inferbox_app", show_default=True, help="the role to make")
 @click.option(
+    "--component",
+    type=click.Choice(["api", "grpc", "worker"]),
+    default="api",
+    show_default=True,
+    help="whose grants it gets: the API's (everything the app needs), the gRPC server's or a "
+    "worker's (jobs only)",
+)
+@click.option(
     "--password-env",
     default=None,
     help="environment variable holding the role's password (LOGIN); without it NOLOGIN",
 )
 @click.pass_obj
-def db_app_role(settings: Settings, role: str, password_env: str | None) -> None:
-    """Make or update the application's role: no superuser, not the owner, audit log
-    append-only. Run as the owner (INFERBOX_DATABASE_URL) after ``inferbox migrate``."""
+def db_app_role(settings: Settings, role: str, component: str, password_env: str | None) -> None:
+    """Make or update a component's role: no superuser, not the owner, the audit log
+    append-only, and only the tables that component uses. Run as the owner
+    (INFERBOX_DATABASE_URL) after ``inferbox migrate``."""
     from inferbox.registry.roles import apply_app_role
 
     password = None
@@ -117,8 +126,57 @@ def db_app_role(settings: Settings, role: str, password_env: str | None) -> None
         password = os.environ.get(password_env)
         if not password:
             raise click.UsageError(f"{password_env} is not set")
-    tables = apply_app_role(settings.database_url, role, password)
-    click.echo(f"role {role}: grants on {len(tables)} tables (audit_log append-only)")
+    tables = apply_app_role(settings.database_url, role, password, component)
+    click.echo(f"role {role} ({component}): grants on {len(tables)} tables")
+
+
+@main.group("s3")
+def s3_group() -> None:
+    """The object store: the bucket, its encryption, and each part's own user."""
+
+
+@s3_group.command("setup")
+@click.option("--encrypt", is_flag=True, help="make SSE-S3 the bucket's default encryption")
+@click.option(
+    "--user",
+    "users",
+    multiple=True,
+    metavar="COMPONENT:ACCESS_KEY:SECRET_ENV",
+    help="a user for api, worker or grpc with that component's policy; its secret key is read "
+    "from the environment variable SECRET_ENV (repeat)",
+)
+@click.pass_obj
+def s3_setup(settings: Settings, encrypt: bool, users: tuple[str, ...]) -> None:
+    """Create the bucket if missing, set its encryption and make the components' users
+    (idempotent). Run with the root credentials (INFERBOX_S3_ACCESS_KEY/_SECRET_KEY)."""
+    from inferbox.registry import s3_access
+    from inferbox.registry.wiring import object_store
+
+    parsed = []
+    for spec in users:
+        component, _, rest = spec.partition(":")
+        access_key, _, secret_env = rest.partition(":")
+        if component not in s3_access.COMPONENTS or not access_key or not secret_env:
+            raise click.UsageError(f"--user {spec!r}: give COMPONENT:ACCESS_KEY:SECRET_ENV")
+        secret = os.environ.get(secret_env)
+        if not secret:
+            raise click.UsageError(f"{secret_env} is not set")
+        parsed.append((component, access_key, secret))
+    objects = object_store(settings)
+    objects.ensure_bucket()
+    if encrypt:
+        s3_access.encrypt_bucket(objects.client, settings.s3_bucket)
+        click.echo(f"bucket {settings.s3_bucket}: SSE-S3 by default")
+    if parsed:
+        admin = s3_access.admin_client(
+            settings.s3_endpoint,
+            settings.s3_access_key,
+            settings.s3_secret_key,
+            secure=settings.s3_secure,
+            region=settings.s3_region,
+        )
+        made = s3_access.apply_users(admin, settings.s3_bucket, parsed)
+        click.echo(f"users {', '.join(made)}: each with its component's policy")
 
 
 @main.group()

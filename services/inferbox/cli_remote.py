@@ -81,7 +81,18 @@ def register(main: click.Group, models: click.Group, keys: click.Group) -> None:
     @click.option("--rate", type=float, default=None, help="requests per second (token bucket)")
     @click.option("--burst", type=int, default=None, help="bucket size (default: the rate)")
     @click.option("--concurrency", type=int, default=None, help="requests in flight at most")
-    @click.option("--priority", type=int, default=0, show_default=True, help=">= 2: low lane")
+    @click.option(
+        "--unlimited",
+        is_flag=True,
+        help="no rate or concurrency limit (default: the appliance's INFERBOX_KEY_DEFAULT_*)",
+    )
+    @click.option(
+        "--priority",
+        type=int,
+        default=0,
+        show_default=True,
+        help="most urgent priority its calls may claim (>= 2: low lane only)",
+    )
     @with_client
     def keys_create(client: InferboxClient, name, scopes, models_, expires_in, **limits) -> None:
         """Create an API key and print it (the only time it is shown)."""
@@ -94,6 +105,7 @@ def register(main: click.Group, models: click.Group, keys: click.Group) -> None:
             burst=limits["burst"],
             max_concurrency=limits["concurrency"],
             priority=limits["priority"],
+            unlimited=limits["unlimited"],
         )
         click.echo(
             f"created {created['id']} ({created['name']}); the key, shown only now:", err=True

@@ -135,10 +135,14 @@ class InferboxClient:
         """Create an API key (admin); the answer's ``key`` is the secret, shown only now.
 
         ``options``: ``allowed_models``, ``priority``, ``rate_per_s``, ``burst``,
-        ``max_concurrency``, ``expires_in_s``.
+        ``max_concurrency``, ``expires_in_s``; a limit left out gets the appliance's default,
+        and ``unlimited=True`` asks for no rate or concurrency limit at all.
         """
+        unlimited = options.pop("unlimited", False)
         body = {"name": name, "scopes": scopes}
         body.update({k: v for k, v in options.items() if v is not None})
+        if unlimited:
+            body.update(rate_per_s=None, burst=None, max_concurrency=None)
         return self._request("POST", "/v1/keys", json=body).json()
 
     def list_keys(self) -> list[dict]:

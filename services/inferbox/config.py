@@ -186,6 +186,17 @@ class Settings(BaseSettings):
     than the longest synchronous call (``max_request_timeout_s``), so a running call always
     holds its slot."""
 
+    key_default_max_concurrency: int = Field(default=64, ge=0, le=2**31 - 1)
+    """Calls in flight a key made over the API may have when its creator names no limit; 0:
+    none. ``"max_concurrency": null`` asks for no limit; the bootstrap admin key has none. This
+    bounds the share of the workers one key can hold whatever its calls cost."""
+
+    key_default_rate_per_s: float = Field(default=0.0, ge=0, le=1e9)
+    """Rate limit (requests per second, burst as many) a key made over the API gets when its
+    creator names none; 0 (the default): none. A count of calls says nothing of their cost: a
+    rate low enough to protect the workers from one key's heavy calls would throttle cheap ones
+    (a tiny model serves thousands a second), so the default limit is the concurrency one."""
+
     max_request_timeout_s: float = Field(default=300.0, gt=0)
     """Longest deadline a synchronous call may have, whatever its ``timeout`` parameter or its
     model's config say: nginx's ``INFERBOX_NGINX_PROXY_TIMEOUT`` (300 s) stops waiting then."""
@@ -244,6 +255,18 @@ class Settings(BaseSettings):
     worker_memory_budget_bytes: int = Field(default=0, ge=0)
     """Memory resident models may take in this worker (device memory on a GPU, RSS on a CPU);
     least-recently-used idle models are evicted beyond it. 0: no limit."""
+
+    worker_local_model_paths: bool = False
+    """Serve catalog entries that name a file on the worker's disk rather than a stored model
+    file (tests and development only): the catalog is in Redis, and a worker that obeyed it
+    would load any file it can read."""
+
+    worker_warmup_max_bytes: int = Field(default=1 << 30, gt=0)
+    """Most bytes of inputs one synthetic run at load may allocate (the warm-up, Triton's
+    warm-up samples, padded batch sizes, the capacity sweep). A version whose warm-up needs more
+    fails to load with that reason, and the sweep stops below it: an uploaded model's fixed
+    dimensions or samples could otherwise ask for any amount of memory. What ONNX Runtime
+    allocates inside a run is bounded by the container's memory limit only."""
 
     worker_capacity_sweep_s: float = Field(default=0.1, ge=0)
     """Time per batch size of the capacity sweep run after a version loads (0: no sweep)."""

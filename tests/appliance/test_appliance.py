@@ -236,6 +236,30 @@ def test_the_response_cache_answers_from_its_own_redis(env):
     wait_until(exported, 60, "the worker to export the cache Redis's figures", interval=1)
 
 
+def _redis(*command: str) -> str:
+    script = 'REDISCLI_AUTH="$REDIS_PASSWORD" redis-cli "$@"'
+    return appliance("compose", "exec", "-T", "redis", "sh", "-c", script, "sh", *command)
+
+
+def test_each_part_logs_in_to_redis_as_its_own_user_and_is_refused_nothing():
+    """compose's ACL file (configs.redis-users) reached Redis, and the model and job above
+    ran without one refusal in its ACL log."""
+    users = sorted(_redis("ACL", "USERS").split())
+    assert users == ["default", "inferbox-api", "inferbox-grpc", "inferbox-worker"]
+    clients = _redis("CLIENT", "LIST")
+    assert "user=inferbox-api" in clients and "user=inferbox-worker" in clients
+    assert _redis("ACL", "LOG").strip() == ""
+
+
+def test_no_long_running_container_can_read_the_cas_private_key():
+    assert sorted(appliance("compose", "exec", "-T", "api", "ls", "/certs").split()) == [
+        "ca.crt",
+        "tls.crt",
+    ]
+    gateway = appliance("compose", "exec", "-T", "nginx", "ls", "/etc/nginx/certs").split()
+    assert "tls.key" in gateway and "ca.key" not in gateway
+
+
 def test_prometheus_scrapes_every_api_replica_and_the_cpu_worker(env):
     def targets() -> dict[str, list[str]]:
         data = httpx.get(f"{env['INFERBOX_PROMETHEUS_URL']}/api/v1/targets", timeout=10).json()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import shutil
@@ -349,17 +350,29 @@ def test_the_response_cache_has_its_own_evicting_redis(every_profile):
             assert services[name]["depends_on"]["cache"]["condition"] == "service_started"
 
 
+ROLES = {"api": "inferbox_app", "grpc": "inferbox_grpc", "worker": "inferbox_worker"}
+
+
+def _component(name: str) -> str:
+    return "worker" if "worker" in name else name
+
+
 def test_only_setup_connects_to_postgresql_as_the_owner(every_profile):
-    """The running parts use the application role setup makes (the audit log append-only for
-    them); migrations, backup and restore run in setup as the owner."""
+    """Each running part uses its own role, made by setup with that part's grants (the audit
+    log append-only for all); migrations, backup and restore run in setup as the owner."""
     services = every_profile["services"]
     setup = services["setup"]
     assert setup["environment"]["INFERBOX_DATABASE_URL"].startswith("postgresql://inferbox:")
-    assert "inferbox db app-role --role inferbox_app" in " ".join(setup["command"])
+    command = " ".join(setup["command"])
+    for component, role in ROLES.items():
+        assert f"inferbox db app-role --role {role} --component {component}" in command
+    users = set()
     for name, service in services.items():
         url = (service.get("environment") or {}).get("INFERBOX_DATABASE_URL")
         if url is not None and name != "setup":
-            assert url.startswith("postgresql://inferbox_app:"), name
+            assert url.startswith(f"postgresql://{ROLES[_component(name)]}:"), name
+            users.add(url.split(":")[1])
+    assert users == {f"//{role}" for role in ROLES.values()}
 
 
 def test_grafana_healthcheck_asks_under_its_sub_path(every_profile):
@@ -431,3 +444,120 @@ def test_stand_in_override_changes_images_only():
     assert set(override) == {"services"}
     for name, service in override["services"].items():
         assert set(service) == {"image"}, name
+
+
+def _volume_at(service: dict, target: str) -> str | None:
+    for mount in service.get("volumes", []):
+        if mount.get("target") == target:
+            return mount.get("source")
+    return None
+
+
+def test_only_the_certificate_step_mounts_the_cas_private_key(every_profile):
+    """scripts/certs keeps ca.key in --ca-dir; the volume there is the certs step's alone, and
+    the API reads a public copy of the certificate (no private key of any kind)."""
+    services = every_profile["services"]
+    command = services["certs"]["command"]
+    ca_volume = _volume_at(services["certs"], command[command.index("--ca-dir") + 1])
+    public_volume = _volume_at(services["certs"], command[command.index("--public-dir") + 1])
+    gateway_volume = _volume_at(services["certs"], command[command.index("--public-dir") + 2])
+    assert ca_volume and public_volume and gateway_volume
+    assert len({ca_volume, public_volume, gateway_volume}) == 3
+    for name, service in services.items():
+        sources = {m.get("source") for m in service.get("volumes", [])}
+        if name != "certs":
+            assert ca_volume not in sources, f"{name} can read the CA's private key"
+    api_sources = {m.get("source") for m in services["api"].get("volumes", [])}
+    assert gateway_volume not in api_sources and public_volume in api_sources
+    assert services["api"]["environment"]["INFERBOX_TLS_CERT_FILE"].startswith(
+        _mount_target(services["api"], public_volume)
+    )
+
+
+def _mount_target(service: dict, source: str) -> str:
+    return next(m["target"] for m in service["volumes"] if m.get("source") == source)
+
+
+def test_ray_dashboard_and_worker_metrics_listen_on_the_hosts_loopback_only(every_profile):
+    """The Ray containers share the host's network: what only the appliance reads binds
+    127.0.0.1, and reaches nginx and Prometheus through ray-loopback's Unix sockets."""
+    services = every_profile["services"]
+    for head in ("ray-head", "ray-head-cpu"):
+        command = " ".join(services[head]["command"])
+        assert "--dashboard-host=127.0.0.1" in command, head
+        assert "0.0.0.0" not in command, head
+    worker = services["ray-worker"]
+    assert worker["network_mode"] == "host"
+    assert worker["environment"]["INFERBOX_WORKER_METRICS_HOST"] == "127.0.0.1"
+    loopback, relay = services["ray-loopback"], services["ray-relay"]
+    assert loopback["network_mode"] == "host"
+    sockets = _volume_at(loopback, "/run/ray-sockets")
+    assert sockets and _volume_at(relay, "/run/ray-sockets") == sockets
+    assert "extra_hosts" not in relay  # nothing of the host is reached over its bridge
+    served = re.findall(r"listen unix:(\S+);", (ROOT / "nginx" / "ray-loopback.conf").read_text())
+    relayed = re.findall(
+        r"listen (\d+);\s+proxy_pass unix:(\S+);", (ROOT / "nginx" / "ray-relay.conf").read_text()
+    )
+    assert sorted(served) == sorted(path for _, path in relayed)
+    assert {port for port, _ in relayed} == {"8265", "9401"}
+
+
+LOG_STACK = {"elasticsearch", "logstash", "kibana", "elk-setup", "kibana-setup"}
+
+
+def test_no_container_of_the_appliance_can_send_logstash_events(every_profile):
+    """GELF over UDP has no authentication: Logstash shares a network with the log stack only
+    (its port is published on 127.0.0.1 for the Docker daemon), so neither the services that
+    handle requests and models nor anything else on `backend` can forge log events."""
+    services = every_profile["services"]
+    logstash = set(services["logstash"]["networks"])
+    assert "backend" not in logstash
+    for name, service in services.items():
+        if name in LOG_STACK:
+            continue
+        assert service.get("network_mode") == "host" or not (
+            set(service.get("networks", {})) & logstash
+        ), f"{name} can reach Logstash's GELF input"
+    (port,) = services["logstash"]["ports"]
+    assert port["host_ip"] == "127.0.0.1" and port["protocol"] == "udp"
+    assert "backend" not in services["elasticsearch"]["networks"]
+
+
+def test_logstash_keeps_dockers_container_name_over_the_lines_own():
+    pipeline = (ROOT / "logstash" / "pipeline" / "inferbox.conf").read_text()
+    aside = pipeline.index('"container_name" => "[@metadata][container]"')
+    parsed = pipeline.index('json { source => "message"')
+    restored = pipeline.index('"[container][name]" => "%{[@metadata][container]}"')
+    assert aside < parsed < restored
+    assert 'remove_field => ["container", "container_name"]' in pipeline[parsed:restored]
+
+
+S3_USERS = {"api": "inferbox-api", "grpc": "inferbox-grpc", "worker": "inferbox-worker"}
+
+
+def test_only_setup_holds_minios_root_and_each_part_has_its_own_user(every_profile, env_file):
+    """setup makes a MinIO user per part (`inferbox s3 setup --user ...`, each with its policy)
+    and the bucket's default encryption; MinIO's root credentials stay with setup."""
+    services = every_profile["services"]
+    values = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
+    root = values["MINIO_ROOT_USER"], values["MINIO_ROOT_PASSWORD"]
+    command = " ".join(services["setup"]["command"])
+    assert "inferbox s3 setup --encrypt" in command
+    for component, access_key in S3_USERS.items():
+        assert f"--user {component}:{access_key}:MINIO_{component.upper()}_PASSWORD" in command
+    keys = set()
+    for name, service in services.items():
+        env = service.get("environment") or {}
+        held = {v for v in env.values() if isinstance(v, str)} & set(root)
+        if name in ("setup", "minio"):
+            continue
+        assert not held, f"{name} holds MinIO's root credentials"
+        if "INFERBOX_S3_ACCESS_KEY" in env:
+            component = _component(name)
+            assert env["INFERBOX_S3_ACCESS_KEY"] == S3_USERS[component], name
+            assert env["INFERBOX_S3_SECRET_KEY"] == values[f"MINIO_{component.upper()}_PASSWORD"]
+            keys.add(env["INFERBOX_S3_ACCESS_KEY"])
+    assert keys == set(S3_USERS.values())
+    kms = services["minio"]["environment"]["MINIO_KMS_SECRET_KEY"]
+    name, _, key = kms.partition(":")
+    assert name and len(base64.b64decode(key, validate=True)) == 32

@@ -27,6 +27,7 @@ def _worker(prefix: str, name: str, log) -> subprocess.Popen:
         "INFERBOX_REDIS_URL": REDIS_URL,
         "INFERBOX_KEY_PREFIX": prefix,
         "INFERBOX_WORKER_ID": name,
+        "INFERBOX_WORKER_LOCAL_MODEL_PATHS": "true",  # the catalog names files on disk
         "INFERBOX_WORKER_CLAIM_IDLE_MS": "1500",
         "INFERBOX_WORKER_BLOCK_MS": "200",
     }

@@ -100,3 +100,66 @@ def test_the_appliance_runs_as_the_app_role(
             60,
             "the job to succeed as the app role",
         )
+
+
+@pytest.fixture
+def component_roles(make_database):
+    owner = make_database()
+    migrate_sync(owner)
+    made = {}
+    for component in ("grpc", "worker"):
+        role = f"ib{component}_{uuid.uuid4().hex[:8]}"
+        password = uuid.uuid4().hex
+        apply_app_role(owner, role, password, component)
+        apply_app_role(owner, role, password, component)  # idempotent
+        made[component] = (role, f"{owner} user={role} password={password}")
+    yield owner, {component: url for component, (_, url) in made.items()}
+    with psycopg.connect(owner, autocommit=True) as conn:
+        for role, _ in made.values():
+            conn.execute(f'DROP OWNED BY "{role}"')
+            conn.execute(f'DROP ROLE "{role}"')
+
+
+@pytest.mark.parametrize(
+    ("component", "statement"),
+    [
+        ("worker", "SELECT * FROM api_keys"),
+        ("worker", "SELECT * FROM audit_log"),
+        ("worker", "INSERT INTO audit_log (actor, action, outcome) VALUES ('a', 'b', 'ok')"),
+        ("worker", "SELECT * FROM instance_secrets"),
+        ("worker", "SELECT * FROM models"),
+        ("worker", "INSERT INTO jobs (id) VALUES (gen_random_uuid())"),
+        ("worker", "DELETE FROM jobs"),
+        ("worker", "UPDATE job_inputs SET rows = 0"),
+        ("grpc", "UPDATE api_keys SET scopes = '{admin}'"),
+        (
+            "grpc",
+            "INSERT INTO api_keys (id, secret_hash, name, scopes) VALUES ('a', 'b', 'c', '{}')",
+        ),
+        ("grpc", "UPDATE models SET name = name"),
+        ("grpc", "SELECT * FROM jobs"),
+        ("grpc", "DELETE FROM audit_log"),
+        ("grpc", "UPDATE instance_secrets SET value = value"),
+    ],
+)
+def test_each_component_reaches_only_its_own_tables(component_roles, component, statement):
+    _, urls = component_roles
+    with (
+        psycopg.connect(urls[component], autocommit=True) as conn,
+        pytest.raises(psycopg.errors.InsufficientPrivilege),
+    ):
+        conn.execute(statement)
+
+
+async def test_the_grpc_role_reads_keys_marks_them_used_and_audits(component_roles):
+    owner, urls = component_roles
+    async with create_pool(owner, max_size=1) as pool:
+        record, _ = await KeyStore(pool).create(name="for grpc", scopes=["infer"])
+    async with create_pool(urls["grpc"], max_size=2) as pool:
+        store = KeyStore(pool)
+        assert (await store.get(record.id)).name == "for grpc"
+        await store.touch([record.id])
+        assert len(await store.cache_secret()) == 32
+        await AuditLog(pool, None, None).record(
+            actor="anonymous", action="auth.failure", target=None, outcome="denied"
+        )

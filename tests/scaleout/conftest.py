@@ -155,6 +155,7 @@ def running_worker(
         "INFERBOX_KEY_PREFIX": prefix,
         "INFERBOX_WORKER_METRICS_PORT": str(port),
         "INFERBOX_WORKER_CACHE_DIR": str(tmp_path_factory.mktemp("scaleout-cache")),
+        "INFERBOX_WORKER_LOCAL_MODEL_PATHS": "true",  # the catalog names files on disk
         "INFERBOX_WORKER_CLAIM_IDLE_MS": "5000",
         "INFERBOX_JOBS_ENABLED": "false",
         "INFERBOX_WORKER_CAPACITY_SWEEP_S": "0",

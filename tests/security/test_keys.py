@@ -1,5 +1,6 @@
 """API keys end to end: bootstrap, CLI, tritonclient with ``headers=``, revocation within a
-second on both API processes, expiry, and the per-key default priority."""
+second on both API processes, expiry, the key's priority as the most urgent its calls may
+claim, and the limits a new key gets by default."""
 
 from __future__ import annotations
 
@@ -104,10 +105,31 @@ def test_a_key_with_priority_two_uses_the_low_lane(appliance, make_key):
     before = added()
     assert _infer(appliance, key).status_code == 200
     assert added() == before + 1
-    # The request's own priority wins over the key's.
+    # The key's priority is the most urgent its calls may claim: asking for 1 stays low.
     urgent = {**BODY, "parameters": {"priority": 1}}
     assert _infer(appliance, key, urgent).status_code == 200
-    assert added() == before + 1
+    assert added() == before + 2
+    # A key without a priority may still ask for the low lane (a lower priority).
+    polite = make_key("infer")[0]
+    assert _infer(appliance, polite, {**BODY, "parameters": {"priority": 5}}).status_code == 200
+    assert added() == before + 3
+    assert _infer(appliance, polite, urgent).status_code == 200
+    assert added() == before + 3
+
+
+def test_a_new_key_is_limited_unless_asked_otherwise(admin, appliance):
+    """Keys made over the API get INFERBOX_KEY_DEFAULT_RATE_PER_S/_MAX_CONCURRENCY unless their
+    creator names limits, or asks for none with null."""
+    settings = appliance.settings
+    defaulted = admin.create_key("defaulted", ["infer"])
+    assert defaulted["max_concurrency"] == settings.key_default_max_concurrency > 0
+    assert defaulted["rate_per_s"] is None and settings.key_default_rate_per_s == 0
+    own = admin.create_key("own", ["infer"], rate_per_s=5, max_concurrency=2)
+    assert (own["rate_per_s"], own["burst"], own["max_concurrency"]) == (5, 5, 2)
+    unlimited = admin.create_key("unlimited", ["infer"], unlimited=True)
+    assert unlimited["rate_per_s"] is None and unlimited["max_concurrency"] is None
+    # The defaulted key serves (its limits are checked in Redis on every call).
+    assert _infer(appliance, defaulted["key"]).status_code == 200
 
 
 def test_a_key_limited_to_some_models_lists_only_those(appliance, make_key):
@@ -120,3 +142,22 @@ def test_a_key_limited_to_some_models_lists_only_those(appliance, make_key):
     assert [model["name"] for model in listed.json()["models"]] == ["mlp"]
     everything = httpx.post(f"{appliance.url}/v2/repository/index", headers=appliance.headers)
     assert len({entry["name"] for entry in everything.json()}) > 1
+
+
+def test_an_operators_default_rate_applies_to_keys_made_without_one():
+    import msgspec
+
+    from inferbox.api.admin import NewKey, _limits
+    from inferbox.config import Settings
+
+    settings = Settings(key_default_rate_per_s=25, key_default_max_concurrency=8)
+
+    def limits(body: bytes):
+        return _limits(msgspec.json.decode(body, type=NewKey), settings)
+
+    assert limits(b'{"name": "a", "scopes": ["infer"]}') == (25, 8)
+    assert limits(b'{"name": "a", "scopes": [], "rate_per_s": 3}') == (3, 8)
+    assert limits(b'{"name": "a", "scopes": [], "rate_per_s": null, "max_concurrency": null}') == (
+        None,
+        None,
+    )

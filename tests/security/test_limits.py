@@ -131,3 +131,43 @@ def test_the_slot_lifetime_is_never_shorter_than_the_longest_call():
     assert Settings(key_slot_ttl_s=120).slot_ttl_s == 330
     assert Settings(key_slot_ttl_s=900).slot_ttl_s == 900
     assert Settings(max_request_timeout_s=60, key_slot_ttl_s=60).slot_ttl_s == 90
+
+
+async def test_limits_on_the_hot_path_connection_survive_a_script_flush():
+    """A limited call's two commands travel on the lane's hiredis connection; a Redis that lost
+    its scripts (restart, SCRIPT FLUSH) gets the script loaded again."""
+    import uuid
+
+    import redis.asyncio as aioredis
+
+    from inferbox.keys import Keys
+    from inferbox.lanes.resp import RespConnection
+    from inferbox.security.keystore import KeyRecord, now_utc
+    from inferbox.security.limits import Limiter
+    from tests.conftest import REDIS_URL
+
+    client = aioredis.Redis.from_url(REDIS_URL)
+    connection = RespConnection(REDIS_URL)
+    keys = Keys(f"ibtest-{uuid.uuid4().hex[:8]}")
+    limiter = Limiter(client, keys, 30, connection=connection)
+    key = KeyRecord(
+        id="ibk_limited1",
+        secret_hash="x",
+        name="t",
+        scopes=["infer"],
+        max_concurrency=1,
+        created_at=now_utc(),
+    )
+    try:
+        await client.script_flush()
+        slot = await limiter.acquire(key)
+        assert await client.zcard(keys.concurrency(key.id)) == 1
+        with pytest.raises(Exception, match="already has 1 requests in flight"):
+            await limiter.acquire(key)
+        await limiter.release(key, slot)
+        assert await client.zcard(keys.concurrency(key.id)) == 0
+        await limiter.release(key, await limiter.acquire(key))
+    finally:
+        connection.close()
+        await client.delete(keys.concurrency(key.id), keys.rate_bucket(key.id))
+        await client.aclose()

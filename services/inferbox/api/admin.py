@@ -34,12 +34,29 @@ class NewKey(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     allowed_models: list[str] | None = None
     """Models the key may use (None: all)."""
     priority: int = 0
-    """Default priority of its calls: 0/1 high lane, >= 2 low lane (a request may override)."""
-    rate_per_s: float | None = None
+    """The most urgent priority its calls may claim, and their default: 0 (none set) and 1 high
+    lane, >= 2 low lane. A request may ask for a lower priority (a larger number), never for a
+    higher one."""
+    rate_per_s: float | msgspec.UnsetType | None = msgspec.UNSET
+    """Requests per second; left out: ``INFERBOX_KEY_DEFAULT_RATE_PER_S``; null: no limit."""
     burst: int | None = None
-    max_concurrency: int | None = None
+    max_concurrency: int | msgspec.UnsetType | None = msgspec.UNSET
+    """Calls in flight at most; left out: ``INFERBOX_KEY_DEFAULT_MAX_CONCURRENCY``; null: no
+    limit."""
     expires_in_s: float | None = None
     """Seconds until the key expires (None: never)."""
+
+
+def _limits(data: NewKey, settings) -> tuple[float | None, int | None]:
+    """The new key's rate and concurrency limits: its creator's, else the defaults (a key is
+    limited unless asked otherwise, so that no key can take the whole appliance by default)."""
+    rate = data.rate_per_s
+    if rate is msgspec.UNSET:
+        rate = settings.key_default_rate_per_s or None
+    concurrency = data.max_concurrency
+    if concurrency is msgspec.UNSET:
+        concurrency = settings.key_default_max_concurrency or None
+    return rate, concurrency
 
 
 class KeysController(Controller):
@@ -54,15 +71,16 @@ class KeysController(Controller):
         if data.expires_in_s is not None and not 0 < data.expires_in_s <= _MAX_EXPIRY_S:
             raise BadRequest(f"expires_in_s must be > 0 and at most {_MAX_EXPIRY_S} (100 years)")
         expires_at = now_utc() + timedelta(seconds=data.expires_in_s) if data.expires_in_s else None
+        rate, concurrency = _limits(data, state.settings)
         async with audited(request, "key.create", data.name, scopes=data.scopes) as details:
             record, full = await state.keystore.create(
                 name=data.name,
                 scopes=data.scopes,
                 allowed_models=data.allowed_models,
                 priority=data.priority,
-                rate_per_s=data.rate_per_s,
+                rate_per_s=rate,
                 burst=data.burst,
-                max_concurrency=data.max_concurrency,
+                max_concurrency=concurrency,
                 expires_at=expires_at,
                 created_by=actor(request),
             )

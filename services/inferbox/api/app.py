@@ -126,9 +126,9 @@ async def _open_security(app: Litestar, settings: Settings, client, keys: Keys, 
         cache = KeyCache(app.state.keystore, client, keys, ttl_s=settings.key_cache_s)
         await cache.start()
         app.state.key_cache = cache
-        app.state.gate = Gate(
-            cache, Limiter(client, keys, settings.slot_ttl_s), app.state.audit, trusted
-        )
+        # Limits go over the lane's hot-path connection (two commands per limited call).
+        limiter = Limiter(client, keys, settings.slot_ttl_s, connection=app.state.lane.commands)
+        app.state.gate = Gate(cache, limiter, app.state.audit, trusted)
     else:
         log.warning("API keys are not required: INFERBOX_AUTH_ENABLED is false")
 

@@ -314,7 +314,7 @@ async def infer(
     """Run a model on JSON or binary tensors; answer JSON or binary outputs.
 
     A request without its own ``priority`` (or with 0, Triton's "default") takes its key's,
-    else the model's ``default_priority_level``.
+    else the model's ``default_priority_level``; none is more urgent than its key's.
     Returns the status answered: 200, or 499 when the client left before its answer.
     """
     await state.directory.admit(spec)
@@ -423,11 +423,10 @@ async def run_request(
     else:
         timeout_s = (spec.config.timeout_ms or state.settings.default_timeout_ms) / 1000
     timeout_s = min(timeout_s, state.settings.max_request_timeout_s)
-    priority = (
-        decoded.priority
-        or (key.priority if key is not None else 0)
-        or spec.config.default_priority_level
-    )
+    floor = key.priority if key is not None else 0
+    priority = decoded.priority or floor or spec.config.default_priority_level
+    if floor and priority < floor:  # a key's priority is the most urgent its calls may claim
+        priority = floor
     lane = "hi" if priority <= HIGH_PRIORITY_MAX else "lo"
     call = CallHeader(
         channel="",

@@ -29,7 +29,7 @@ from inferbox.jobs import execution
 from inferbox.jobs.reconciler import Reconciler
 from inferbox.jobs.runner import JobRunner
 from inferbox.jobs.store import JobStore
-from inferbox.jobs.transport import JobTransport
+from inferbox.jobs.transport import FUNCTION, JobTransport
 from inferbox.keys import Keys
 from inferbox.lanes.client import InteractiveClient
 from inferbox.registry.store import create_pool
@@ -48,6 +48,40 @@ class _ThreadWorker(SimpleWorker):
 
     def _install_signal_handlers(self) -> None:
         pass
+
+    def perform_job(self, job, queue) -> bool:
+        """Run a delivery only if it is one of ours. An RQ job names the function the worker
+        imports and calls (and callbacks it calls after): whoever can write to Redis could
+        otherwise make this process call any importable function with arguments of its
+        choice. Anything but ``transport.FUNCTION`` without callbacks fails unrun."""
+        refusal = refused_delivery(job)
+        if refusal is None:
+            return super().perform_job(job, queue)
+        log.warning("queued job refused", rq_job=job.id, reason=refusal)
+        self.prepare_job_execution(job, remove_from_intermediate_queue=len(self.queues) == 1)
+        self.handle_job_failure(job, queue=queue, exc_string=f"refused: {refusal}")
+        return False
+
+
+def refused_delivery(job) -> str | None:
+    """Why an RQ job is not a delivery ``JobTransport.enqueue`` makes (None: it is one)."""
+    try:
+        function, instance = job.func_name, job.instance
+        args, kwargs = job.args, job.kwargs
+    except Exception as exc:  # undecodable data: nothing of it is run
+        return f"unreadable job data ({type(exc).__name__})"
+    if function != FUNCTION or instance is not None:
+        return f"it names {str(function)[:200]!r}, not {FUNCTION}"
+    if kwargs or len(args) != 1 or not isinstance(args[0], str) or len(args[0]) > 64:
+        return "its arguments are not one job id"
+    callbacks = (
+        job._success_callback_name,
+        job._failure_callback_name,
+        job._stopped_callback_name,
+    )
+    if any(callbacks):
+        return "it names callbacks"
+    return None
 
 
 class JobLane:

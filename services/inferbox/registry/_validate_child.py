@@ -55,6 +55,37 @@ def _all_tensors(model):
         yield from _walk_nodes(function.node, f"function {function.name!r}")
 
 
+def _graph_names(graph, where: str):
+    """Yield (text, where) for every name a graph carries, its subgraphs' included."""
+    yield graph.name, f"{where} name"
+    for value in (*graph.input, *graph.output, *graph.value_info):
+        yield value.name, f"{where} value"
+    for tensor in graph.initializer:
+        yield tensor.name, f"{where} initializer"
+    for sparse in graph.sparse_initializer:
+        yield sparse.values.name, f"{where} sparse initializer"
+    for node in graph.node:
+        label = f"{where} node"
+        for text in (node.name, node.op_type, node.domain, *node.input, *node.output):
+            yield text, label
+        for attr in node.attribute:
+            yield attr.name, f"{label} attribute"
+            if attr.HasField("g"):
+                yield from _graph_names(attr.g, f"{where} subgraph")
+            for sub in attr.graphs:
+                yield from _graph_names(sub, f"{where} subgraph")
+
+
+def _model_names(model):
+    """Every name and label of a model that ONNX Runtime or onnx may print in a log line."""
+    yield model.producer_name, "producer name"
+    yield model.producer_version, "producer version"
+    yield model.domain, "model domain"
+    for prop in model.metadata_props:
+        yield prop.key, "metadata key"
+    yield from _graph_names(model.graph, "graph")
+
+
 def _dims(value_info):
     tensor_type = value_info.type.tensor_type
     for dim in tensor_type.shape.dim:
@@ -97,6 +128,17 @@ def check(path: str, limits: dict) -> dict:
             return reject(
                 f"{where} references external data at {location!r}; external data is not"
                 " accepted, upload one self-contained .onnx file"
+            )
+
+    # ONNX Runtime and onnx print names in their own (not JSON) log lines on stderr; a line
+    # break in a name would start a line of the uploader's choosing, which the log pipeline
+    # would read as one of the appliance's own JSON events.
+    for text, where in _model_names(model):
+        if not text.isprintable():
+            bad = next(c for c in text if not c.isprintable())
+            return reject(
+                f"a {where} contains the control character U+{ord(bad):04X} (names must be"
+                " printable text)"
             )
 
     ir_min, ir_max = limits["min_ir_version"], limits["max_ir_version"]

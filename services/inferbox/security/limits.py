@@ -9,19 +9,26 @@ one bucket and one set of in-flight slots per key:
   ``max_concurrency`` gets 429 (``Retry-After: 1``). The slot is removed when the request
   ends; an API process that dies mid-request leaves slots that expire after ``slot_ttl_s``.
 
-Nothing is consumed by a refused call. Keys without limits cost no Redis call at all.
+Nothing is consumed by a refused call. Keys without limits cost no Redis call at all. Keys
+with limits (every key made over the API, by default) cost an ``EVALSHA`` before and a ``ZREM``
+after: sent on the interactive lane's hot-path connection when one is given (hiredis-parsed,
+pipelined with the enqueues of concurrent calls), not through redis-py, whose Python per
+command cost more than the rest of a small call.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import secrets
 
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from inferbox.errors import TooManyRequests
 from inferbox.keys import Keys
+from inferbox.lanes.resp import RespConnection
 from inferbox.security.keystore import KeyRecord
 
 LIMIT_SCRIPT = """
@@ -64,15 +71,41 @@ concurrency (0: none), slot id, slot ttl in ms. Returns ``{1, 0, 0}`` when admit
 ``{0, retry after ms, 1 (rate) or 2 (concurrency)}``."""
 
 
-class Limiter:
-    """Applies a key's limits around a request: ``acquire`` before, ``release`` after."""
+LIMIT_SHA = hashlib.sha1(LIMIT_SCRIPT.encode()).hexdigest()
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys, slot_ttl_s: float = 120.0) -> None:
+
+class Limiter:
+    """Applies a key's limits around a request: ``acquire`` before, ``release`` after.
+
+    ``connection``: a hot-path connection (``InteractiveClient.commands``) for the two commands
+    a limited call costs; without one they go through ``redis``.
+    """
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: Keys,
+        slot_ttl_s: float = 120.0,
+        connection: RespConnection | None = None,
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.slot_ttl_ms = int(slot_ttl_s * 1000)
         self.script = redis.register_script(LIMIT_SCRIPT)
+        self.connection = connection
         self._slots = (f"{os.getpid()}-{secrets.token_hex(3)}-{n}" for n in itertools.count())
+
+    async def _limit(self, keys: list[str], args: list) -> list:
+        if self.connection is None:
+            return await self.script(keys=keys, args=args)
+        try:
+            return await self.connection.execute("EVALSHA", LIMIT_SHA, 2, *keys, *args)
+        except ResponseError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+            # A Redis that restarted (or flushed its scripts) no longer has it: load it again.
+            await self.connection.execute("SCRIPT", "LOAD", LIMIT_SCRIPT)
+            return await self.connection.execute("EVALSHA", LIMIT_SHA, 2, *keys, *args)
 
     async def acquire(self, key: KeyRecord) -> str | None:
         """Admit one call of ``key`` or raise ``TooManyRequests``; returns the concurrency slot
@@ -80,9 +113,9 @@ class Limiter:
         if key.rate_per_s is None and key.max_concurrency is None:
             return None
         slot = next(self._slots)
-        admitted, retry_ms, reason = await self.script(
-            keys=[self.keys.rate_bucket(key.id), self.keys.concurrency(key.id)],
-            args=[
+        admitted, retry_ms, reason = await self._limit(
+            [self.keys.rate_bucket(key.id), self.keys.concurrency(key.id)],
+            [
                 key.rate_per_s or 0,
                 key.burst or max(1, round(key.rate_per_s or 1)),
                 key.max_concurrency or 0,
@@ -100,5 +133,9 @@ class Limiter:
 
     async def release(self, key: KeyRecord, slot: str | None) -> None:
         """Give back a concurrency slot (no-op for None)."""
-        if slot is not None:
+        if slot is None:
+            return
+        if self.connection is None:
             await self.redis.zrem(self.keys.concurrency(key.id), slot)
+        else:
+            await self.connection.execute("ZREM", self.keys.concurrency(key.id), slot)

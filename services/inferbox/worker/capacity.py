@@ -16,14 +16,17 @@ import numpy as np
 from inferbox.models.capacity import CapacityCard, CapacityPoint
 from inferbox.models.spec import TensorSpec
 from inferbox.protocol.datatypes import V2_TO_NUMPY
+from inferbox.worker.runtime import feeds_bytes, synthetic_shape
+
+
+def _shape(tensor: TensorSpec, rows: int, batched: bool) -> list[int]:
+    return synthetic_shape(tensor, rows if batched else None)
 
 
 def _inputs(tensors: list[TensorSpec], rows: int, batched: bool) -> dict[str, np.ndarray]:
     feeds = {}
     for tensor in tensors:
-        shape = [1 if dim < 0 else dim for dim in tensor.shape]
-        if batched:
-            shape[0] = rows
+        shape = _shape(tensor, rows, batched)
         if tensor.datatype == "BYTES":
             feeds[tensor.name] = np.full(shape, "", dtype=object)
         else:
@@ -51,20 +54,26 @@ def sweep(
     memory_bytes: int,
     seconds_per_size: float = 0.25,
     max_runs: int = 50,
+    max_input_bytes: int | None = None,
 ) -> CapacityCard:
     """Measure ``run(feeds)`` at each batch size, bounded by time and by run count.
 
     Each size gets ``seconds_per_size`` (at least one timed run); the sweep stops before a
     size once the whole budget (``seconds_per_size`` per size) is spent, so a slow model
-    yields a shorter curve rather than a long stall.
+    yields a shorter curve rather than a long stall, and before a size whose inputs would
+    take more than ``max_input_bytes``.
     """
     points = []
     sizes = batch_sizes(max_batch_size)
     sweep_end = time.perf_counter() + seconds_per_size * len(sizes)
+    batched = max_batch_size > 0
     for size in sizes:
         if points and time.perf_counter() > sweep_end:
             break
-        feeds = _inputs(inputs, size, max_batch_size > 0)
+        needed = feeds_bytes([(_shape(t, size, batched), t.datatype) for t in inputs])
+        if max_input_bytes is not None and needed > max_input_bytes:
+            break
+        feeds = _inputs(inputs, size, batched)
         run(feeds)  # the first run of a new shape allocates; keep it out of the figures
         timings: list[float] = []
         budget_end = time.perf_counter() + seconds_per_size

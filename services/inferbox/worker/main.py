@@ -30,9 +30,9 @@ from inferbox.models.spec import ModelSpec
 from inferbox.observability import worker_metrics as metrics
 from inferbox.worker import memory
 from inferbox.worker.capacity import sweep
-from inferbox.worker.model_cache import Fetcher, ModelCache
+from inferbox.worker.model_cache import Fetcher, ModelCache, UntrustedModelFile
 from inferbox.worker.residency import NoRoom, Residency
-from inferbox.worker.runtime import LoadedModel, load_model, probe_device
+from inferbox.worker.runtime import LoadedModel, WarmupTooLarge, load_model, probe_device
 from inferbox.worker.serving import ModelServer
 
 log = structlog.get_logger(__name__)
@@ -67,7 +67,9 @@ class Worker:
         self.jobs = None
         self._lock = threading.Lock()
         self.device = probe_device(settings.worker_providers, settings.worker_require_cuda)
-        self.cache = ModelCache(settings.worker_cache_dir, objects)
+        self.cache = ModelCache(
+            settings.worker_cache_dir, objects, local_paths=settings.worker_local_model_paths
+        )
         self.residency = Residency(settings.worker_memory_budget_bytes)
         self.baseline = memory.usage(self.device)
 
@@ -250,14 +252,17 @@ class Worker:
     def _create_session(self, spec: ModelSpec) -> LoadedModel:
         """Load from the local copy; a copy that fails to load is fetched again, once."""
         path = self.cache.path_for(spec)
+        bound = self.settings.worker_warmup_max_bytes
         try:
-            return load_model(spec, path=path)
+            return load_model(spec, path=path, warmup_max_bytes=bound)
+        except (WarmupTooLarge, UntrustedModelFile):
+            raise  # fetching the file again changes nothing
         except Exception:
             if spec.object_key is None:
                 raise
             log.warning("cached model file failed to load; fetching it again", model=spec.name)
             self.cache.discard(spec)
-            return load_model(spec, path=self.cache.path_for(spec))
+            return load_model(spec, path=self.cache.path_for(spec), warmup_max_bytes=bound)
 
     def _measure_capacity(self, key: tuple[str, int], model: LoadedModel, size: int) -> None:
         seconds = self.settings.worker_capacity_sweep_s
@@ -272,6 +277,7 @@ class Worker:
                 device=self.device,
                 memory_bytes=size,
                 seconds_per_size=seconds,
+                max_input_bytes=self.settings.worker_warmup_max_bytes,
             )
         except Exception as exc:
             log.warning("capacity sweep failed", model=key[0], version=key[1], error=str(exc))

@@ -113,11 +113,78 @@ def spinning_pays(providers: list[str], warm_run_s: float) -> bool:
     return providers[0] == "CPUExecutionProvider" and warm_run_s >= SPIN_MIN_RUN_S
 
 
-def _warmup_array(tensor: TensorSpec, rows: int | None = None) -> np.ndarray:
-    """Zeros (empty strings) of ``tensor``'s shape, dynamic dimensions 1, the first ``rows``."""
+DEFAULT_WARMUP_MAX_BYTES = 1 << 30
+"""Bytes of inputs one synthetic run at load may allocate unless the worker says otherwise
+(``Settings.worker_warmup_max_bytes``)."""
+
+
+class WarmupTooLarge(ValueError):
+    """A synthetic run at load (warm-up, a warm-up sample, a padded batch size) would allocate
+    more input bytes than the worker allows: the version fails to load instead."""
+
+
+def _element_bytes(datatype: str) -> int:
+    # A BYTES element of a synthetic run is a pointer to one shared empty string.
+    return 8 if datatype == "BYTES" else V2_TO_NUMPY[datatype].itemsize
+
+
+def synthetic_shape(tensor: TensorSpec, rows: int | None = None) -> list[int]:
+    """The shape a synthetic run gives ``tensor``: dynamic dimensions 1, the first ``rows``."""
     shape = [1 if dim < 0 else dim for dim in tensor.shape]
     if rows is not None and shape:
         shape[0] = rows
+    return shape
+
+
+def feeds_bytes(shapes: list[tuple[list[int], str]]) -> int:
+    """Bytes the arrays of these ``(shape, datatype)`` inputs take (Python ints: no overflow)."""
+    total = 0
+    for shape, datatype in shapes:
+        count = 1
+        for dim in shape:
+            count *= max(dim, 0)
+        total += count * _element_bytes(datatype)
+    return total
+
+
+def check_warmup(spec: ModelSpec, max_bytes: int) -> None:
+    """Raise ``WarmupTooLarge`` before anything is allocated when a synthetic run of ``spec``
+    at load would need more than ``max_bytes`` of inputs (a fixed input shape, a warm-up sample
+    or a padded batch size can name any size; an uploaded model is not trusted to be small)."""
+    config = spec.config
+    runs: list[tuple[str, list[tuple[list[int], str]]]] = []
+    if config.warmup:
+        runs.append(("warm-up", [(synthetic_shape(t), t.datatype) for t in spec.inputs]))
+        # Padded batch sizes are warmed up to the largest: with pad_batches, bucket_sessions
+        # (None may turn it on, on CUDA) and cuda_graphs.
+        padded = config.pad_batches or config.bucket_sessions is not False or config.cuda_graphs
+        if padded and config.max_batch_size > 0:
+            rows = config.max_batch_size
+            runs.append(
+                (
+                    f"warm-up of the padded batch size {rows}",
+                    [(synthetic_shape(t, rows), t.datatype) for t in spec.inputs],
+                )
+            )
+    for sample in config.warmup_samples:
+        shapes = [
+            ([sample.batch_size, *i.dims] if sample.batch_size else list(i.dims), i.datatype)
+            for i in sample.inputs
+        ]
+        runs.append((f"warm-up sample {sample.name!r}", shapes))
+    for what, shapes in runs:
+        needed = feeds_bytes(shapes)
+        if needed > max_bytes:
+            raise WarmupTooLarge(
+                f"{what} needs {needed} bytes of inputs, more than this worker allows at load"
+                f" ({max_bytes}, INFERBOX_WORKER_WARMUP_MAX_BYTES); give the model smaller"
+                " fixed dimensions or warm-up samples, or turn warm-up off"
+            )
+
+
+def _warmup_array(tensor: TensorSpec, rows: int | None = None) -> np.ndarray:
+    """Zeros (empty strings) of ``tensor``'s shape, dynamic dimensions 1, the first ``rows``."""
+    shape = synthetic_shape(tensor, rows)
     if tensor.datatype == "BYTES":
         return np.full(shape, "", dtype=object)
     return np.zeros(shape, dtype=V2_TO_NUMPY[tensor.datatype])
@@ -362,11 +429,15 @@ def load_model(
     spec: ModelSpec,
     available: list[str] | None = None,
     path: Path | None = None,
+    warmup_max_bytes: int = DEFAULT_WARMUP_MAX_BYTES,
 ) -> LoadedModel:
     """Create the session for ``spec`` (read from ``path`` when given), then warm it up;
-    raises on a file that will not load. The worker's instances share this one session."""
+    raises on a file that will not load, and ``WarmupTooLarge`` (before creating anything) when
+    a warm-up run would take more than ``warmup_max_bytes`` of inputs. The worker's instances
+    share this one session."""
     if spec.error:
         raise ValueError(spec.error)
+    check_warmup(spec, warmup_max_bytes)
     started = time.perf_counter()
     config = spec.config
     available = ort.get_available_providers() if available is None else available

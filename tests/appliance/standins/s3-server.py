@@ -3,6 +3,8 @@
 moto keeps objects in memory; this writes every bucket and object (with its content type and
 user metadata) under /data when the container is stopped (SIGTERM) and loads them back at start,
 then marks itself ready for the healthcheck (`mc ready local`). Signatures are not checked.
+MinIO's admin API calls that setup makes (the components' users and policies, `inferbox s3
+setup`) are answered 200 and otherwise ignored: moto accepts any credentials.
 """
 
 from __future__ import annotations
@@ -16,11 +18,41 @@ import threading
 from pathlib import Path
 
 import boto3
-from moto.server import ThreadedMotoServer
+from moto.moto_server.threaded_moto_server import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    ThreadedMotoServer,
+    create_backend_app,
+    make_server,
+)
 
 DATA = Path(sys.argv[2] if len(sys.argv) > 2 else "/data")
 READY = Path("/tmp/s3-ready")
 STATE = DATA / "s3-standin"
+
+
+class AdminStandIn:
+    """MinIO's admin API (/minio/admin/v3/...): every call answered 200, the rest to moto."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        if environ.get("PATH_INFO", "").startswith("/minio/admin/"):
+            environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+            start_response("200 OK", [("Content-Length", "0")])
+            return [b""]
+        return self.app(environ, start_response)
+
+
+class Server(ThreadedMotoServer):
+    def _server_entry(self) -> None:
+        app = AdminStandIn(DomainDispatcherApplication(create_backend_app))
+        self._server = make_server(
+            self._ip_address, self._port, app, True, request_handler=MotoRequestHandler
+        )
+        self._server_ready_event.set()
+        self._server.serve_forever()
 
 
 def client():
@@ -81,7 +113,7 @@ def save(s3) -> int:
 
 
 def main() -> None:
-    server = ThreadedMotoServer(ip_address="0.0.0.0", port=9000)
+    server = Server(ip_address="0.0.0.0", port=9000)
     server.start()
     s3 = client()
     print(f"s3 stand-in: loaded {load(s3)} object(s) from {STATE}", flush=True)
