@@ -7,6 +7,7 @@ refusal; what each part must not do, it cannot."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -187,8 +188,6 @@ def _parts(config, prefix, acl_redis, make_database, tmp_path_factory, model_rep
 
 
 def _base_env(database: str) -> dict[str, str]:
-    import os
-
     return {**os.environ, "INFERBOX_DATABASE_URL": database}
 
 
