@@ -91,8 +91,8 @@ def test_kibana_setup_refuses_to_run_without_the_viewers_password(recorder):
 
 
 def test_people_are_told_to_use_the_viewer_not_the_superuser():
-    readme = (ROOT / "README.md").read_text()
-    assert "(user `elastic`" not in readme
-    assert "`https://<host>/kibana/` (user `inferbox_viewer`" in readme
+    operations = (ROOT / "docs" / "operations.md").read_text()
+    assert "(user `elastic`" not in operations
+    assert "`https://<host>/kibana/` (user `inferbox_viewer`" in operations
     env_example = (ROOT / ".env.example").read_text()
     assert "KIBANA_VIEWER_PASSWORD=GENERATED" in env_example
