@@ -49,6 +49,14 @@ class _ThreadWorker(SimpleWorker):
     def _install_signal_handlers(self) -> None:
         pass
 
+    def _set_ip_address(self, connection: redis.Redis) -> None:
+        # RQ looks its own address up with CLIENT LIST (every client's address and command),
+        # which the worker's Redis user may not run; the address only decorates RQ's worker
+        # record. The connection still gets the worker's name.
+        with contextlib.suppress(redis.RedisError):
+            connection.client_setname(self.name)
+        self.ip_address = "unknown"
+
     def perform_job(self, job, queue) -> bool:
         """Run a delivery only if it is one of ours. An RQ job names the function the worker
         imports and calls (and callbacks it calls after): whoever can write to Redis could
