@@ -374,8 +374,19 @@ def test_compose_dependencies_refuse_unauthenticated_clients():
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
     services = compose["services"]
     redis_command = " ".join(str(part) for part in services["redis"]["command"])
-    assert "--requirepass ${REDIS_PASSWORD:?" in redis_command
+    assert "--aclfile /etc/redis/users.acl" in redis_command
     assert "protected-mode no" not in redis_command
+    # Every Redis user, `default` included, has a password compose refuses to start without.
+    users = compose["configs"]["redis-users"]["content"].splitlines()
+    assert [line.split()[1] for line in users] == [
+        "default",
+        "inferbox-api",
+        "inferbox-grpc",
+        "inferbox-worker",
+    ]
+    for line in users:
+        assert re.search(r" on >\$\{REDIS_[A-Z_]*PASSWORD:\?", line), line
+        assert "nopass" not in line
     postgres_env = services["postgres"]["environment"]
     assert postgres_env["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD:?")
     # The image's default for a set password is scram-sha-256; "trust" would let anyone in.
