@@ -85,7 +85,14 @@ class CachedInferbox(run.InferboxServer):
         self.cache_redis = cache_redis
 
     def env(self) -> dict[str, str]:
-        return {**super().env(), "INFERBOX_CACHE_URL": self.cache_redis.url}
+        return {
+            **super().env(),
+            "INFERBOX_CACHE_URL": self.cache_redis.url,
+            # Three sessions of each model grow ONNX Runtime's arenas past the worker's
+            # recycling threshold (3x its baseline plus the model files); a recycle in the
+            # middle of a point would measure the restart, not the cache.
+            "INFERBOX_WORKER_RECYCLE_FACTOR": "0",
+        }
 
     def cpu(self) -> dict[str, float]:
         return {**super().cpu(), "cache": run.redis_cpu(self.cache_redis.client)}
