@@ -13,7 +13,8 @@ from inferbox.client import InferboxClient
 from inferbox.testing import onnx_models
 from tests.conftest import INFERBOX, run_cli, running_appliance, wait_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# A whole appliance backed up, wiped and restored: over a minute alone on 2 cores.
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
 
 X = np.linspace(-1, 1, 64, dtype=np.float32).reshape(1, 64)
 BODY = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 64], "data": X.ravel().tolist()}]}
