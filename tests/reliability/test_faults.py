@@ -231,7 +231,8 @@ def test_postgres_stopped_under_load(healthy, tmp_path):
         during=control_plane_while_down,
     )
     with healthy.client() as client:
-        assert client.get("/v1/models").status_code == 200
+        response = client.get("/v1/models")
+        assert response.status_code == 200, response.text
 
 
 def test_redis_restarted_with_its_aof(healthy):

@@ -223,6 +223,10 @@ def merge_config(base: ModelConfig, overrides: dict[str, Any]) -> ModelConfig:
         raise BadRequest(f"invalid model config: {exc}") from None
 
 
+RECONNECT_WINDOW_S = 3.0
+"""How long a chain of retries of one failed connection lasts (attempts at 0, 1 and 3 s)."""
+
+
 def create_pool(
     conninfo: str, *, min_size: int = 1, max_size: int = 10, timeout_s: float = 30.0
 ) -> AsyncConnectionPool:
@@ -231,6 +235,12 @@ def create_pool(
     A request waits at most ``timeout_s`` for a connection (``PoolTimeout``, an
     ``OperationalError``, after it). Connections are checked when handed out, so the first
     requests after a PostgreSQL restart do not fail on connections it closed.
+
+    A failed connection attempt is retried with a doubling delay (1 s, 2 s, ...) for
+    ``RECONNECT_WINDOW_S`` only, then the next request starts a fresh attempt: psycopg_pool's
+    own window is 5 minutes, over which the delay grows to minutes, so a process whose pool
+    was retrying through a 10 s outage went on answering 503 for up to 8 s after PostgreSQL
+    was back (while its sibling processes already said ready).
     """
     return AsyncConnectionPool(
         conninfo,
@@ -238,6 +248,7 @@ def create_pool(
         max_size=max_size,
         timeout=timeout_s,
         check=AsyncConnectionPool.check_connection,
+        reconnect_timeout=RECONNECT_WINDOW_S,
         open=False,
     )
 
