@@ -145,9 +145,9 @@ class RayModelServer(ModelServer):
         self.scaler.observe([max(0.0, now - call.enqueued) for call in calls])
         super()._process(consumer, calls)
 
-    def _run(self, consumer: LaneConsumer, batch: Batch) -> None:
+    def _run(self, consumer: LaneConsumer, batch: Batch, halvings: list[int] | None = None) -> None:
         try:
-            super()._run(consumer, batch)
+            super()._run(consumer, batch, halvings)
         except Withdrawn as exc:
             log.warning(
                 "batch left in the queue for a later claim",

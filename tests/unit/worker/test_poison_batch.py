@@ -45,10 +45,10 @@ def _calls(values):
     ]
 
 
-def _serve(values, consumer):
+def _serve(values, consumer, server_class=ModelServer, **options):
     spec = _spec()
     model = _Model(spec)
-    server = ModelServer(model, None, None, "w", block_ms=1, claim_idle_ms=1)
+    server = server_class(model, None, None, "w", block_ms=1, claim_idle_ms=1, **options)
     (batch,) = assemble(_calls(values), spec)
     server._run(consumer, batch)
     return model, consumer
@@ -72,3 +72,19 @@ def test_a_batch_of_poison_calls_stops_at_the_budget_and_asks_the_rest_to_retry(
     assert model.runs <= 1 + 2 * _halving_budget(64)
     assert set(_statuses(consumer)) <= {500, 503}
     assert 503 in _statuses(consumer)
+
+
+def test_the_ray_server_halves_a_failing_batch_the_same_way(new_consumer):
+    from inferbox.scaleout.remote import RayModelServer
+    from inferbox.scaleout.scaler import Autoscaler
+
+    scaler = Autoscaler(1, 1, up_wait_s=1, down_wait_s=1, down_after_s=1, interval_s=1)
+    model, consumer = _serve(
+        [1.0] * 40 + [-1.0] + [1.0] * 23,
+        new_consumer(),
+        RayModelServer,
+        scaler=scaler,
+        threads_per_actor=1,
+    )
+    assert len(consumer.done) == 64
+    assert [s for s in _statuses(consumer) if s != 200] == [500]
