@@ -12,7 +12,7 @@ from litestar.utils import normalize_path
 
 from inferbox.api.app import create_app
 from inferbox.api.infer import INFER_PATH
-from inferbox.cli_remote import parse_duration
+from inferbox.cli.parsing import parse_duration
 from inferbox.config import Settings
 from inferbox.security.access import access_of
 from inferbox.security.auth import Need, permits, remote_address, trusted_networks

@@ -1,0 +1,94 @@
+"""The serving processes: ``inferbox api``, ``grpc``, ``worker`` and ``ray-worker``."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from inferbox.config import Settings
+from inferbox.logs import configure_logging
+
+
+@click.command("api")
+@click.pass_obj
+def api(settings: Settings) -> None:
+    """Serve the HTTP API (gunicorn with uvicorn workers) on INFERBOX_API_BIND."""
+    from inferbox.api.server import ApiServer
+
+    configure_logging("api", settings.log_level, settings.log_format)
+    ApiServer(settings).run()
+
+
+@click.command("grpc")
+@click.pass_obj
+def grpc_server(settings: Settings) -> None:
+    """Serve the Open Inference Protocol over gRPC on INFERBOX_GRPC_BIND."""
+    from inferbox.grpc.processes import run
+
+    configure_logging("grpc", settings.log_level, settings.log_format)
+    run(settings)
+
+
+@click.command("worker")
+@click.pass_obj
+def worker(settings: Settings) -> None:
+    """Run a worker: load the catalog's models and serve their queues."""
+    from inferbox.worker.main import Worker
+
+    configure_logging("worker", settings.log_level, settings.log_format)
+    # A worker is one process: its metrics live in memory even if the API's multiprocess
+    # directory is set in a shared environment.
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    from inferbox.registry.wiring import object_store
+    from inferbox.worker.runtime import CudaUnavailable
+
+    try:
+        running = Worker(settings, objects=object_store(settings))
+    except CudaUnavailable as exc:
+        # Before the metrics port opens: the container exits and its healthcheck never passes.
+        raise click.ClickException(str(exc)) from None
+    if settings.worker_metrics_port:
+        from prometheus_client import REGISTRY, start_http_server
+
+        from inferbox.observability.collectors import WorkerCollector
+        from inferbox.observability.gpu import gpu_collector
+
+        REGISTRY.register(WorkerCollector(running))
+        gpu = gpu_collector()
+        if gpu is not None:
+            REGISTRY.register(gpu)
+        if settings.cache_url:
+            from inferbox.observability.cache_metrics import CacheServerCollector
+
+            REGISTRY.register(CacheServerCollector(settings.cache_url))
+        start_http_server(settings.worker_metrics_port, addr=settings.worker_metrics_host)
+    running.run()
+
+
+@click.command("ray-worker")
+@click.pass_obj
+def ray_worker(settings: Settings) -> None:
+    """Run the Ray worker: serve the queues with sessions held by Ray actors.
+
+    Joins the cluster at INFERBOX_RAY_ADDRESS; actors reserve INFERBOX_RAY_ACTOR_GPUS GPUs
+    each (0: CPU actors), between INFERBOX_RAY_MIN_ACTORS and INFERBOX_RAY_MAX_ACTORS.
+    """
+    # Imported here: Ray is an optional extra, and only this command needs it.
+    from inferbox.registry.wiring import object_store
+    from inferbox.scaleout.driver import RayWorker, connect
+    from inferbox.scaleout.settings import RaySettings
+
+    configure_logging("ray-worker", settings.log_level, settings.log_format)
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    ray_settings = RaySettings()
+    connect(ray_settings)
+    running = RayWorker(settings, ray_settings, objects=object_store(settings))
+    if settings.worker_metrics_port:
+        from prometheus_client import REGISTRY, start_http_server
+
+        from inferbox.observability.collectors import WorkerCollector
+
+        REGISTRY.register(WorkerCollector(running))
+        start_http_server(settings.worker_metrics_port, addr=settings.worker_metrics_host)
+    running.run()
