@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from inferbox.api.app import redis_client
+from inferbox.frontend.wiring import redis_client
 from tests.reliability.services import RedisServer
 
 pytestmark = pytest.mark.integration

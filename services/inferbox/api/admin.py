@@ -13,9 +13,9 @@ from litestar import Controller, Request, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.params import Parameter
 
-from inferbox.api.auditing import actor, audited
 from inferbox.api.responses import json_response as _json
 from inferbox.errors import BadRequest
+from inferbox.frontend.auditing import actor, audited
 from inferbox.security.access import needs
 from inferbox.security.keystore import now_utc
 

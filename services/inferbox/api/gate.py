@@ -15,9 +15,10 @@ from __future__ import annotations
 import structlog
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from inferbox.api.auditing import SCOPE_KEY
-from inferbox.api.infer import SlotReleasingSend, new_request_id, send_error
+from inferbox.api.infer import SlotReleasingSend, send_error
 from inferbox.errors import InferboxError
+from inferbox.frontend.auditing import SCOPE_KEY
+from inferbox.frontend.calls import new_request_id
 from inferbox.observability import api_metrics
 from inferbox.security.access import access_of
 

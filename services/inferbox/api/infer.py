@@ -22,12 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import itertools
-import os
 import re
-import secrets
 import time
-from typing import NamedTuple
 
 import msgspec
 import structlog
@@ -43,23 +39,18 @@ from inferbox.errors import (
     error_headers,
     problem_body,
 )
+from inferbox.frontend.calls import log_failed_call, new_request_id
 from inferbox.inference.validation import check_declared, check_request
 from inferbox.lanes.client import ClientGone
-from inferbox.lanes.wire import CallHeader
 from inferbox.observability import api_metrics
 from inferbox.observability.exposition import render
 from inferbox.protocol.codec import (
-    InferRequest,
-    OutputTensor,
     decode_infer_request,
     encode_infer_response,
     peek_inputs,
 )
 from inferbox.security.access import NON_CANONICAL_MESSAGE, Access, access_of, canonical
 from inferbox.security.keystore import KeyRecord
-
-# Triton's priority: 0 means "the default", 1 is the highest; larger numbers are lower.
-HIGH_PRIORITY_MAX = 1
 
 log = structlog.get_logger(__name__)
 
@@ -69,21 +60,6 @@ INFER_ROUTE = "/v2/models/{name:str}/infer"
 _JSON = b"application/json"
 _BINARY = b"application/octet-stream"
 _PROBLEM = PROBLEM_JSON.encode()
-
-
-_ids = {"pid": 0, "prefix": "", "count": itertools.count()}
-
-
-def new_request_id() -> str:
-    """A unique request id (32 hex characters): a random prefix per process and a counter.
-
-    Cheaper than ``uuid4`` (a ``getrandom`` call per request), and as unique: the prefix is
-    80 random bits drawn again in every (forked) process.
-    """
-    pid = os.getpid()
-    if _ids["pid"] != pid:
-        _ids.update(pid=pid, prefix=secrets.token_hex(10), count=itertools.count())
-    return f"{_ids['prefix']}{next(_ids['count']):012x}"
 
 
 class SlotReleasingSend:
@@ -215,7 +191,7 @@ class InferenceFastPath:
         except InferboxError as exc:
             status = exc.status
             key_id = key.id if key is not None else getattr(exc, "key_id", None)
-            self._log_failure(exc, spec, name, request_id, time.perf_counter() - started, key_id)
+            log_failed_call(exc, spec, name, request_id, time.perf_counter() - started, key_id)
             if gate is not None and status in (401, 403):
                 await gate.audit_refusal(exc, scope, headers, request_id)
             await send_error(send, exc, request_id)
@@ -242,28 +218,6 @@ class InferenceFastPath:
                     duration_ms=round(elapsed * 1000, 3),
                     api_key_id=key.id if key is not None else None,
                 )
-
-    @staticmethod
-    def _log_failure(
-        exc, spec, name: str, request_id: str, elapsed: float, key_id: str | None
-    ) -> None:
-        """Count a rejection and log the failed request (with its id bound in the context)."""
-        reason = api_metrics.rejection_reason(exc)
-        if reason is not None:
-            api_metrics.REJECTIONS.labels(reason).inc()
-        fields = (
-            {"model": name[:128]} if spec is None else {"model": spec.name, "version": spec.version}
-        )
-        with structlog.contextvars.bound_contextvars(request_id=request_id):
-            (log.warning if exc.status >= 500 else log.info)(
-                "request failed",
-                status=exc.status,
-                reason=reason,
-                error=exc.message,
-                duration_ms=round(elapsed * 1000, 3),
-                api_key_id=key_id,
-                **fields,
-            )
 
 
 async def _send_metrics(send: Send) -> None:
@@ -311,11 +265,8 @@ async def infer(
     send: Send,
     key: KeyRecord | None = None,
 ) -> int:
-    """Run a model on JSON or binary tensors; answer JSON or binary outputs.
-
-    A request without its own ``priority`` (or with 0, Triton's "default") takes its key's,
-    else the model's ``default_priority_level``; none is more urgent than its key's.
-    Returns the status answered: 200, or 499 when the client left before its answer.
+    """Run a model on JSON or binary tensors (``InferenceService.infer``); answer JSON or
+    binary outputs. Returns the status answered: 200, or 499 when the client left before its answer.
     """
     await state.directory.admit(spec)
     try:
@@ -342,7 +293,7 @@ async def infer(
             )
     try:
         # After the body, the next ASGI message can only be the client leaving.
-        answer = await run_request(state, spec, decoded, request_id, key, receive, checked)
+        answer = await state.inference.infer(spec, decoded, request_id, key, receive, checked)
     except ClientGone:
         return 499
     tensors = answer.outputs
@@ -374,77 +325,4 @@ async def infer(
     return 200
 
 
-class Answer(NamedTuple):
-    """The outputs of a call, and what the response cache did for it: ``hit``, ``miss``, or
-    None when the model does not use the cache (the ``X-Inferbox-Cache`` header)."""
-
-    outputs: list[OutputTensor]
-    cache: str | None = None
-
-
 _CACHE_HEADER = {HIT: b"hit", MISS: b"miss"}
-
-
-def _tensors(metas, raws) -> list[OutputTensor]:
-    return [
-        OutputTensor(meta.name, meta.datatype, tuple(meta.shape), raw)
-        for meta, raw in zip(metas, raws, strict=True)
-    ]
-
-
-async def run_request(
-    state,
-    spec,
-    decoded: InferRequest,
-    request_id: str,
-    key: KeyRecord | None = None,
-    receive: Receive | None = None,
-    checked: tuple | None = None,
-) -> Answer:
-    """Check a decoded request against its model, answer it from the response cache or queue
-    it on the model's lane and wait for its outputs: the one inference path of HTTP ``/infer``
-    and gRPC ``ModelInfer``.
-
-    ``receive`` (HTTP) is watched for the client leaving (``ClientGone``); ``checked`` is
-    ``check_request``'s answer when the caller already has it (a large body checked in a thread).
-    A model with ``response_cache`` is looked up first (bounded by the cache's timeout); only a
-    successful answer from the queue is stored.
-    """
-    metas, raws, outputs = checked or check_request(decoded, spec)
-    cache = state.cache if spec.config.response_cache else None
-    probe = None
-    if cache is not None:
-        probe = await cache.lookup(spec, metas, raws, outputs, key.id if key is not None else None)
-        if probe.outputs is not None:
-            return Answer(_tensors(*probe.outputs), HIT)
-
-    if decoded.timeout_us:
-        timeout_s = decoded.timeout_us / 1e6
-    else:
-        timeout_s = (spec.config.timeout_ms or state.settings.default_timeout_ms) / 1000
-    timeout_s = min(timeout_s, state.settings.max_request_timeout_s)
-    floor = key.priority if key is not None else 0
-    priority = decoded.priority or floor or spec.config.default_priority_level
-    if floor and priority < floor:  # a key's priority is the most urgent its calls may claim
-        priority = floor
-    lane = "hi" if priority <= HIGH_PRIORITY_MAX else "lo"
-    call = CallHeader(
-        channel="",
-        token="",
-        deadline=time.time() + timeout_s,
-        inputs=metas,
-        outputs=outputs,
-        request_id=request_id,
-    )
-    reply, out_raws = await state.lane.call(
-        state.redis_keys.stream(spec.name, spec.version, lane),
-        call,
-        raws,
-        max_queue=spec.config.max_queue_size,
-        timeout_s=timeout_s,
-        receive=receive,
-    )
-    if probe is None:
-        return Answer(_tensors(reply.outputs, out_raws))
-    cache.store(probe, reply.outputs, out_raws, reply.spec_tag)
-    return Answer(_tensors(reply.outputs, out_raws), MISS)

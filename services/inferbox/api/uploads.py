@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 
 import multipart
 from litestar import Request
@@ -28,20 +28,33 @@ async def upload_chunks(request: Request) -> AsyncIterator[bytes]:
     boundary = options.get("boundary")
     if not boundary:
         raise BadRequest("multipart/form-data without a boundary")
-    found = False
-    current = None
+    part = _FilePart()
     try:
         with multipart.PushMultipartParser(boundary, max_segment_count=16) as parser:
             async for chunk in request.stream():
-                for event in parser.parse(chunk):
-                    if isinstance(event, multipart.MultipartSegment):
-                        current = event.name
-                        found = found or current == FILE_FIELD
-                    elif event is None:
-                        current = None
-                    elif current == FILE_FIELD:
-                        yield bytes(event)
+                for data in part.data(parser.parse(chunk)):
+                    yield data
     except multipart.MultipartError as exc:
         raise BadRequest(f"malformed multipart body: {exc}") from None
-    if not found:
+    if not part.found:
         raise BadRequest(f"multipart upload without a {FILE_FIELD!r} part")
+
+
+class _FilePart:
+    """Follows the parser's events across network chunks: which part the body is in, and
+    whether a ``file`` part was seen."""
+
+    def __init__(self) -> None:
+        self.found = False
+        self.current: str | None = None
+
+    def data(self, events: Iterable) -> Iterator[bytes]:
+        """The bytes among ``events`` that belong to the ``file`` part, as they come."""
+        for event in events:
+            if isinstance(event, multipart.MultipartSegment):
+                self.current = event.name
+                self.found = self.found or self.current == FILE_FIELD
+            elif event is None:
+                self.current = None
+            elif self.current == FILE_FIELD:
+                yield bytes(event)

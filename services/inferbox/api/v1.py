@@ -10,10 +10,10 @@ from litestar import Controller, Request, Response, delete, get, patch, post, pu
 from litestar.datastructures import State
 from litestar.params import Parameter
 
-from inferbox.api.auditing import actor, audited, visible
 from inferbox.api.responses import json_response as _json
 from inferbox.api.uploads import upload_chunks
 from inferbox.errors import BadRequest
+from inferbox.frontend.auditing import actor, audited, visible
 from inferbox.models.capacity import CapacityCard, propose
 from inferbox.models.catalog import decode_status
 from inferbox.registry.store import ModelVersion

@@ -2,115 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
 from redis.exceptions import RedisError
 
 import inferbox
-from inferbox.api.auditing import audited, visible
 from inferbox.api.responses import json_response as _json
-from inferbox.errors import NotFound, Unavailable
+from inferbox.errors import Unavailable
+from inferbox.frontend.auditing import audited, visible
+from inferbox.frontend.documents import (
+    EXTENSIONS,
+    model_metadata,
+    repository_index,
+    triton_config,
+)
 from inferbox.inference.directory import ModelDirectory
-from inferbox.models.spec import PLATFORM, ModelSpec
-from inferbox.protocol.datatypes import v2_to_triton_config_type
 from inferbox.security.access import OPEN, needs
 
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository"]
-"""Triton protocol extensions this server really implements (and nothing more)."""
-
 JSON = "application/json"
-_encode = msgspec.json.Encoder().encode
 _INFER = needs("infer", model="name")
 _WRITE = needs("models:write", model="name")
-
-
-NOT_HONOURED = "inferbox_not_honoured"
-"""The parameter (in the config, and in the model metadata) naming the config.pbtxt fields
-inferbox does not apply."""
-
-
-def _metadata(spec: ModelSpec, versions: list[ModelSpec]) -> dict:
-    body = {
-        "name": spec.name,
-        "versions": [str(v.version) for v in versions],
-        "platform": PLATFORM,
-        "inputs": [{"name": t.name, "datatype": t.datatype, "shape": t.shape} for t in spec.inputs],
-        "outputs": [
-            {"name": t.name, "datatype": t.datatype, "shape": t.shape} for t in spec.outputs
-        ],
-    }
-    if spec.config.not_honoured:
-        body["parameters"] = {NOT_HONOURED: ", ".join(spec.config.not_honoured)}
-    return body
-
-
-def _from_config_pbtxt(spec: ModelSpec) -> dict:
-    """The imported config.pbtxt (as Triton completes it) with the serving values now in force
-    (a PATCH may have changed them since) and the fields not honoured named."""
-    config = spec.config
-    body = msgspec.json.decode(_encode(config.triton_config))
-    body["max_batch_size"] = config.max_batch_size
-    if "dynamic_batching" in body:
-        batching = body["dynamic_batching"]
-        batching["preferred_batch_size"] = config.preferred_batch_size
-        batching["max_queue_delay_microseconds"] = config.max_queue_delay_microseconds
-    body["response_cache"] = {"enable": config.response_cache}
-    if config.not_honoured:
-        body.setdefault("parameters", {})[NOT_HONOURED] = {
-            "string_value": ", ".join(config.not_honoured)
-        }
-    return body
-
-
-def _triton_config(spec: ModelSpec) -> dict:
-    config = spec.config
-    if config.triton_config:
-        return _from_config_pbtxt(spec)
-    batched = config.max_batch_size > 0
-
-    def dims(shape: list[int]) -> list[int]:
-        # Triton leaves the batch dimension out of dims when the model batches.
-        return shape[1:] if batched else shape
-
-    body = {
-        "name": spec.name,
-        "platform": "onnxruntime_onnx",
-        "backend": "onnxruntime",
-        "version_policy": {"specific": {"versions": [spec.version]}},
-        "max_batch_size": config.max_batch_size,
-        "input": [
-            {
-                "name": t.name,
-                "data_type": v2_to_triton_config_type(t.datatype),
-                "dims": dims(t.shape),
-            }
-            for t in spec.inputs
-        ],
-        "output": [
-            {
-                "name": t.name,
-                "data_type": v2_to_triton_config_type(t.datatype),
-                "dims": dims(t.shape),
-            }
-            for t in spec.outputs
-        ],
-        "instance_group": [{"count": config.instance_count, "kind": "KIND_AUTO"}],  # 0: auto
-        "parameters": {
-            "execution_providers": {"string_value": ",".join(config.execution_providers)},
-            "graph_optimization_level": {"string_value": config.graph_optimization_level},
-        },
-        "response_cache": {"enable": config.response_cache},
-    }
-    if batched:
-        body["dynamic_batching"] = {
-            "preferred_batch_size": config.preferred_batch_size,
-            "max_queue_delay_microseconds": config.max_queue_delay_microseconds,
-            "default_queue_policy": {"max_queue_size": config.max_queue_size},
-        }
-    return body
 
 
 class V2Controller(Controller):
@@ -157,7 +68,7 @@ class V2Controller(Controller):
         spec = await directory.resolve(name, version)
         if spec.error:
             raise Unavailable(f"model {name!r} version {spec.version} is not usable: {spec.error}")
-        return _json(_metadata(spec, await directory.versions(name)))
+        return _json(model_metadata(spec, await directory.versions(name)))
 
     @get(
         ["/models/{name:str}/ready", "/models/{name:str}/versions/{version:str}/ready"],
@@ -185,7 +96,7 @@ class V2Controller(Controller):
         spec = await state.directory.resolve(name, version)
         if spec.error:
             raise Unavailable(f"model {name!r} version {spec.version} is not usable: {spec.error}")
-        return _json(_triton_config(spec))
+        return _json(triton_config(spec))
 
     @post(
         ["/models/{name:str}/infer", "/models/{name:str}/versions/{version:str}/infer"],
@@ -200,32 +111,6 @@ class V2Controller(Controller):
         route's declared access; Litestar itself never sees a canonical ``/infer`` path.
         """
         raise Unavailable("inference is served by the API's fast path, which is not running")
-
-
-async def repository_index(state, shown: Callable[[str], bool]) -> list[dict]:
-    """Every version with its state: READY, LOADING, UNLOADED or UNAVAILABLE (with reason), of
-    the models ``shown`` lets the caller see."""
-    entries = []
-    names = (n.decode() for n in await state.redis.hkeys(state.redis_keys.catalog))
-    for name in sorted(n for n in names if shown(n)):
-        try:
-            versions = await state.directory.versions(name)
-        except NotFound:
-            continue
-        for spec in versions:
-            available = await state.directory.availability(spec)
-            if available.ready:
-                status, reason = "READY", ""
-            elif not spec.loaded:
-                status, reason = "UNLOADED", "unloaded"
-            elif available.reason == "loading":
-                status, reason = "LOADING", ""
-            else:
-                status, reason = "UNAVAILABLE", available.reason or ""
-            entries.append(
-                {"name": name, "version": str(spec.version), "state": status, "reason": reason}
-            )
-    return entries
 
 
 class RepositoryController(Controller):

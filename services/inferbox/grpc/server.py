@@ -4,8 +4,9 @@ The servicer subclasses the base class ``tritonclient.grpc.service_pb2_grpc`` ge
 Triton's own ``grpc_service.proto``, so every RPC and message is Triton's. It is backed by what
 serves HTTP: the same key ``Gate`` (the key travels as ``authorization: Bearer ...`` metadata,
 and each RPC needs what its HTTP route's handler declares, read from that handler with the
-RPC's model name as the path parameter: ``security.access``), the same ``run_request`` (lanes, batching, deadlines, priorities,
-queue limits), the same metrics and logs. Errors are the HTTP errors with their messages,
+RPC's model name as the path parameter: ``security.access``), the same ``InferenceService``
+(lanes, batching, deadlines, priorities, queue limits, the response cache), the same metrics and
+logs. Errors are the HTTP errors with their messages,
 mapped to the protocol's status codes (``STATUS``).
 
 It runs as its own process (``inferbox grpc``) on ``INFERBOX_GRPC_BIND``; nginx terminates TLS
@@ -26,19 +27,20 @@ from redis.exceptions import RedisError
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 import inferbox
-from inferbox.api.auditing import SCOPE_KEY, audited, visible
-from inferbox.api.health import Dependencies, keep_catalog
-from inferbox.api.infer import InferenceFastPath, new_request_id, run_request
-from inferbox.api.v2 import EXTENSIONS, _metadata, _triton_config, repository_index
-from inferbox.cache.client import ResponseCache
 from inferbox.config import Settings
 from inferbox.errors import InferboxError, Unavailable, error_headers
+from inferbox.frontend.auditing import SCOPE_KEY, audited, visible
+from inferbox.frontend.calls import log_failed_call, new_request_id
+from inferbox.frontend.documents import (
+    EXTENSIONS,
+    model_metadata,
+    repository_index,
+    triton_config,
+)
+from inferbox.frontend.wiring import open_serving
 from inferbox.grpc.tensors import decode_request, encode_response
 from inferbox.inference.directory import ModelDirectory
-from inferbox.inference.validation import tensor_limits
-from inferbox.keys import Keys
-from inferbox.lanes.client import InteractiveClient
-from inferbox.models import triton_config
+from inferbox.models.triton_config import from_json as config_message
 from inferbox.observability import api_metrics
 from inferbox.security.access import access_of
 
@@ -250,7 +252,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 raise Unavailable(
                     f"model {request.name!r} version {spec.version} is not usable: {spec.error}"
                 )
-            body = _metadata(spec, await directory.versions(request.name))
+            body = model_metadata(spec, await directory.versions(request.name))
             return service_pb2.ModelMetadataResponse(
                 name=body["name"],
                 versions=body["versions"],
@@ -272,7 +274,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 raise Unavailable(
                     f"model {request.name!r} version {spec.version} is not usable: {spec.error}"
                 )
-            config = triton_config.from_json(_triton_config(spec))
+            config = config_message(triton_config(spec))
             return service_pb2.ModelConfigResponse(config=config)
 
         return await self._serve_model(context, request, "/config", answer, "ModelConfig")
@@ -347,7 +349,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             ):
                 # The client's own gRPC deadline bounds the call's deadline.
                 decoded.timeout_us = max(int(remaining * 1e6), 1)
-            answer = await run_request(state, spec, decoded, call.request_id, key)
+            answer = await state.inference.infer(spec, decoded, call.request_id, key)
             if answer.cache is not None:
                 await context.send_initial_metadata((("x-inferbox-cache", answer.cache),))
             response = encode_response(spec.name, str(spec.version), request.id, answer.outputs)
@@ -356,9 +358,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         except InferboxError as exc:
             status = exc.status
             key_id = key.id if key is not None else getattr(exc, "key_id", None)
-            InferenceFastPath._log_failure(
-                exc, spec, name, call.request_id, time.perf_counter() - started, key_id
-            )
+            log_failed_call(exc, spec, name, call.request_id, time.perf_counter() - started, key_id)
             await self._abort(context, exc, call.request_id)
         except asyncio.CancelledError:
             status = 499
@@ -380,55 +380,14 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
 @contextlib.asynccontextmanager
 async def serving_state(settings: Settings) -> AsyncIterator[SimpleNamespace]:
-    """What the servicer reads, opened as the HTTP API opens it (and closed after)."""
-    from inferbox.api.app import _open_security, redis_client
-    from inferbox.registry.wiring import object_store, registry_service
-
-    client = redis_client(settings.redis_url)
-    keys = Keys(settings.key_prefix)
-    lane = InteractiveClient.from_settings(settings, keys)
-    await lane.start()
-    cache = ResponseCache.from_settings(settings, keys, "infer")
-    if cache is not None:
-        await cache.start()
+    """What the servicer reads: what the HTTP API serves with (``open_serving``), and the
+    HTTP routes, whose handlers declare the access each RPC needs (``security.access``)."""
     from inferbox.api.app import create_app
 
-    state = SimpleNamespace(
-        settings=settings,
-        # Each RPC is admitted as its HTTP route's handler declares (security.access).
-        route_handlers=create_app(settings).route_handler_method_map,
-        limits=tensor_limits(settings),
-        redis=client,
-        redis_keys=keys,
-        lane=lane,
-        cache=cache,
-        directory=ModelDirectory(client, keys, settings.status_cache_s),
-        gate=None,
-        key_cache=None,
-    )
-    objects = object_store(settings)
-    try:
-        await asyncio.to_thread(objects.ensure_bucket)
-        async with registry_service(settings, client, objects) as registry:
-            state.registry = registry
-            await _open_security(
-                SimpleNamespace(state=state), settings, client, keys, registry.store.pool
-            )
-            state.dependencies = Dependencies(
-                registry.store.pool, settings.s3_endpoint, s3_secure=settings.s3_secure
-            )
-            keeper = asyncio.create_task(keep_catalog(registry, client, keys, state.directory))
-            try:
-                yield state
-            finally:
-                keeper.cancel()
-                if state.key_cache is not None:
-                    await state.key_cache.close()
-    finally:
-        if cache is not None:
-            await cache.close()
-        await lane.close()
-        await client.aclose()
+    async with open_serving(settings) as serving:
+        yield SimpleNamespace(
+            **vars(serving), route_handlers=create_app(settings).route_handler_method_map
+        )
 
 
 def create_server(

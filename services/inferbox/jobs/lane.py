@@ -25,6 +25,7 @@ from rq.timeouts import TimerDeathPenalty
 from inferbox.cache.client import ResponseCache
 from inferbox.config import Settings
 from inferbox.inference.directory import ModelDirectory
+from inferbox.inference.service import InferenceService
 from inferbox.jobs import execution
 from inferbox.jobs.reconciler import Reconciler
 from inferbox.jobs.runner import JobRunner
@@ -198,11 +199,15 @@ class JobLane:
                 settings,
                 store,
                 objects,
-                lane,
-                ModelDirectory(client, self.keys, settings.status_cache_s),
+                InferenceService.from_settings(
+                    settings,
+                    lane,
+                    ModelDirectory(client, self.keys, settings.status_cache_s),
+                    self.keys,
+                    cache,
+                ),
                 self.owner,
                 requeue=reconciler.enqueue,
-                cache=cache,
             )
             sweeping = asyncio.create_task(reconciler.run(self._stop))
             self._ready.set()

@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import structlog
 
-from inferbox.cache.client import ResponseCache
 from inferbox.config import Settings
 from inferbox.errors import (
     BadRequest,
@@ -33,14 +32,11 @@ from inferbox.errors import (
     NotFound,
     Unavailable,
 )
-from inferbox.inference.directory import ModelDirectory
+from inferbox.inference.service import InferenceService
 from inferbox.inference.validation import check_request, tensor_limits
 from inferbox.jobs.inputs import RowReader
 from inferbox.jobs.store import CANCELLED, FAILED, SUCCEEDED, Job, JobStore
 from inferbox.jobs.tensors import OutputJoiner, SpooledOutputs, chunk_call, to_array
-from inferbox.keys import Keys
-from inferbox.lanes.client import InteractiveClient
-from inferbox.lanes.wire import CallHeader
 from inferbox.models.spec import ModelSpec
 from inferbox.observability import worker_metrics as metrics
 from inferbox.protocol.codec import (
@@ -107,24 +103,21 @@ class JobRunner:
         settings: Settings,
         store: JobStore,
         objects: ObjectStore,
-        lane: InteractiveClient,
-        directory: ModelDirectory,
+        inference: InferenceService,
         owner: str,
         requeue: Callable[[uuid.UUID], Awaitable[None]],
-        cache: ResponseCache | None = None,
     ):
-        """``requeue`` puts a job handed back by this runner on the queue again; ``cache``
-        (source ``job``) answers a chunk of a model with ``response_cache`` when it holds the
-        answer, and keeps the answers computed for the others."""
+        """``inference`` runs the chunks (its response cache, source ``job``, answers a chunk
+        of a model with ``response_cache`` when it holds the answer and keeps the answers
+        computed for the others); ``requeue`` puts a job handed back by this runner on the
+        queue again."""
         self.settings = settings
         self.store = store
         self.objects = objects
-        self.lane = lane
-        self.directory = directory
-        self.keys = Keys(settings.key_prefix)
+        self.inference = inference
+        self.directory = inference.directory
         self.owner = owner
         self.requeue = requeue
-        self.cache = cache
         self.stopping = asyncio.Event()
         self.active = 0
         """Jobs running now."""
@@ -381,41 +374,26 @@ class JobRunner:
             task.result()
 
     async def _call(self, job: Job, spec: ModelSpec, metas, raws):
-        """One chunk: from the response cache when the model uses it and holds the answer
-        (with the job's key as the namespace where entries are per key), else on the low lane,
-        where queue-full and deadline misses are tried again."""
-        probe = None
-        if self.cache is not None and spec.config.response_cache:
-            try:
-                await self.directory.admit(spec)
-            except Unavailable:
-                pass  # not served now (unloaded...): the queue's path says what follows
-            else:
-                probe = await self.cache.lookup(spec, metas, raws, None, job.api_key_id)
-                if probe.outputs is not None:
-                    return probe.outputs
-        reply, out_raws = await self._queue(job, spec, metas, raws)
-        if probe is not None:
-            self.cache.store(probe, reply.outputs, out_raws, reply.spec_tag)
-        return reply.outputs, out_raws
-
-    async def _queue(self, job: Job, spec: ModelSpec, metas, raws):
-        """One chunk on the low lane; queue-full and deadline misses are tried again."""
+        """One chunk on the low lane (``InferenceService.compute``: from the response cache
+        when the model uses it and holds the answer, with the job's key as the namespace where
+        entries are per key); queue-full and deadline misses are tried again."""
         timeout = self.settings.jobs_chunk_timeout_s
-        stream = self.keys.stream(spec.name, spec.version, "lo")
         for attempt in range(1, _CHUNK_TRIES + 1):
             try:
-                await self.directory.admit(spec)
-                header = CallHeader(
-                    channel="",
-                    token="",
-                    deadline=time.time() + timeout,
-                    inputs=metas,
+                # Checked on every try: an unloaded version's answers are not served, cached
+                # or not.
+                await self.inference.directory.admit(spec)
+                out_metas, out_raws, _ = await self.inference.compute(
+                    spec,
+                    metas,
+                    raws,
+                    None,
                     request_id=job.request_id,
+                    lane="lo",
+                    timeout_s=timeout,
+                    namespace=job.api_key_id,
                 )
-                return await self.lane.call(
-                    stream, header, raws, max_queue=spec.config.max_queue_size, timeout_s=timeout
-                )
+                return out_metas, out_raws
             except (DeadlineExceeded, Unavailable) as exc:
                 if isinstance(exc, Unavailable) and "unloaded" in exc.message:
                     raise JobFailed(exc.message) from None
