@@ -19,6 +19,7 @@ from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
 
 import inferbox
 from inferbox.api.admin import AuditController, KeysController
+from inferbox.api.dependencies import DEPENDENCIES
 from inferbox.api.gate import GateMiddleware
 from inferbox.api.infer import InferenceFastPath
 from inferbox.api.jobs import JobsController, JobSubmitController
@@ -140,6 +141,7 @@ def create_app(settings: Settings) -> Litestar:
         ],
         state=State({"gate": None, "key_cache": None, "dependencies": None}),
         lifespan=[lifespan],
+        dependencies=DEPENDENCIES,
         logging_config=None,
         exception_handlers={
             InferboxError: _inferbox_error,

@@ -1,21 +1,34 @@
 """The control plane (``/v1``): models, versions, aliases, traffic split and config.
 
-Errors are RFC 9457 problem details (rendered in ``inferbox.api.app``).
+Handlers get their services by dependency injection (``api.dependencies``) and answer typed
+structs (``api.schemas``). Errors are RFC 9457 problem details (rendered in ``inferbox.api.app``).
 """
 
 from __future__ import annotations
 
 import msgspec
+import redis.asyncio as aioredis
 from litestar import Controller, Request, Response, delete, get, patch, post, put
-from litestar.datastructures import State
 from litestar.params import Parameter
 
-from inferbox.api.responses import json_response as _json
+from inferbox.api.schemas import (
+    AliasTarget,
+    AliasView,
+    CapacityView,
+    ModelEntry,
+    ModelList,
+    ModelView,
+    TrafficSplit,
+    TrafficView,
+    VersionView,
+)
 from inferbox.api.uploads import upload_chunks
 from inferbox.errors import BadRequest
 from inferbox.frontend.auditing import actor, audited, visible
+from inferbox.keys import Keys
 from inferbox.models.capacity import CapacityCard, propose
 from inferbox.models.catalog import decode_status
+from inferbox.registry.service import RegistryService
 from inferbox.registry.store import ModelVersion
 from inferbox.security.access import needs
 
@@ -23,21 +36,9 @@ _READ = needs(None, model="name")
 _WRITE = needs("models:write", model="name")
 
 
-class AliasTarget(msgspec.Struct):
-    """Body of ``PUT /v1/models/{name}/aliases/{alias}``."""
-
-    version: int
-
-
-class TrafficSplit(msgspec.Struct):
-    """Body of ``PUT /v1/models/{name}/traffic``: version -> weight (empty clears the split)."""
-
-    weights: dict[int, int]
-
-
-async def _workers(state: State, name: str) -> dict[int, dict[str, dict]]:
+async def _workers(redis: aioredis.Redis, keys: Keys, name: str) -> dict[int, dict[str, dict]]:
     """Per version, each worker's state (``ready``, ``loading``, ``failed``) as it reports it."""
-    raw = await state.redis.hgetall(state.redis_keys.status(name))
+    raw = await redis.hgetall(keys.status(name))
     result: dict[int, dict[str, dict]] = {}
     for field, value in raw.items():
         version, _, worker = field.decode().partition("/")
@@ -46,24 +47,18 @@ async def _workers(state: State, name: str) -> dict[int, dict[str, dict]]:
     return result
 
 
-async def _capacity(state: State, version: ModelVersion) -> dict | None:
+async def _capacity(
+    redis: aioredis.Redis, keys: Keys, registry: RegistryService, version: ModelVersion
+) -> dict | None:
     """The stored card, or the one a worker just measured (then stored)."""
     if version.capacity is not None:
         return version.capacity
-    raw = await state.redis.hget(state.redis_keys.capacity, f"{version.model}/{version.version}")
+    raw = await redis.hget(keys.capacity, f"{version.model}/{version.version}")
     if raw is None:
         return None
     card = msgspec.json.decode(raw)
-    await state.registry.store.set_capacity(version.model, version.version, card)
+    await registry.store.set_capacity(version.model, version.version, card)
     return card
-
-
-def _version_view(version: ModelVersion, workers: dict, capacity: dict | None) -> dict:
-    view = msgspec.to_builtins(version)
-    view["name"] = view.pop("model")
-    view["workers"] = workers.get(version.version, {})
-    view["capacity"] = capacity
-    return view
 
 
 class ModelsController(Controller):
@@ -73,42 +68,42 @@ class ModelsController(Controller):
     tags = ["models"]
 
     @get("", opt=needs(None))
-    async def list_models(self, request: Request, state: State) -> Response:
+    async def list_models(self, request: Request, registry: RegistryService) -> ModelList:
         """Every model: versions, aliases and the newest ready version (a key limited to some
         models sees those only)."""
         models = []
-        for summary in await state.registry.store.list_models():
+        for summary in await registry.store.list_models():
             if not visible(request, summary.name):
                 continue
-            model = await state.registry.store.get_model(summary.name)
+            model = await registry.store.get_model(summary.name)
             models.append(
-                {
-                    "name": summary.name,
-                    "versions": [v.version for v in model.versions if v.state != "deleted"],
-                    "latest_ready": summary.latest_ready,
-                    "aliases": summary.aliases,
-                    "created_at": summary.created_at.isoformat(),
-                }
+                ModelEntry(
+                    name=summary.name,
+                    versions=[v.version for v in model.versions if v.state != "deleted"],
+                    latest_ready=summary.latest_ready,
+                    aliases=summary.aliases,
+                    created_at=summary.created_at.isoformat(),
+                )
             )
-        return _json({"models": models})
+        return ModelList(models=models)
 
     @get("/{name:str}", opt=_READ)
-    async def show_model(self, state: State, name: str) -> Response:
+    async def show_model(
+        self, registry: RegistryService, redis: aioredis.Redis, redis_keys: Keys, name: str
+    ) -> ModelView:
         """A model with every version, its state on each worker, aliases and traffic split."""
-        model = await state.registry.store.get_model(name)
-        workers = await _workers(state, name)
-        return _json(
-            {
-                "name": model.name,
-                "created_at": model.created_at.isoformat(),
-                "aliases": {a.name: a.version for a in model.aliases},
-                "traffic": {t.version: t.weight for t in model.traffic},
-                "versions": [
-                    _version_view(v, workers, v.capacity)
-                    for v in model.versions
-                    if v.state != "deleted"
-                ],
-            }
+        model = await registry.store.get_model(name)
+        workers = await _workers(redis, redis_keys, name)
+        return ModelView(
+            name=model.name,
+            created_at=model.created_at.isoformat(),
+            aliases={a.name: a.version for a in model.aliases},
+            traffic={t.version: t.weight for t in model.traffic},
+            versions=[
+                VersionView.of(v, workers, v.capacity)
+                for v in model.versions
+                if v.state != "deleted"
+            ],
         )
 
     # No body limit here: the upload is streamed to disk and spool() enforces max_model_bytes.
@@ -116,7 +111,7 @@ class ModelsController(Controller):
     async def push(
         self,
         request: Request,
-        state: State,
+        registry: RegistryService,
         name: str,
         alias: str | None = None,
         config: str | None = Parameter(
@@ -126,7 +121,7 @@ class ModelsController(Controller):
             default=None,
             description="text of the model's Triton config.pbtxt, applied before config",
         ),
-    ) -> Response:
+    ) -> Response[VersionView]:
         """Upload a new version (raw body, or multipart with a ``file`` part); 201 when stored."""
         overrides = None
         if config:
@@ -137,7 +132,7 @@ class ModelsController(Controller):
             if not isinstance(overrides, dict):
                 raise BadRequest("config must be a JSON object")
         async with audited(request, "model.upload", name, alias=alias) as details:
-            version = await state.registry.push(
+            version = await registry.push(
                 name,
                 upload_chunks(request),
                 alias=alias,
@@ -146,73 +141,101 @@ class ModelsController(Controller):
                 created_by=actor(request),
             )
             details.update(version=version.version, sha256=version.sha256, size=version.size)
-        response = _json(_version_view(version, {}, None), 201)
-        response.headers["Location"] = f"/v1/models/{name}/versions/{version.version}"
-        return response
+        return Response(
+            VersionView.of(version, {}, None),
+            status_code=201,
+            headers={"Location": f"/v1/models/{name}/versions/{version.version}"},
+        )
 
     @get("/{name:str}/versions/{version:int}", opt=_READ)
-    async def show_version(self, state: State, name: str, version: int) -> Response:
+    async def show_version(
+        self,
+        registry: RegistryService,
+        redis: aioredis.Redis,
+        redis_keys: Keys,
+        name: str,
+        version: int,
+    ) -> VersionView:
         """One version with its state on each worker and its capacity card."""
-        found = await state.registry.store.get_version(name, version)
-        return _json(
-            _version_view(found, await _workers(state, name), await _capacity(state, found))
+        found = await registry.store.get_version(name, version)
+        return VersionView.of(
+            found,
+            await _workers(redis, redis_keys, name),
+            await _capacity(redis, redis_keys, registry, found),
         )
 
     @get("/{name:str}/versions/{version:int}/capacity", opt=_READ)
     async def capacity(
         self,
-        state: State,
+        registry: RegistryService,
+        redis: aioredis.Redis,
+        redis_keys: Keys,
         name: str,
         version: int,
         latency_ms: float | None = Parameter(default=None, gt=0, le=600_000),
-    ) -> Response:
+    ) -> CapacityView:
         """The capacity card, and batching knobs proposed for ``latency_ms`` when given."""
-        found = await state.registry.store.get_version(name, version)
-        card = await _capacity(state, found)
+        found = await registry.store.get_version(name, version)
+        card = await _capacity(redis, redis_keys, registry, found)
         if card is None:
-            return _json({"card": None, "proposal": None})
+            return CapacityView(card=None, proposal=None)
         proposal = None
         if latency_ms is not None:
             proposal = msgspec.to_builtins(propose(msgspec.convert(card, CapacityCard), latency_ms))
-        return _json({"card": card, "proposal": proposal})
+        return CapacityView(card=card, proposal=proposal)
 
     @patch("/{name:str}/versions/{version:int}/config", opt=_WRITE)
     async def update_config(
-        self, request: Request, state: State, name: str, version: int, data: dict[str, object]
-    ) -> Response:
+        self,
+        request: Request,
+        registry: RegistryService,
+        redis: aioredis.Redis,
+        redis_keys: Keys,
+        name: str,
+        version: int,
+        data: dict[str, object],
+    ) -> VersionView:
         """Change serving config fields; workers reload the version with them."""
         async with audited(request, "model.config", f"{name}/{version}", fields=sorted(data)):
-            updated = await state.registry.update_config(name, version, data)
-        return _json(_version_view(updated, await _workers(state, name), updated.capacity))
+            updated = await registry.update_config(name, version, data)
+        workers = await _workers(redis, redis_keys, name)
+        return VersionView.of(updated, workers, updated.capacity)
 
     @delete("/{name:str}/versions/{version:int}", status_code=204, opt=_WRITE)
     async def delete_version(
-        self, request: Request, state: State, name: str, version: int, force: bool = False
+        self,
+        request: Request,
+        registry: RegistryService,
+        name: str,
+        version: int,
+        force: bool = False,
     ) -> None:
         """Delete a version; refused (409) while an alias or the split uses it, unless forced."""
         async with audited(request, "model.delete", f"{name}/{version}", force=force):
-            await state.registry.delete_version(name, version, force=force)
+            await registry.delete_version(name, version, force=force)
 
     @put("/{name:str}/aliases/{alias:str}", opt=_WRITE)
     async def set_alias(
-        self, request: Request, state: State, name: str, alias: str, data: AliasTarget
-    ) -> Response:
+        self, request: Request, registry: RegistryService, name: str, alias: str, data: AliasTarget
+    ) -> AliasView:
         """Create or move an alias to a ready version."""
         async with audited(request, "alias.set", f"{name}:{alias}", version=data.version):
-            result = await state.registry.set_alias(name, alias, data.version)
-        return _json({"name": name, "alias": result.name, "version": result.version})
+            result = await registry.set_alias(name, alias, data.version)
+        return AliasView(name=name, alias=result.name, version=result.version)
 
     @delete("/{name:str}/aliases/{alias:str}", status_code=204, opt=_WRITE)
-    async def delete_alias(self, request: Request, state: State, name: str, alias: str) -> None:
+    async def delete_alias(
+        self, request: Request, registry: RegistryService, name: str, alias: str
+    ) -> None:
         """Remove an alias."""
         async with audited(request, "alias.delete", f"{name}:{alias}"):
-            await state.registry.delete_alias(name, alias)
+            await registry.delete_alias(name, alias)
 
     @put("/{name:str}/traffic", opt=_WRITE)
     async def set_traffic(
-        self, request: Request, state: State, name: str, data: TrafficSplit
-    ) -> Response:
+        self, request: Request, registry: RegistryService, name: str, data: TrafficSplit
+    ) -> TrafficView:
         """Share unversioned calls between versions by weight (a canary); ``{}`` clears it."""
         async with audited(request, "model.traffic", name, weights=data.weights):
-            shares = await state.registry.set_traffic(name, data.weights)
-        return _json({"name": name, "weights": {s.version: s.weight for s in shares}})
+            shares = await registry.set_traffic(name, data.weights)
+        return TrafficView(name=name, weights={s.version: s.weight for s in shares})
