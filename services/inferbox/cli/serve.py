@@ -34,7 +34,7 @@ def grpc_server(settings: Settings) -> None:
 @click.pass_obj
 def worker(settings: Settings) -> None:
     """Run a worker: load the catalog's models and serve their queues."""
-    from inferbox.worker.main import Worker
+    from inferbox.worker.main import local_worker
 
     configure_logging("worker", settings.log_level, settings.log_format)
     # A worker is one process: its metrics live in memory even if the API's multiprocess
@@ -44,7 +44,7 @@ def worker(settings: Settings) -> None:
     from inferbox.worker.runtime import CudaUnavailable
 
     try:
-        running = Worker(settings, objects=object_store(settings))
+        running = local_worker(settings, objects=object_store(settings))
     except CudaUnavailable as exc:
         # Before the metrics port opens: the container exits and its healthcheck never passes.
         raise click.ClickException(str(exc)) from None
@@ -76,14 +76,14 @@ def ray_worker(settings: Settings) -> None:
     """
     # Imported here: Ray is an optional extra, and only this command needs it.
     from inferbox.registry.wiring import object_store
-    from inferbox.scaleout.driver import RayWorker, connect
+    from inferbox.scaleout import driver
     from inferbox.scaleout.settings import RaySettings
 
     configure_logging("ray-worker", settings.log_level, settings.log_format)
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     ray_settings = RaySettings()
-    connect(ray_settings)
-    running = RayWorker(settings, ray_settings, objects=object_store(settings))
+    driver.connect(ray_settings)
+    running = driver.ray_worker(settings, ray_settings, objects=object_store(settings))
     if settings.worker_metrics_port:
         from prometheus_client import REGISTRY, start_http_server
 

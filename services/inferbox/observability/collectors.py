@@ -27,7 +27,8 @@ def _existing(path: Path) -> Path:
 
 
 class WorkerCollector:
-    """A prometheus-client collector over one ``inferbox.worker.main.Worker``."""
+    """A prometheus-client collector over one worker process (a ``CatalogFollower``, local or
+    on Ray: its id, its host's device and servers, its Redis client)."""
 
     def __init__(self, worker) -> None:
         self.worker = worker
@@ -39,10 +40,10 @@ class WorkerCollector:
             "This worker's id and device (always 1).",
             labels=["worker", "device"],
         )
-        info.add_metric([worker.id, str(worker.device)], 1)
+        info.add_metric([worker.id, str(worker.host.device)], 1)
         yield info
 
-        served = [(key, server.spec) for key, server in list(worker.servers.items())]
+        served = [(key, server.spec) for key, server in list(worker.host.servers.items())]
         depth = GaugeMetricFamily(
             "inferbox_queue_depth",
             "Calls queued or running per served model version and lane (hi, lo).",

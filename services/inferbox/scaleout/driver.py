@@ -17,7 +17,7 @@ import redis
 import structlog
 
 from inferbox.config import Settings
-from inferbox.models.catalog import FAILED, LOADING, READY, servable_versions
+from inferbox.models.catalog import FAILED, LOADING, READY
 from inferbox.models.spec import ModelSpec
 from inferbox.observability import worker_metrics
 from inferbox.scaleout import metrics
@@ -26,12 +26,10 @@ from inferbox.scaleout.pool import ActorGone, ActorPool, NoCapacity, Slot
 from inferbox.scaleout.remote import RayModelServer, RemoteModel
 from inferbox.scaleout.scaler import Autoscaler
 from inferbox.scaleout.settings import RaySettings
-from inferbox.worker.main import Worker
-from inferbox.worker.model_cache import Fetcher
+from inferbox.worker.follower import CatalogFollower, Key, VersionBook
+from inferbox.worker.model_cache import Fetcher, ModelCache
 
 log = structlog.get_logger(__name__)
-
-Key = tuple[str, int]
 
 
 def connect(ray_settings: RaySettings) -> None:
@@ -52,25 +50,43 @@ def _resources() -> dict:
     return {"cluster_cpus": total.get("CPU", 0), "cluster_gpus": total.get("GPU", 0)}
 
 
-class RayWorker(Worker):
-    """A worker whose batches run on Ray actors; one process drives every actor."""
+def ray_worker(
+    settings: Settings,
+    ray_settings: RaySettings,
+    client: redis.Redis | None = None,
+    objects: Fetcher | None = None,
+) -> CatalogFollower:
+    """The worker ``inferbox ray-worker`` runs: the local worker's catalog following, state
+    reports and ``want:`` events (``CatalogFollower``), over actors instead of sessions."""
+    book = VersionBook(settings, client or redis.Redis.from_url(settings.redis_url))
+    return CatalogFollower(settings, book, RayHost(settings, ray_settings, book, objects))
+
+
+class RayHost:
+    """Versions on Ray actors; this process (the driver) holds no session, only the batch
+    threads that read the queues and hand batches to the actors."""
 
     def __init__(
         self,
         settings: Settings,
         ray_settings: RaySettings,
-        client: redis.Redis | None = None,
+        book: VersionBook,
         objects: Fetcher | None = None,
     ):
-        super().__init__(settings, client, objects)
+        self.settings = settings
         self.ray_settings = ray_settings
-        # What the actors run on (the driver itself holds no session).
+        self.book = book
+        self.servers: dict[Key, RayModelServer] = {}
+        # What the actors run on.
         self.device = "cuda" if ray_settings.actor_gpus else "cpu"
+        self.cache = ModelCache(
+            settings.worker_cache_dir, objects, local_paths=settings.worker_local_model_paths
+        )
         self.pool = ActorPool(
             ray_settings,
             settings.worker_memory_budget_bytes,
             str(settings.worker_cache_dir),
-            label=f"{settings.key_prefix}/{self.id}",
+            label=f"{settings.key_prefix}/{book.worker_id}",
         )
         self.scaler = Autoscaler(
             ray_settings.min_actors,
@@ -87,31 +103,27 @@ class RayWorker(Worker):
         self._refused: set[tuple[str, Key]] = set()
         metrics.ACTORS_TARGET.set(self.target)
 
-    def _check_memory(self) -> None:
-        """Nothing to recycle here: sessions, and their arenas, live in the actors."""
+    def outgrown(self) -> bool:
+        """Never: sessions, and their arenas, live in the actors."""
+        return False
 
-    def shutdown(self) -> None:
+    def close(self) -> None:
         """Stop the batch threads, then the actors."""
-        super().shutdown()
+        for server in self.servers.values():
+            server.stopping.set()
+        for key in list(self.servers):
+            self.release(key)
         for slot in list(self.pool.slots.values()):
             self.pool.remove(slot)
 
-    # -- following the catalog and the load --------------------------------------------------
-
-    def sync(self) -> None:
-        """Keep the actor count on target, then place what the catalog wants."""
+    def prepare(self) -> None:
+        """Keep the actor count on target before the catalog's versions are placed."""
         self._supervise()
-        desired = servable_versions(self.client, self.keys)
-        for key in [k for k in self.specs if desired.get(k) != self.specs[k]]:
-            self._unload(key)
-        self.wanted &= set(desired)
-        try:
-            for key, spec in sorted(desired.items(), key=lambda kv: self._priority(*kv)):
-                if self.failed.get(key) == spec:
-                    continue
-                self._place(key, spec)
-        finally:
-            self._blobs.clear()
+
+    def settle(self) -> None:
+        """Forget this sync's model files in the object store; batch threads follow the
+        number of actors holding each version."""
+        self._blobs.clear()
         for key in self.models:
             metrics.REPLICAS.labels(key[0], str(key[1])).set(len(self.pool.holders(key)))
             self.servers[key].follow(len(self.pool.holders(key)))
@@ -175,7 +187,7 @@ class RayWorker(Worker):
             if len(homes) < len(alone):
                 continue
             for key, home in homes.items():
-                if not self._load_on(home, key, self.specs[key]):
+                if not self._load_on(home, key, self.book.specs[key]):
                     return False
             self.pool.drain(slot)
             self.pool.remove(slot)
@@ -183,17 +195,17 @@ class RayWorker(Worker):
         log.warning("no actor can be removed: their models fit nowhere else")
         return False
 
-    def _place(self, key: Key, spec: ModelSpec) -> None:
+    def place(self, key: Key, spec: ModelSpec) -> None:
         """At least one actor holds the version; every other actor with room holds a copy."""
-        estimate = self.measured.get(key, spec.size)
+        estimate = self.book.measured.get(key, spec.size)
         live = self.pool.live()
         if not self.pool.holders(key):
-            on_demand = key in self.wanted
+            on_demand = key in self.book.wanted
             choice = choose(
                 {s.name: s.residency for s in live},
                 estimate,
                 evict=on_demand,
-                busy=lambda k: self._busy(k) and len(self.pool.holders(k)) <= 1,
+                busy=lambda k: self.book.busy(k) and len(self.pool.holders(k)) <= 1,
             )
             if choice is None:
                 if on_demand and live:
@@ -205,18 +217,20 @@ class RayWorker(Worker):
                 self._drop(slot, victim, reason="evicted to make room")
             if not self._load_on(slot, key, spec):
                 return
-            self.wanted.discard(key)
+            self.book.wanted.discard(key)
         for slot in self.pool.live():
             if (slot.name, key) in self._refused:
                 continue
-            if key not in slot.models and fits(slot.residency, self.measured.get(key, estimate)):
+            if key not in slot.models and fits(
+                slot.residency, self.book.measured.get(key, estimate)
+            ):
                 self._load_on(slot, key, spec)
 
     def _load_on(self, slot: Slot, key: Key, spec: ModelSpec) -> bool:
         first = key not in self.servers
         if first:
-            self.specs[key] = spec
-            self._set_state(key, LOADING)
+            self.book.specs[key] = spec
+            self.book.set_state(key, LOADING)
         try:
             answer = self.pool.load(slot, spec, self._blob(spec))
         except ActorGone:
@@ -228,11 +242,11 @@ class RayWorker(Worker):
             )
             self._refused.add((slot.name, key))  # no copy there again until the spec changes
             if not self.pool.holders(key):
-                self.failed[key] = spec
-                self._set_state(key, FAILED, reason)
+                self.book.failed[key] = spec
+                self.book.set_state(key, FAILED, reason)
             return False
-        self.failed.pop(key, None)
-        self.measured[key] = answer["size"]
+        self.book.failed.pop(key, None)
+        self.book.measured[key] = answer["size"]
         worker_metrics.LOAD_SECONDS.labels(key[0], str(key[1])).observe(answer["load_seconds"])
         log.info(
             "model resident",
@@ -244,8 +258,8 @@ class RayWorker(Worker):
         )
         if key not in self.servers:
             self._serve(key, spec, answer)
-        elif self.states.get(key) is None or self.states[key].state != READY:
-            self._set_state(key, READY, providers=answer["providers"])
+        elif self.book.states.get(key) is None or self.book.states[key].state != READY:
+            self.book.set_state(key, READY, providers=answer["providers"])
         self.servers[key].follow(len(self.pool.holders(key)))
         return True
 
@@ -261,9 +275,9 @@ class RayWorker(Worker):
         )
         server = RayModelServer(
             model,
-            self.client,
-            self.keys,
-            self.id,
+            self.book.client,
+            self.book.keys,
+            self.book.worker_id,
             block_ms=self.settings.worker_block_ms,
             claim_idle_ms=self.settings.worker_claim_idle_ms,
             device=self.device,
@@ -275,7 +289,7 @@ class RayWorker(Worker):
         self.models[key] = model
         self.servers[key] = server
         worker_metrics.MODELS_RESIDENT.set(len(self.servers))
-        self._set_state(key, READY, providers=answer["providers"])
+        self.book.set_state(key, READY, providers=answer["providers"])
 
     def _blob(self, spec: ModelSpec):
         """The model file in Ray's object store (once per sync), from the local cache."""
@@ -287,17 +301,18 @@ class RayWorker(Worker):
     def _missing(self, key: Key) -> None:
         """A batch waits for a version no live actor holds: ask for it as the API would."""
         with contextlib.suppress(redis.RedisError):
-            self.client.publish(self.keys.events, f"want:{key[0]}:{key[1]}")
+            self.book.client.publish(self.book.keys.events, f"want:{key[0]}:{key[1]}")
 
     def _drop(self, slot: Slot, key: Key, reason: str) -> None:
         """Unload a version from one actor; with its last copy gone it stops being served."""
         self.pool.unload(slot, key)
         if not self.pool.holders(key):
-            self._unload(key, reason=reason)
-            if self._busy(key):
-                self.wanted.add(key)  # a call slipped in meanwhile: bring it back
+            self.release(key, reason=reason)
+            if self.book.busy(key):
+                self.book.wanted.add(key)  # a call slipped in meanwhile: bring it back
 
-    def _unload(self, key: Key, reason: str = "unloaded") -> None:
+    def release(self, key: Key, reason: str = "unloaded") -> None:
+        """Stop serving the version: its batch threads, and its copy on every actor."""
         model = self.models.pop(key, None)
         if model is not None:
             model.withdrawn.set()
@@ -307,12 +322,7 @@ class RayWorker(Worker):
         for slot in list(self.pool.slots.values()):
             if key in slot.models:
                 self.pool.unload(slot, key)
-        self.specs.pop(key, None)
         self._refused = {(actor, k) for actor, k in self._refused if k != key}
-        with self._lock:
-            self.states.pop(key, None)
         worker_metrics.MODELS_RESIDENT.set(len(self.servers))
         metrics.REPLICAS.labels(key[0], str(key[1])).set(0)
-        with contextlib.suppress(redis.RedisError):
-            self.client.hdel(self.keys.status(key[0]), f"{key[1]}/{self.id}")
-        log.info("model unloaded", model=key[0], version=key[1], reason=reason)
+        self.book.forget(key, reason)
