@@ -43,6 +43,11 @@ class Keys:
         """Hash: ``<version>/<worker id>`` -> JSON ``VersionStatus``."""
         return f"{self.prefix}:status:{model}"
 
+    def statistics(self, model: str) -> str:
+        """Hash: ``<version>/<worker id>`` -> JSON inference statistics of that worker
+        (``worker.statistics.Snapshot``), refreshed by its heartbeat."""
+        return f"{self.prefix}:stats:{model}"
+
     def stream(self, model: str, version: int, lane: str) -> str:
         """Stream of queued synchronous calls for one model version and lane."""
         return f"{self.prefix}:q:{model}:{version}:{lane}"

@@ -39,6 +39,7 @@ def test_server_health_and_metadata(client):
         "binary_tensor_data",
         "model_configuration",
         "model_repository",
+        "statistics",
     }
 
 

@@ -343,3 +343,50 @@ def test_calls_are_counted_like_http_ones(served, client, auth):
         and 'status="200"' in line
     ]
     assert lines and float(lines[0].rsplit(" ", 1)[1]) >= 1
+
+
+def _counted(document: dict) -> tuple[int, int, int]:
+    """Rows, successful requests and batches in a one-version statistics document (protobuf's
+    JSON form: 64-bit numbers as strings, zeros left out)."""
+    (entry,) = document["model_stats"]
+    success = entry.get("inference_stats", {}).get("success", {})
+    return (
+        int(entry.get("inference_count", 0)),
+        int(success.get("count", 0)),
+        int(entry.get("execution_count", 0)),
+    )
+
+
+def test_statistics_count_the_calls_over_grpc_and_http(client, auth, served):
+    def stats():
+        return client.get_inference_statistics("batched", "1", headers=auth, as_json=True)
+
+    rows, calls, batches = _counted(stats())
+    rng = np.random.default_rng()
+    for _ in range(4):  # random inputs: the response cache (on for this model) never answers
+        item = grpcclient.InferInput("x", [3, 16], "FP32")
+        item.set_data_from_numpy(rng.standard_normal((3, 16)).astype(np.float32))
+        client.infer("batched", [item], model_version="1", headers=auth)
+    wait_for(
+        lambda: _counted(stats())[:2] >= (rows + 12, calls + 4),
+        15,
+        "the calls to reach the statistics",
+    )
+    assert _counted(stats())[2] > batches
+    (entry,) = stats()["model_stats"]
+    assert entry["name"] == "batched" and entry["version"] == "1"
+    assert int(entry["inference_stats"]["compute_infer"]["ns"]) > 0
+    assert entry["batch_stats"] and int(entry["last_inference"]) > 0
+    # Every model the key may call, and the same counts over HTTP in Triton's JSON form.
+    every = client.get_inference_statistics("", headers=auth, as_json=True)["model_stats"]
+    assert {"batched", "rows"} <= {e["name"] for e in every}
+    with httpclient.InferenceServerClient(served.appliance.url.removeprefix("http://")) as http:
+        body = http.get_inference_statistics(
+            "batched", "1", headers={"Authorization": auth["authorization"]}
+        )
+    (over_http,) = body["model_stats"]
+    assert over_http["inference_count"] >= rows + 12
+    assert over_http["inference_stats"]["success"]["count"] >= calls + 4
+    with pytest.raises(InferenceServerException) as unknown:
+        client.get_inference_statistics("absent", headers=auth)
+    assert unknown.value.status() == "StatusCode.NOT_FOUND"

@@ -24,6 +24,7 @@ from inferbox.api.gate import GateMiddleware
 from inferbox.api.infer import InferenceFastPath
 from inferbox.api.jobs import JobsController, JobSubmitController
 from inferbox.api.responses import error_response
+from inferbox.api.statistics import StatisticsController
 from inferbox.api.v1 import ModelsController
 from inferbox.api.v2 import RepositoryController, V2Controller
 from inferbox.config import Settings
@@ -134,6 +135,7 @@ def create_app(settings: Settings) -> Litestar:
             V2Controller,
             RepositoryController,
             ModelsController,
+            StatisticsController,
             KeysController,
             AuditController,
             JobSubmitController,

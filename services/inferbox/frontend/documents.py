@@ -12,7 +12,7 @@ from inferbox.errors import NotFound
 from inferbox.models.spec import PLATFORM, ModelSpec
 from inferbox.protocol.datatypes import v2_to_triton_config_type
 
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository"]
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository", "statistics"]
 """Triton protocol extensions this server really implements (and nothing more)."""
 
 _encode = msgspec.json.Encoder().encode

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 
 import grpc
 import structlog
+from google.protobuf import json_format
 from redis.exceptions import RedisError
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
@@ -37,6 +39,7 @@ from inferbox.frontend.documents import (
     repository_index,
     triton_config,
 )
+from inferbox.frontend.statistics import model_statistics
 from inferbox.frontend.wiring import open_serving
 from inferbox.grpc.tensors import decode_request, encode_response
 from inferbox.inference.directory import ModelDirectory
@@ -280,7 +283,20 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return await self._serve_model(context, request, "/config", answer, "ModelConfig")
 
     async def ModelStatistics(self, request, context):
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "model statistics are not served")
+        state = self.state
+
+        async def answer(call):
+            name = request.name or None
+            shown = functools.partial(visible, call)
+            document = await model_statistics(
+                state.redis, state.redis_keys, state.directory, name, request.version or None, shown
+            )
+            return json_format.ParseDict(document, service_pb2.ModelStatisticsResponse())
+
+        if not request.name:
+            route = ("/v2/models/stats", "GET")
+            return await self._serve(context, route, "", answer, "ModelStatistics")
+        return await self._serve_model(context, request, "/stats", answer, "ModelStatistics")
 
     # --- repository -------------------------------------------------------------------------
 

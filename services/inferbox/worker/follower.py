@@ -26,6 +26,7 @@ from inferbox.config import Settings
 from inferbox.keys import LANES, Keys
 from inferbox.models.catalog import VersionStatus, WorkerInfo, encode, servable_versions
 from inferbox.models.spec import ModelSpec
+from inferbox.worker.serving import ModelServer
 
 log = structlog.get_logger(__name__)
 
@@ -71,7 +72,11 @@ class VersionBook:
         with self._lock:
             self.states.pop(key, None)
         with contextlib.suppress(redis.RedisError):
-            self.client.hdel(self.keys.status(key[0]), f"{key[1]}/{self.worker_id}")
+            field = f"{key[1]}/{self.worker_id}"
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hdel(self.keys.status(key[0]), field)
+            pipe.hdel(self.keys.statistics(key[0]), field)
+            pipe.execute()
         log.info("model unloaded", model=key[0], version=key[1], reason=reason)
 
     def busy(self, key: Key) -> bool:
@@ -92,8 +97,9 @@ class VersionBook:
             if version.isdigit():
                 self.wanted.add((name, int(version)))
 
-    def heartbeat(self, device: str) -> None:
-        """Push this worker's liveness and every version's state forward by the status TTL."""
+    def heartbeat(self, device: str, statistics: dict[Key, bytes] | None = None) -> None:
+        """Push this worker's liveness and every version's state forward by the status TTL,
+        and publish the versions' inference ``statistics`` (encoded snapshots)."""
         expires = time.time() + self.settings.worker_status_ttl_s
         pipe = self.client.pipeline(transaction=False)
         info = WorkerInfo(
@@ -104,6 +110,8 @@ class VersionBook:
             for (name, version), status in self.states.items():
                 status.expires = expires
                 pipe.hset(self.keys.status(name), f"{version}/{self.worker_id}", encode(status))
+        for (name, version), snapshot in (statistics or {}).items():
+            pipe.hset(self.keys.statistics(name), f"{version}/{self.worker_id}", snapshot)
         pipe.execute()
 
 
@@ -112,6 +120,9 @@ class Host(Protocol):
 
     device: str
     """``cuda`` or ``cpu``: what the sessions run on (reported in the heartbeat)."""
+    servers: dict[Key, ModelServer]
+    """The batch loops of the versions served here (their statistics go out with the
+    heartbeat)."""
 
     def prepare(self) -> None:
         """Before each sync (the Ray host keeps its actor count on target here)."""
@@ -220,7 +231,11 @@ class CatalogFollower:
     def _heartbeat_loop(self) -> None:
         while not self.stopping.is_set():
             try:
-                self.book.heartbeat(self.host.device)
+                statistics = {
+                    key: server.statistics.snapshot()
+                    for key, server in list(self.host.servers.items())
+                }
+                self.book.heartbeat(self.host.device, statistics)
             except redis.RedisError as exc:
                 log.warning("heartbeat failed", error=str(exc))
             self.stopping.wait(self.settings.worker_heartbeat_s)

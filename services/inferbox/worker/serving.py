@@ -19,6 +19,7 @@ from inferbox.lanes.wire import ReplyHeader, encode_reply
 from inferbox.observability import worker_metrics as metrics
 from inferbox.worker.batcher import Batch, assemble, split
 from inferbox.worker.runtime import LoadedModel
+from inferbox.worker.statistics import VersionStatistics
 
 log = structlog.get_logger(__name__)
 
@@ -60,6 +61,8 @@ class ModelServer:
         self.spec_tag = version_tag(self.spec)
         self.datatypes = {t.name: t.datatype for t in self.spec.outputs}
         metrics.init_model(*self.labels)
+        self.statistics = VersionStatistics()
+        """Triton's inference statistics of this version in this worker."""
 
     def start(self) -> None:
         """Create the consumer group and start the loop threads."""
@@ -183,16 +186,19 @@ class ModelServer:
         for batch in batches:
             self._run(consumer, batch)
 
-    def _run(self, consumer: LaneConsumer, batch: Batch, halvings: list[int] | None = None) -> None:
+    # Every batch of inference calls runs this: written flat on purpose, as helpers would add calls.
+    def _run(self, consumer: LaneConsumer, batch: Batch, halvings: list[int] | None = None) -> None:  # noqa: C901
         """Run one batch and answer its calls. A failed batch is halved to find the calls at
         fault (about 2·log2(n) runs per bad call), at most ``halvings[0]`` times in all for the
         batch it came from; past that budget its calls get 503 (retry) and not a re-run each."""
         # Answers of an earlier batch go out before this one computes.
         consumer.flush()
         wanted = self._outputs_for(batch.calls)
+        began = time.time()
         started = time.perf_counter()
         try:
             names, results = self.model.run(batch.feeds, wanted)
+            computed = time.perf_counter()
             replies = split(batch, names, results, self.datatypes)
         except Exception as exc:
             if len(batch.calls) > 1:
@@ -254,6 +260,13 @@ class ModelServer:
             )
             messages.append((call.header.channel, encode_reply(header, raws)))
         consumer.finish(messages, [(c.stream, c.entry_id) for c in batch.calls])
+        self.statistics.batch(
+            max(1, sum(batch.rows)),
+            [int(max(0.0, began - c.enqueued) * 1e9) for c in batch.calls],
+            [int(max(0.0, finished - c.enqueued) * 1e9) for c in batch.calls],
+            int((computed - started) * 1e9),
+            int((time.perf_counter() - computed) * 1e9),
+        )
 
     def _outputs_for(self, calls: list[Call]) -> list[str] | None:
         wanted: set[str] = set()
@@ -286,6 +299,8 @@ class ModelServer:
             ],
             [(c.stream, c.entry_id) for c in calls],
         )
+        now = time.time()
+        self.statistics.failed([int(max(0.0, now - c.enqueued) * 1e9) for c in calls])
 
 
 def _out_of_memory(exc: Exception) -> bool:
