@@ -247,29 +247,40 @@ class ResponseCache:
             )
             self._wait(future)
             generation, value = await future
-        except CacheTimeout:
-            self._timeouts += 1
-            if self._timeouts >= TIMEOUTS_BEFORE_PAUSE:
-                self._pause(f"{self._timeouts} lookups in a row took over {self.timeout_s}s")
-            self.metrics.lookup(spec.name, spec.version, "error")
-            return probe
-        except RedisConnectionError as exc:
-            self._pause(str(exc))
-            self.metrics.lookup(spec.name, spec.version, "error")
-            return probe
-        except RedisError:
-            # Answering but not serving (LOADING after a restart, a refused AUTH...).
-            self.metrics.lookup(spec.name, spec.version, "error")
+        except (CacheTimeout, RedisError) as exc:
+            self._lookup_failed(spec, exc)
             return probe
         seconds = time.perf_counter() - started
         self._timeouts = 0
+        self._take_answer(probe, generation, value, seconds)
+        return probe
+
+    def _lookup_failed(self, spec: ModelSpec, exc: CacheTimeout | RedisError) -> None:
+        """Count a lookup the cache did not answer; skip the cache for a while after a broken
+        connection or a few timeouts in a row."""
+        if isinstance(exc, CacheTimeout):
+            self._timeouts += 1
+            if self._timeouts >= TIMEOUTS_BEFORE_PAUSE:
+                self._pause(f"{self._timeouts} lookups in a row took over {self.timeout_s}s")
+        elif isinstance(exc, RedisConnectionError):
+            self._pause(str(exc))
+        # Any other RedisError: answering but not serving (LOADING after a restart, a refused
+        # AUTH...); the call just misses.
+        self.metrics.lookup(spec.name, spec.version, "error")
+
+    def _take_answer(
+        self, probe: Probe, generation: bytes | None, value: bytes | None, seconds: float
+    ) -> None:
+        """Put the cache's answer on ``probe`` (the generation to store under, the outputs on a
+        hit) and count the lookup a hit or a miss."""
+        spec = probe.spec
         if generation is None:
             # No token yet (a version never cached, or the cache restarted or evicted it):
             # propose one and store this answer under it. Had another process (or the
             # registry) set one first, the entry carries a token that is not current and is
             # never served: fresh random tokens can only ever make an entry unservable.
             probe.generation = secrets.token_hex(GENERATION_BYTES // 2).encode()
-            self._send_quietly("SET", version.generation_key, probe.generation, "NX")
+            self._send_quietly("SET", probe.version.generation_key, probe.generation, "NX")
         elif len(generation) == GENERATION_BYTES:
             probe.generation = generation
             if value is not None:
@@ -279,9 +290,8 @@ class ResponseCache:
                     probe.state = HIT
                     self.metrics.lookup(spec.name, spec.version, HIT, seconds)
                     self.metrics.served(spec.name, spec.version, sum(len(r) for r in stored[1]))
-                    return probe
+                    return
         self.metrics.lookup(spec.name, spec.version, MISS, seconds)
-        return probe
 
     def store(self, probe: Probe, metas: list[TensorMeta], raws: list, spec_tag: str) -> None:
         """Offer a successful answer to the cache (not waited for); ``spec_tag`` is the reply's

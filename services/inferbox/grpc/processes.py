@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import time
+from multiprocessing.process import BaseProcess
 
 import structlog
 
@@ -71,17 +72,36 @@ def run(settings: Settings) -> None:
         child.start()
     _metrics(settings)
     log.info("grpc server processes started", count=count, pids=[c.pid for c in children])
-    stopping = False
-
-    def stop(_signum, _frame) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    while not stopping and all(child.is_alive() for child in children):
+    stop = _StopSignals()
+    while not stop.received and all(child.is_alive() for child in children):
         time.sleep(0.2)
     failed = [child for child in children if not child.is_alive()]
+    _stop_all(children)
+    if failed and not stop.received:
+        log.error(
+            "a grpc server process exited; stopping the others",
+            pid=failed[0].pid,
+            exit_code=failed[0].exitcode,
+        )
+        sys.exit(1)
+
+
+class _StopSignals:
+    """Catches SIGTERM and SIGINT from its creation on; ``received`` once either arrived (also
+    while the server processes are being stopped: a stop asked for is no failure)."""
+
+    def __init__(self) -> None:
+        self.received = False
+        signal.signal(signal.SIGTERM, self._receive)
+        signal.signal(signal.SIGINT, self._receive)
+
+    def _receive(self, _signum, _frame) -> None:
+        self.received = True
+
+
+def _stop_all(children: list[BaseProcess]) -> None:
+    """Stop every server process (killed when still alive 10 s later) and mark each dead for
+    the merged metrics (its live gauges leave them)."""
     for child in children:
         if child.is_alive():
             child.terminate()
@@ -94,10 +114,3 @@ def run(settings: Settings) -> None:
 
     for child in children:
         multiprocess.mark_process_dead(child.pid)
-    if failed and not stopping:
-        log.error(
-            "a grpc server process exited; stopping the others",
-            pid=failed[0].pid,
-            exit_code=failed[0].exitcode,
-        )
-        sys.exit(1)

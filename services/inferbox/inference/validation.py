@@ -40,7 +40,8 @@ def check_declared(inputs: list[tuple[str, str, list[int]]], spec: ModelSpec) ->
             )
 
 
-def check_request(
+# Every inference call runs this: written flat on purpose, as helpers would add calls per request.
+def check_request(  # noqa: C901
     request: InferRequest, spec: ModelSpec, *, batch_limit: bool = True
 ) -> tuple[list[TensorMeta], list[bytes], list[str] | None]:
     """Inputs in the model's order (metadata and raw bytes) and the output names asked for.

@@ -124,6 +124,8 @@ def _inspect_npz(path: Path, max_unpacked_bytes: int) -> tuple[int, dict[str, di
 
 
 def _inspect_jsonl(path: Path) -> tuple[int, dict[str, dict]]:
+    """``(rows, arrays)`` of a JSON-lines file: the first row names the inputs and gives their
+    per-row shapes; every later row must name the same inputs. Blank lines are skipped."""
     rows = 0
     names: list[str] | None = None
     arrays: dict[str, dict] = {}
@@ -132,29 +134,38 @@ def _inspect_jsonl(path: Path) -> tuple[int, dict[str, dict]]:
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
-            if len(line) > _MAX_JSONL_LINE:
-                raise BadRequest(f"line {number} is longer than {_MAX_JSONL_LINE} bytes")
-            try:
-                row = decoder.decode(line)
-            except msgspec.ValidationError:
-                raise BadRequest(f"line {number} is not a JSON object") from None
-            except msgspec.DecodeError as exc:
-                raise BadRequest(f"line {number} is not valid JSON: {exc}") from None
-            except RecursionError:
-                raise BadRequest(f"line {number} is nested too deeply") from None
+            row = _jsonl_row(decoder, line, number)
             if names is None:
                 names = sorted(row)
-                if not names:
-                    raise BadRequest(f"line {number} names no input")
-                for name in names:
-                    shape = np.shape(row[name])
-                    arrays[name] = {"datatype": None, "shape": list(shape)}
+                arrays = _jsonl_arrays(names, row, number)
             elif sorted(row) != names:
                 raise BadRequest(f"line {number} has inputs {sorted(row)}, line 1 has {names}")
             rows += 1
     if rows == 0:
         raise BadRequest("the JSON-lines file holds no rows")
     return rows, arrays
+
+
+def _jsonl_row(decoder: msgspec.json.Decoder, line: bytes, number: int) -> dict:
+    """Line ``number`` decoded as one JSON object, else ``BadRequest`` saying why not."""
+    if len(line) > _MAX_JSONL_LINE:
+        raise BadRequest(f"line {number} is longer than {_MAX_JSONL_LINE} bytes")
+    try:
+        return decoder.decode(line)
+    except msgspec.ValidationError:
+        raise BadRequest(f"line {number} is not a JSON object") from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"line {number} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest(f"line {number} is nested too deeply") from None
+
+
+def _jsonl_arrays(names: list[str], row: dict, number: int) -> dict[str, dict]:
+    """Each input of the first row with its per-row shape (datatype None: the model types
+    JSON values later)."""
+    if not names:
+        raise BadRequest(f"line {number} names no input")
+    return {name: {"datatype": None, "shape": list(np.shape(row[name]))} for name in names}
 
 
 def bind(spec: ModelSpec, arrays: dict[str, dict]) -> dict[str, str]:

@@ -164,25 +164,13 @@ class JobRunner:
             metrics.JOBS_FINISHED.labels(job.model, CANCELLED).inc()
             return None
         except ShuttingDown:
-            if await self.store.release(job.id, self.owner, "handed back by a stopping worker"):
-                metrics.JOBS_REQUEUED.labels("released").inc()
-                log.info("job handed back to the queue")
-                try:
-                    await self.requeue(job.id)
-                except Exception as exc:  # the reconciler delivers it later
-                    log.warning("could not queue the handed-back job", error=str(exc))
+            await self._hand_back(job)
             return None
         except (JobFailed, BadRequest, NotFound) as exc:
             return await self._fail(job, exc.message)
         except Exception as exc:
-            # Transient trouble (S3, Redis, PostgreSQL unreachable) or a bug: try again later,
-            # while attempts remain.
             log.exception("job attempt failed", error=str(exc))
-            if job.attempts >= job.max_attempts:
-                return await self._fail(job, f"gave up after {job.attempts} attempts: {exc}")
-            if await self.store.release(job.id, self.owner, f"attempt failed: {exc}", refund=False):
-                metrics.JOBS_REQUEUED.labels("released").inc()
-            return None
+            return await self._attempt_failed(job, exc)
         finally:
             renewer.cancel()
             await asyncio.gather(renewer, return_exceptions=True)
@@ -208,6 +196,25 @@ class JobRunner:
         metrics.JOB_ROWS.labels(job.model).inc(progress.done)
         log.info("job succeeded", duration_ms=round(elapsed * 1000, 3), rows=progress.done)
         return SUCCEEDED
+
+    async def _hand_back(self, job: Job) -> None:
+        """Give the claimed job back to the queue as this worker stops (no attempt used up)."""
+        if await self.store.release(job.id, self.owner, "handed back by a stopping worker"):
+            metrics.JOBS_REQUEUED.labels("released").inc()
+            log.info("job handed back to the queue")
+            try:
+                await self.requeue(job.id)
+            except Exception as exc:  # the reconciler delivers it later
+                log.warning("could not queue the handed-back job", error=str(exc))
+
+    async def _attempt_failed(self, job: Job, exc: Exception) -> str | None:
+        """Transient trouble (S3, Redis, PostgreSQL unreachable) or a bug: the job is tried
+        again later while attempts remain, then fails."""
+        if job.attempts >= job.max_attempts:
+            return await self._fail(job, f"gave up after {job.attempts} attempts: {exc}")
+        if await self.store.release(job.id, self.owner, f"attempt failed: {exc}", refund=False):
+            metrics.JOBS_REQUEUED.labels("released").inc()
+        return None
 
     async def _fail(self, job: Job, reason: str) -> str | None:
         if await self.store.fail(job.id, self.owner, reason):

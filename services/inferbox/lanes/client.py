@@ -161,7 +161,8 @@ class InteractiveClient:
             if future is not None and not future.done():
                 future.set_result((header, raws))
 
-    async def call(
+    # Every inference call runs this: written flat on purpose, as helpers would add calls per call.
+    async def call(  # noqa: C901
         self,
         stream: str,
         header: CallHeader,

@@ -196,10 +196,18 @@ def set_fields(message: Message, prefix: str = "") -> list[tuple[str, object]]:
 def not_honoured(proto: model_config_pb2.ModelConfig) -> list[str]:
     """The fields set in the file that inferbox does not apply, each by name (with the value
     where only some values are applied)."""
+    report = [path for path, _value in set_fields(proto) if not _HONOURED.fullmatch(path)]
+    report += _instance_groups_not_honoured(proto)
+    report += _optimization_not_honoured(proto)
+    queue = proto.dynamic_batching.default_queue_policy
+    if queue.timeout_action == _TIMEOUT.DELAY:
+        report.append("dynamic_batching.default_queue_policy.timeout_action: DELAY")
+    return sorted(set(report))
+
+
+def _instance_groups_not_honoured(proto: model_config_pb2.ModelConfig) -> list[str]:
+    """Instance groups of a kind inferbox cannot place, and a mix of kinds in one model."""
     report = []
-    for path, _value in set_fields(proto):
-        if not _HONOURED.fullmatch(path):
-            report.append(path)
     for index, group in enumerate(proto.instance_group):
         if group.kind not in (_KIND.KIND_AUTO, _KIND.KIND_CPU, _KIND.KIND_GPU):
             label = group.name or str(index)
@@ -207,6 +215,12 @@ def not_honoured(proto: model_config_pb2.ModelConfig) -> list[str]:
     kinds = {g.kind for g in proto.instance_group if g.kind != _KIND.KIND_AUTO}
     if len(kinds) > 1:
         report.append("instance_group: groups of several kinds (one kind per model)")
+    return report
+
+
+def _optimization_not_honoured(proto: model_config_pb2.ModelConfig) -> list[str]:
+    """A graph optimization level or execution accelerators ONNX Runtime has no match for."""
+    report = []
     level = proto.optimization.graph.level
     if level not in _GRAPH_LEVELS:
         report.append(f"optimization.graph.level: {level}")
@@ -218,10 +232,7 @@ def not_honoured(proto: model_config_pb2.ModelConfig) -> list[str]:
         for item in items:
             if item.name not in _ACCELERATORS:
                 report.append(f"optimization.execution_accelerators.{kind}: {item.name}")
-    queue = proto.dynamic_batching.default_queue_policy
-    if queue.timeout_action == _TIMEOUT.DELAY:
-        report.append("dynamic_batching.default_queue_policy.timeout_action: DELAY")
-    return sorted(set(report))
+    return report
 
 
 def _dims_text(dims) -> str:
@@ -388,6 +399,33 @@ def serving_from_triton(
     Raises ``TritonConfigError`` naming the first mismatch (a name, datatype or dims that do not
     fit the graph, a model name other than the folder's, a platform other than ONNX).
     """
+    proto = _checked_model_fields(proto, name, default_max_batch_size)
+    batched = proto.max_batch_size > 0
+    inputs = _tensors("input", proto.input, graph_inputs, batched, fill=True)
+    outputs = _tensors("output", proto.output, graph_outputs, batched, fill=False)
+
+    config: dict = {"max_batch_size": proto.max_batch_size}
+    config.update(_batching_config(proto, batched))
+    config.update(_instances_config(proto))
+    config.update(_onnxruntime_config(proto))
+    _add_accelerators(config, proto)
+    if proto.model_warmup:
+        config["warmup_samples"] = _warmup(proto, inputs, batched)
+    if proto.HasField("response_cache"):
+        config["response_cache"] = proto.response_cache.enable
+
+    report = not_honoured(proto)
+    complete = completed(proto, name, inputs, outputs)
+    config["triton_config"] = to_json(complete)
+    config["not_honoured"] = report
+    return TritonServing(inputs, outputs, config, complete, report)
+
+
+def _checked_model_fields(
+    proto: model_config_pb2.ModelConfig, name: str, default_max_batch_size: int
+) -> model_config_pb2.ModelConfig:
+    """``proto`` once its platform, name and batch size are accepted; a copy with
+    ``default_max_batch_size`` when the file sets neither a batch size nor any tensor."""
     check_platform(proto)
     if proto.name and proto.name != name:
         raise TritonConfigError(f"{CONFIG_FILE} names the model {proto.name!r}, not {name!r}")
@@ -396,11 +434,12 @@ def serving_from_triton(
     if proto.max_batch_size == 0 and not proto.input and not proto.output:
         proto = _copy(proto)
         proto.max_batch_size = default_max_batch_size
-    batched = proto.max_batch_size > 0
-    inputs = _tensors("input", proto.input, graph_inputs, batched, fill=True)
-    outputs = _tensors("output", proto.output, graph_outputs, batched, fill=False)
+    return proto
 
-    config: dict = {"max_batch_size": proto.max_batch_size}
+
+def _batching_config(proto: model_config_pb2.ModelConfig, batched: bool) -> dict:
+    """The batcher's settings from ``dynamic_batching`` (none when batching is off)."""
+    config: dict = {}
     batching = proto.dynamic_batching
     if proto.HasField("dynamic_batching"):
         config["preferred_batch_size"] = list(batching.preferred_batch_size)
@@ -416,12 +455,24 @@ def serving_from_triton(
         # Triton without a dynamic batcher runs each request alone: inferbox never waits to
         # fill a batch either (requests already queued still run together).
         config["max_queue_delay_microseconds"] = 0
+    return config
+
+
+def _instances_config(proto: model_config_pb2.ModelConfig) -> dict:
+    """The instance count and, for CPU-only groups, the CPU execution provider."""
+    config: dict = {}
     count = sum(g.count for g in proto.instance_group)
     if count:
         config["instance_count"] = count
     kinds = {g.kind for g in proto.instance_group}
     if kinds == {_KIND.KIND_CPU}:
         config["execution_providers"] = ["CPUExecutionProvider"]
+    return config
+
+
+def _onnxruntime_config(proto: model_config_pb2.ModelConfig) -> dict:
+    """ONNX Runtime session settings: intra-op threads, graph optimization level, CUDA graphs."""
+    config: dict = {}
     if "intra_op_thread_count" in proto.parameters:
         value = proto.parameters["intra_op_thread_count"].string_value
         if not value.strip().isdigit():
@@ -432,6 +483,12 @@ def serving_from_triton(
         config["graph_optimization_level"] = _GRAPH_LEVELS[level]
     if proto.optimization.cuda.graphs:
         config["cuda_graphs"] = True
+    return config
+
+
+def _add_accelerators(config: dict, proto: model_config_pb2.ModelConfig) -> None:
+    """Put the providers of the known execution accelerators ahead of ``config``'s providers
+    (CUDA then CPU when it names none)."""
     accelerators = proto.optimization.execution_accelerators
     extra = [
         _ACCELERATORS[item.name]
@@ -444,16 +501,6 @@ def serving_from_triton(
     if extra:
         base = config.get("execution_providers", ["CUDAExecutionProvider", "CPUExecutionProvider"])
         config["execution_providers"] = list(dict.fromkeys([*extra, *base]))
-    if proto.model_warmup:
-        config["warmup_samples"] = _warmup(proto, inputs, batched)
-    if proto.HasField("response_cache"):
-        config["response_cache"] = proto.response_cache.enable
-
-    report = not_honoured(proto)
-    complete = completed(proto, name, inputs, outputs)
-    config["triton_config"] = to_json(complete)
-    config["not_honoured"] = report
-    return TritonServing(inputs, outputs, config, complete, report)
 
 
 def _copy(proto: model_config_pb2.ModelConfig) -> model_config_pb2.ModelConfig:

@@ -312,7 +312,8 @@ def _decode_header(header: bytes) -> _RequestHeader:
         raise BadRequest(TOO_DEEP) from None
 
 
-def decode_infer_request(
+# Every inference call runs this: written flat on purpose, as helpers would add calls per request.
+def decode_infer_request(  # noqa: C901
     body: bytes, header_length: int | None, limits: TensorLimits
 ) -> InferRequest:
     """Decode a V2 inference request body.

@@ -93,133 +93,181 @@ def _dims(value_info):
             yield dim.dim_value
 
 
+class _Rejected(Exception):
+    """The model is refused; ``check`` turns the message into ``{"ok": false, "reason": ...}``."""
+
+
 def check(path: str, limits: dict) -> dict:
     """Validate the model file at ``path``; the result dict the parent expects."""
+    try:
+        model = _read_model(path, limits["max_bytes"])
+        _check_no_external_data(model)
+        _check_printable_names(model)
+        _check_ir_version(model, limits)
+        opsets = _check_opsets(model, limits)
+        _check_no_custom_operators(model, set(limits["allowed_domains"]))
+        inputs = _served_inputs(model.graph)
+        _check_declared_dims(model, limits["max_dim"])
+        _check_with_onnx(model, limits["max_dim"])
+        return {
+            "ok": True,
+            "inputs": _specs(inputs),
+            "outputs": _specs(model.graph.output),
+            "ir_version": model.ir_version,
+            "opsets": opsets,
+        }
+    except _Rejected as exc:
+        return {"ok": False, "reason": str(exc)}
+
+
+def _read_model(path: str, max_bytes: int):
+    """Parse the file into a ModelProto, keeping at most one copy of its bytes alive."""
     import onnx
-    import onnx.checker
-    import onnx.helper
-    import onnx.shape_inference
     from google.protobuf.message import DecodeError
 
-    from inferbox.protocol.datatypes import ONNX_ELEM_TO_V2
-
-    def reject(reason: str) -> dict:
-        return {"ok": False, "reason": reason}
-
     with open(path, "rb") as handle:
-        if os.fstat(handle.fileno()).st_size > limits["max_bytes"]:
-            return reject(f"the file is larger than {limits['max_bytes']} bytes")
+        if os.fstat(handle.fileno()).st_size > max_bytes:
+            raise _Rejected(f"the file is larger than {max_bytes} bytes")
         data = handle.read()
     try:
-        model = onnx.ModelProto.FromString(data)
+        return onnx.ModelProto.FromString(data)
     except (DecodeError, RuntimeError, ValueError) as exc:
         # Under the address-space cap protobuf reports a failed allocation as a parse error.
         if "alloc failed" in str(exc).lower():
             raise MemoryError(str(exc)) from exc
-        return reject(f"not an ONNX protobuf (truncated or corrupt): {exc}")
+        raise _Rejected(f"not an ONNX protobuf (truncated or corrupt): {exc}") from exc
     finally:
         del data  # the only reference: parsing must not keep two copies alive
+
+
+def _check_no_external_data(model) -> None:
+    """Refuse tensors stored in side files: only one self-contained file is uploaded."""
+    import onnx
 
     for tensor, where in _all_tensors(model):
         if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data):
             location = next(
                 (e.value for e in tensor.external_data if e.key == "location"), "<unnamed>"
             )
-            return reject(
+            raise _Rejected(
                 f"{where} references external data at {location!r}; external data is not"
                 " accepted, upload one self-contained .onnx file"
             )
 
-    # ONNX Runtime and onnx print names in their own (not JSON) log lines on stderr; a line
-    # break in a name would start a line of the uploader's choosing, which the log pipeline
-    # would read as one of the appliance's own JSON events.
+
+def _check_printable_names(model) -> None:
+    """Refuse names with control characters.
+
+    ONNX Runtime and onnx print names in their own (not JSON) log lines on stderr; a line break
+    in a name would start a line of the uploader's choosing, which the log pipeline would read
+    as one of the appliance's own JSON events.
+    """
     for text, where in _model_names(model):
         if not text.isprintable():
             bad = next(c for c in text if not c.isprintable())
-            return reject(
+            raise _Rejected(
                 f"a {where} contains the control character U+{ord(bad):04X} (names must be"
                 " printable text)"
             )
 
+
+def _check_ir_version(model, limits: dict) -> None:
     ir_min, ir_max = limits["min_ir_version"], limits["max_ir_version"]
     if not ir_min <= model.ir_version <= ir_max:
-        return reject(f"IR version {model.ir_version} is outside the accepted {ir_min}..{ir_max}")
+        raise _Rejected(f"IR version {model.ir_version} is outside the accepted {ir_min}..{ir_max}")
+
+
+def _check_opsets(model, limits: dict) -> dict[str, int]:
+    """The model's opset imports by domain ("" for the default one), each within its limits."""
+    import onnx
+    import onnx.helper
+
     allowed = set(limits["allowed_domains"])
     opsets: dict[str, int] = {}
     for opset in model.opset_import:
         domain = "" if opset.domain == "ai.onnx" else opset.domain
         if domain not in allowed:
-            return reject(f"operator domain {opset.domain!r} is not accepted (custom operators)")
+            raise _Rejected(f"operator domain {opset.domain!r} is not accepted (custom operators)")
         opsets[domain] = opset.version
     if "" not in opsets:
-        return reject("the model imports no default ONNX opset")
+        raise _Rejected("the model imports no default ONNX opset")
     op_min = limits["min_opset"]
     op_max = limits["max_opset"] or onnx.defs.onnx_opset_version()
     if not op_min <= opsets[""] <= op_max:
-        return reject(f"opset {opsets['']} is outside the accepted {op_min}..{op_max}")
+        raise _Rejected(f"opset {opsets['']} is outside the accepted {op_min}..{op_max}")
     ml_max = max(row[3] for row in onnx.helper.VERSION_TABLE)
     if opsets.get("ai.onnx.ml", 1) > ml_max:
-        return reject(f"ai.onnx.ml opset {opsets['ai.onnx.ml']} is newer than {ml_max}")
+        raise _Rejected(f"ai.onnx.ml opset {opsets['ai.onnx.ml']} is newer than {ml_max}")
+    return opsets
+
+
+def _check_no_custom_operators(model, allowed: set[str]) -> None:
+    """Refuse model-local functions and nodes from domains outside the allowed ones."""
     if model.functions:
         function = model.functions[0]
-        return reject(f"model-local function {function.domain}.{function.name} is not accepted")
+        raise _Rejected(f"model-local function {function.domain}.{function.name} is not accepted")
     nodes_domains = {node.domain for node in model.graph.node} - allowed - {"ai.onnx"}
     if nodes_domains:
-        return reject(f"operator domains {sorted(nodes_domains)} are not accepted")
+        raise _Rejected(f"operator domains {sorted(nodes_domains)} are not accepted")
 
-    graph = model.graph
+
+def _served_inputs(graph) -> list:
+    """The graph's inputs a caller feeds (initializers excluded); refuses an empty graph."""
     if not graph.node:
-        return reject("the graph has no nodes")
+        raise _Rejected("the graph has no nodes")
     initializers = {init.name for init in graph.initializer}
     inputs = [v for v in graph.input if v.name not in initializers]
     if not inputs or not graph.output:
-        return reject("the graph declares no inputs or no outputs")
+        raise _Rejected("the graph declares no inputs or no outputs")
+    return inputs
 
-    max_dim = limits["max_dim"]
+
+def _check_declared_dims(model, max_dim: int) -> None:
+    """Refuse declared value and tensor dimensions outside ``0..max_dim``."""
+    graph = model.graph
     for value in [*graph.input, *graph.output, *graph.value_info]:
         for dim in _dims(value):
             if not 0 <= dim <= max_dim:
-                return reject(f"tensor {value.name!r} declares dimension {dim} (limit {max_dim})")
+                raise _Rejected(f"tensor {value.name!r} declares dimension {dim} (limit {max_dim})")
     for tensor, where in _all_tensors(model):
         if any(not 0 <= d <= max_dim for d in tensor.dims):
-            return reject(f"{where} declares dimensions {list(tensor.dims)} (limit {max_dim})")
+            raise _Rejected(f"{where} declares dimensions {list(tensor.dims)} (limit {max_dim})")
+
+
+def _check_with_onnx(model, max_dim: int) -> None:
+    """Run onnx's full checker and strict shape inference; inferred dimensions stay in limits."""
+    import onnx.checker
+    import onnx.shape_inference
 
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.shape_inference.InferenceError as exc:  # full_check runs shape inference too
-        return reject(f"shape inference failed: {_first_line(exc)}")
+        raise _Rejected(f"shape inference failed: {_first_line(exc)}") from exc
     except onnx.checker.ValidationError as exc:
-        return reject(f"onnx.checker: {_first_line(exc)}")
+        raise _Rejected(f"onnx.checker: {_first_line(exc)}") from exc
     try:
         inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     except (onnx.shape_inference.InferenceError, RuntimeError) as exc:
-        return reject(f"shape inference failed: {_first_line(exc)}")
+        raise _Rejected(f"shape inference failed: {_first_line(exc)}") from exc
     for value in inferred.graph.value_info:
         for dim in _dims(value):
             if not 0 <= dim <= max_dim:
-                return reject(f"tensor {value.name!r} infers dimension {dim} (limit {max_dim})")
+                raise _Rejected(f"tensor {value.name!r} infers dimension {dim} (limit {max_dim})")
 
-    def specs(values):
-        out = []
-        for value in values:
-            tensor_type = value.type.tensor_type
-            datatype = ONNX_ELEM_TO_V2.get(tensor_type.elem_type)
-            if not value.type.HasField("tensor_type") or datatype is None:
-                raise ValueError(f"tensor {value.name!r} has a type inferbox cannot serve")
-            shape = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor_type.shape.dim]
-            out.append({"name": value.name, "datatype": datatype, "shape": shape})
-        return out
 
-    try:
-        return {
-            "ok": True,
-            "inputs": specs(inputs),
-            "outputs": specs(graph.output),
-            "ir_version": model.ir_version,
-            "opsets": opsets,
-        }
-    except ValueError as exc:
-        return reject(str(exc))
+def _specs(values) -> list[dict]:
+    """The V2 name, datatype and shape (-1 for a dynamic dimension) of each value."""
+    from inferbox.protocol.datatypes import ONNX_ELEM_TO_V2
+
+    out = []
+    for value in values:
+        tensor_type = value.type.tensor_type
+        datatype = ONNX_ELEM_TO_V2.get(tensor_type.elem_type)
+        if not value.type.HasField("tensor_type") or datatype is None:
+            raise _Rejected(f"tensor {value.name!r} has a type inferbox cannot serve")
+        shape = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor_type.shape.dim]
+        out.append({"name": value.name, "datatype": datatype, "shape": shape})
+    return out
 
 
 def _first_line(exc: BaseException) -> str:

@@ -21,7 +21,7 @@ from inferbox.keys import Keys
 from inferbox.models import triton_config as triton
 from inferbox.models.catalog import CatalogEntry, encode
 from inferbox.models.repository import list_repository
-from inferbox.models.spec import ModelSpec, default_config, file_sha256
+from inferbox.models.spec import ModelConfig, ModelSpec, TensorSpec, default_config, file_sha256
 from inferbox.registry.objects import ObjectStore, object_key
 from inferbox.registry.store import (
     DELETED,
@@ -33,7 +33,7 @@ from inferbox.registry.store import (
     check_name,
     merge_config,
 )
-from inferbox.registry.upload import spool
+from inferbox.registry.upload import Spooled, spool
 from inferbox.registry.validate import ValidationLimits, validate_model
 
 log = structlog.get_logger(__name__)
@@ -54,6 +54,48 @@ def to_spec(version: ModelVersion) -> ModelSpec:
         object_key=object_key(version.sha256),
         loaded=version.loaded,
     )
+
+
+def _parse_triton_config(text: str | None):
+    """The ``ModelConfig`` message of a config.pbtxt's text (None without one); ``BadRequest``
+    for a file that does not parse or is not for an ONNX model."""
+    if text is None:
+        return None
+    try:
+        proto = triton.parse(text)
+        triton.check_platform(proto)
+    except triton.TritonConfigError as exc:
+        raise BadRequest(str(exc)) from None
+    return proto
+
+
+def _apply_triton_config(
+    proto,
+    name: str,
+    inputs: list[TensorSpec],
+    outputs: list[TensorSpec],
+    model_config: ModelConfig,
+) -> tuple[list[TensorSpec], list[TensorSpec], ModelConfig]:
+    """The tensors and config once config.pbtxt's settings are applied to the graph's; the
+    fields it sets that inferbox does not honour are logged."""
+    try:
+        serving = triton.serving_from_triton(
+            proto,
+            name,
+            inputs,
+            outputs,
+            default_max_batch_size=model_config.max_batch_size,
+        )
+    except triton.TritonConfigError as exc:
+        raise BadRequest(str(exc)) from None
+    merged = merge_config(model_config, serving.config)
+    if serving.not_honoured:
+        log.warning(
+            "config.pbtxt fields not honoured",
+            model=name,
+            fields=serving.not_honoured,
+        )
+    return serving.inputs, serving.outputs, merged
 
 
 class RegistryService:
@@ -105,64 +147,16 @@ class RegistryService:
         it decides which of the model's versions stay loaded.
         """
         check_name(name)
-        proto = None
-        if triton_config is not None:
-            try:
-                proto = triton.parse(triton_config)
-                triton.check_platform(proto)
-            except triton.TritonConfigError as exc:
-                raise BadRequest(str(exc)) from None
+        proto = _parse_triton_config(triton_config)
         spooled = await spool(chunks, self.upload_dir, self.max_model_bytes)
         try:
             checked = await asyncio.to_thread(validate_model, spooled.path, self.limits)
-            inputs, outputs = checked.inputs, checked.outputs
-            model_config = default_config(
-                inputs,
-                outputs,
-                max_batch_size=self.default_max_batch_size,
-                max_queue_size=self.default_max_queue_size,
+            inputs, outputs, model_config = self._serving_config(
+                name, checked.inputs, checked.outputs, proto, config
             )
-            if proto is not None:
-                try:
-                    serving = triton.serving_from_triton(
-                        proto,
-                        name,
-                        inputs,
-                        outputs,
-                        default_max_batch_size=model_config.max_batch_size,
-                    )
-                except triton.TritonConfigError as exc:
-                    raise BadRequest(str(exc)) from None
-                inputs, outputs = serving.inputs, serving.outputs
-                model_config = merge_config(model_config, serving.config)
-                if serving.not_honoured:
-                    log.warning(
-                        "config.pbtxt fields not honoured",
-                        model=name,
-                        fields=serving.not_honoured,
-                    )
-            if config:
-                model_config = merge_config(model_config, config)
-            check_config(model_config, inputs, outputs)
-            key = await asyncio.to_thread(
-                self.objects.put_file, spooled.path, spooled.sha256, spooled.size
+            version = await self._store_version(
+                name, spooled, inputs, outputs, model_config, created_by
             )
-            try:
-                version = await self.store.create_version(
-                    name,
-                    sha256=spooled.sha256,
-                    size=spooled.size,
-                    inputs=inputs,
-                    outputs=outputs,
-                    config=model_config,
-                    created_by=created_by,
-                )
-            except BaseException:
-                # Leave no orphan file behind a row that was never written.
-                if not await self.store.sha256_in_use(spooled.sha256):
-                    with contextlib.suppress(Exception):
-                        await asyncio.to_thread(self.objects.delete, key)
-                raise
         finally:
             spooled.path.unlink(missing_ok=True)
         if alias:
@@ -177,6 +171,62 @@ class RegistryService:
             "model version pushed", model=name, version=version.version, size_bytes=version.size
         )
         return version
+
+    def _serving_config(
+        self,
+        name: str,
+        inputs: list[TensorSpec],
+        outputs: list[TensorSpec],
+        proto,
+        config: dict | None,
+    ) -> tuple[list[TensorSpec], list[TensorSpec], ModelConfig]:
+        """The tensors a new version serves and its config: the defaults for its graph, then
+        config.pbtxt's settings (``proto``), then ``config``; ``BadRequest`` where they do not
+        fit the graph."""
+        model_config = default_config(
+            inputs,
+            outputs,
+            max_batch_size=self.default_max_batch_size,
+            max_queue_size=self.default_max_queue_size,
+        )
+        if proto is not None:
+            inputs, outputs, model_config = _apply_triton_config(
+                proto, name, inputs, outputs, model_config
+            )
+        if config:
+            model_config = merge_config(model_config, config)
+        check_config(model_config, inputs, outputs)
+        return inputs, outputs, model_config
+
+    async def _store_version(
+        self,
+        name: str,
+        spooled: Spooled,
+        inputs: list[TensorSpec],
+        outputs: list[TensorSpec],
+        model_config: ModelConfig,
+        created_by: str | None,
+    ) -> ModelVersion:
+        """Upload the spooled file by content, then record the version that serves it."""
+        key = await asyncio.to_thread(
+            self.objects.put_file, spooled.path, spooled.sha256, spooled.size
+        )
+        try:
+            return await self.store.create_version(
+                name,
+                sha256=spooled.sha256,
+                size=spooled.size,
+                inputs=inputs,
+                outputs=outputs,
+                config=model_config,
+                created_by=created_by,
+            )
+        except BaseException:
+            # Leave no orphan file behind a row that was never written.
+            if not await self.store.sha256_in_use(spooled.sha256):
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self.objects.delete, key)
+            raise
 
     async def delete_version(self, name: str, version: int, *, force: bool = False) -> None:
         """Mark a version deleted (refused while aliased unless forced); drop its file if unused."""

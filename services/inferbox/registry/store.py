@@ -123,6 +123,24 @@ def check_config(
     config: ModelConfig, inputs: list[TensorSpec], outputs: list[TensorSpec]
 ) -> ModelConfig:
     """``config`` if it can serve a model with these tensors, else ``BadRequest`` saying why."""
+    problems = [
+        *_batching_problems(config, inputs, outputs),
+        *_session_problems(config),
+        *_provider_option_problems(config.provider_options),
+        *_cuda_graphs_problems(config, inputs, outputs),
+    ]
+    if config.graph_optimization_level not in GRAPH_OPTIMIZATION_LEVELS:
+        problems.append(f"graph_optimization_level must be one of {GRAPH_OPTIMIZATION_LEVELS}")
+    problems += _timeout_problems(config)
+    if problems:
+        raise BadRequest("invalid model config: " + "; ".join(problems))
+    return config
+
+
+def _batching_problems(
+    config: ModelConfig, inputs: list[TensorSpec], outputs: list[TensorSpec]
+) -> list[str]:
+    """What is wrong with the batch size, the batcher's delay, preferred sizes and queue."""
     problems = []
     if config.max_batch_size < 0:
         problems.append("max_batch_size must be >= 0")
@@ -137,6 +155,12 @@ def check_config(
         problems.append(f"preferred_batch_size {bad_sizes} outside 1..max_batch_size")
     if config.max_queue_size < 1:
         problems.append("max_queue_size must be >= 1")
+    return problems
+
+
+def _session_problems(config: ModelConfig) -> list[str]:
+    """What is wrong with the instance count, thread count and execution providers."""
+    problems = []
     if not 0 <= config.instance_count <= 64:
         problems.append("instance_count must be within 0..64 (0: the worker's default)")
     if not 0 <= getattr(config, "intra_op_threads", 0) <= 256:
@@ -146,29 +170,39 @@ def check_config(
         problems.append("execution_providers must be a non-empty list without repeats")
     elif not all(p.endswith("ExecutionProvider") for p in providers):
         problems.append("execution_providers must be ONNX Runtime provider names")
-    problems += _provider_option_problems(config.provider_options)
-    if config.cuda_graphs:
-        batched = config.max_batch_size > 0
-        loose = [
-            t.name
-            for t in [*inputs, *outputs]
-            if t.datatype == "BYTES"
-            or any(d < 0 for d in (t.reshape or (t.shape[1:] if batched else t.shape)))
+    return problems
+
+
+def _cuda_graphs_problems(
+    config: ModelConfig, inputs: list[TensorSpec], outputs: list[TensorSpec]
+) -> list[str]:
+    """CUDA graphs replay fixed buffers: every tensor numeric, every dimension but the batch
+    dimension fixed."""
+    if not config.cuda_graphs:
+        return []
+    batched = config.max_batch_size > 0
+    loose = [
+        t.name
+        for t in [*inputs, *outputs]
+        if t.datatype == "BYTES"
+        or any(d < 0 for d in (t.reshape or (t.shape[1:] if batched else t.shape)))
+    ]
+    if loose:
+        return [
+            "cuda_graphs needs numeric tensors of fixed shape but the batch dimension; "
+            f"not so: {loose}"
         ]
-        if loose:
-            problems.append(
-                "cuda_graphs needs numeric tensors of fixed shape but the batch dimension; "
-                f"not so: {loose}"
-            )
-    if config.graph_optimization_level not in GRAPH_OPTIMIZATION_LEVELS:
-        problems.append(f"graph_optimization_level must be one of {GRAPH_OPTIMIZATION_LEVELS}")
+    return []
+
+
+def _timeout_problems(config: ModelConfig) -> list[str]:
+    """What is wrong with the request timeout and the job retention."""
+    problems = []
     if config.timeout_ms is not None and config.timeout_ms <= 0:
         problems.append("timeout_ms must be > 0")
     if config.job_retention_s is not None and config.job_retention_s <= 0:
         problems.append("job_retention_s must be > 0")
-    if problems:
-        raise BadRequest("invalid model config: " + "; ".join(problems))
-    return config
+    return problems
 
 
 PROVIDER_OPTIONS = {

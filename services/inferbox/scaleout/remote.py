@@ -20,7 +20,7 @@ from ray.exceptions import RayActorError
 from inferbox.lanes.consumer import Call, LaneConsumer
 from inferbox.models.spec import ModelSpec
 from inferbox.scaleout import metrics
-from inferbox.scaleout.pool import ActorPool
+from inferbox.scaleout.pool import ActorPool, Slot
 from inferbox.scaleout.scaler import Autoscaler
 from inferbox.worker.batcher import Batch
 from inferbox.worker.serving import ModelServer
@@ -75,43 +75,58 @@ class RemoteModel:
                 raise Withdrawn(f"{self.spec.name} version {self.spec.version} was unloaded")
             slot = self.pool.acquire(self.key)
             if slot is None:
-                now = time.monotonic()
-                if waiting_since is None:
-                    waiting_since = now
-                    self.on_missing(self.key)  # the Ray worker places it on a live actor
-                elif now - waiting_since > self.retry_wait_s:
-                    raise Withdrawn(f"no actor holds {self.spec.name} version {self.spec.version}")
-                time.sleep(0.02)
+                waiting_since = self._wait_for_holder(waiting_since)
                 continue
             waiting_since = None
             try:
                 answer = ray.get(slot.handle.run.remote(*self.key, feeds, outputs))
             except RayActorError as exc:
-                self.pool.mark_dead(slot, f"died running a batch: {type(exc).__name__}")
                 deaths += 1
-                metrics.BATCH_RETRIES.labels(self.spec.name, str(self.spec.version)).inc()
-                if deaths >= self.max_deaths:
-                    raise ActorCrashed(f"the batch took down {deaths} actors") from exc
-                log.warning(
-                    "retrying a batch on another actor",
-                    model=self.spec.name,
-                    version=self.spec.version,
-                    actor=slot.name,
-                )
+                self._actor_died(slot, deaths, exc)
                 continue
             finally:
                 self.pool.release(slot, self.key)
             if answer[0] == "ok":
                 return answer[1], answer[2]
-            _, kind, message = answer
-            if kind == "NotResident":
-                # The actor lost it (unloaded between the choice and the run): book that, and
-                # choose again among the others (or have it placed).
-                self.pool.unload(slot, self.key)
-                continue
-            if kind == "InvalidArgument":
-                raise InvalidArgument(message)
-            raise RuntimeError(message)
+            self._not_run(slot, answer)
+
+    def _wait_for_holder(self, waiting_since: float | None) -> float:
+        """A short pause while no actor holds the version (the first one asks for it to be
+        placed); ``Withdrawn`` once that has lasted ``retry_wait_s``. Returns when the wait
+        began."""
+        now = time.monotonic()
+        if waiting_since is None:
+            waiting_since = now
+            self.on_missing(self.key)  # the Ray worker places it on a live actor
+        elif now - waiting_since > self.retry_wait_s:
+            raise Withdrawn(f"no actor holds {self.spec.name} version {self.spec.version}")
+        time.sleep(0.02)
+        return waiting_since
+
+    def _actor_died(self, slot: Slot, deaths: int, exc: RayActorError) -> None:
+        """Book the actor dead; ``ActorCrashed`` once the batch has taken down ``max_deaths``."""
+        self.pool.mark_dead(slot, f"died running a batch: {type(exc).__name__}")
+        metrics.BATCH_RETRIES.labels(self.spec.name, str(self.spec.version)).inc()
+        if deaths >= self.max_deaths:
+            raise ActorCrashed(f"the batch took down {deaths} actors") from exc
+        log.warning(
+            "retrying a batch on another actor",
+            model=self.spec.name,
+            version=self.spec.version,
+            actor=slot.name,
+        )
+
+    def _not_run(self, slot: Slot, answer: tuple) -> None:
+        """An actor's answer other than ``ok``: its error raised, except ``NotResident`` (the
+        actor lost the version between the choice and the run), booked so that the caller
+        chooses again among the others (or has it placed)."""
+        _, kind, message = answer
+        if kind == "NotResident":
+            self.pool.unload(slot, self.key)
+            return
+        if kind == "InvalidArgument":
+            raise InvalidArgument(message)
+        raise RuntimeError(message)
 
 
 class RayModelServer(ModelServer):

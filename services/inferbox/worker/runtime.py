@@ -451,35 +451,12 @@ def load_model(
     full = Path(path or spec.path)
     if config.fp16:
         path = fp16_copy(full, spec.sha256)
-    model = _create(spec, path, wanted, spinning)
-    warm_run_ms = None
-    if config.warmup:
-        feeds = {t.name: _warmup_array(t) for t in spec.inputs}
-        model.run(feeds)
-        if auto:
-            run_s = _warm_run_seconds(model, feeds)
-            warm_run_ms = round(run_s * 1000, 3)
-            if spinning_pays(model.providers, run_s) != model.spinning:
-                # The guess was wrong: load again (a small model, or a GPU fallen back to CPU).
-                del model
-                model = _create(spec, path, wanted, spinning=not spinning)
-                model.run(feeds)
-    if model.buckets and config.warmup:
-        # Every bucket once (a CUDA graph twice more: its first run allocates, the second
-        # captures), so that no call pays a first run.
-        runs = 3 if model.graphs else 1
-        for size in model.buckets:
-            for _ in range(runs):
-                model.run({t.name: _warmup_array(t, size) for t in spec.inputs})
+    model, warm_run_ms = _create_warm(spec, path, wanted, spinning, auto)
+    _warm_buckets(model, spec)
     if config.fp16:
         model.fp16_error = fp16_error(full, model)
         log.info("serving an FP16 copy", model=spec.name, max_rel_error=model.fp16_error)
-    if config.warmup_samples:
-        rng = np.random.default_rng(0)
-        for sample in config.warmup_samples:
-            feeds = _sample_feeds(sample, rng)
-            for _ in range(max(sample.count, 1)):
-                model.run(feeds)
+    _run_warmup_samples(model, config.warmup_samples)
     model.load_seconds = time.perf_counter() - started
     log.info(
         "model loaded",
@@ -492,6 +469,50 @@ def load_model(
         duration_ms=round(model.load_seconds * 1000, 1),
     )
     return model
+
+
+def _create_warm(
+    spec: ModelSpec, path: Path | None, wanted: list[str], spinning: bool, auto: bool
+) -> tuple[LoadedModel, float | None]:
+    """The model's session, run once on zeros when the config asks for a warm-up; with
+    ``auto`` (spinning chosen automatically) that run is timed and the session created again
+    with the other setting when the guess was wrong. Also the timed run in ms (None untimed)."""
+    model = _create(spec, path, wanted, spinning)
+    if not spec.config.warmup:
+        return model, None
+    feeds = {t.name: _warmup_array(t) for t in spec.inputs}
+    model.run(feeds)
+    if not auto:
+        return model, None
+    run_s = _warm_run_seconds(model, feeds)
+    if spinning_pays(model.providers, run_s) != model.spinning:
+        # The guess was wrong: load again (a small model, or a GPU fallen back to CPU).
+        del model
+        model = _create(spec, path, wanted, spinning=not spinning)
+        model.run(feeds)
+    return model, round(run_s * 1000, 3)
+
+
+def _warm_buckets(model: LoadedModel, spec: ModelSpec) -> None:
+    """Every bucket once (a CUDA graph twice more: its first run allocates, the second
+    captures), so that no call pays a first run."""
+    if not (model.buckets and spec.config.warmup):
+        return
+    runs = 3 if model.graphs else 1
+    for size in model.buckets:
+        for _ in range(runs):
+            model.run({t.name: _warmup_array(t, size) for t in spec.inputs})
+
+
+def _run_warmup_samples(model: LoadedModel, samples: list[WarmupSample]) -> None:
+    """Run the config's warm-up samples (Triton's ``model_warmup``), each ``count`` times."""
+    if not samples:
+        return
+    rng = np.random.default_rng(0)
+    for sample in samples:
+        feeds = _sample_feeds(sample, rng)
+        for _ in range(max(sample.count, 1)):
+            model.run(feeds)
 
 
 def _session(
