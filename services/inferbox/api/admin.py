@@ -9,15 +9,16 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import msgspec
-from litestar import Controller, Request, Response, delete, get, post
-from litestar.datastructures import State
+from litestar import Controller, Request, delete, get, post
 from litestar.params import Parameter
 
-from inferbox.api.responses import json_response as _json
+from inferbox.api.schemas import AuditPage, CreatedKey, KeyList, KeyView, NewKey
+from inferbox.config import Settings
 from inferbox.errors import BadRequest
 from inferbox.frontend.auditing import actor, audited
 from inferbox.security.access import needs
-from inferbox.security.keystore import now_utc
+from inferbox.security.audit import AuditLog
+from inferbox.security.keystore import KeyCache, KeyStore, now_utc
 
 _ADMIN = needs("admin")
 
@@ -26,28 +27,7 @@ _MAX_EXPIRY_S = 100 * 365 * 86400
 """Longest lifetime a key may be given (a larger one overflows the date arithmetic)."""
 
 
-class NewKey(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Body of ``POST /v1/keys``."""
-
-    name: str
-    scopes: list[str]
-    allowed_models: list[str] | None = None
-    """Models the key may use (None: all)."""
-    priority: int = 0
-    """The most urgent priority its calls may claim, and their default: 0 (none set) and 1 high
-    lane, >= 2 low lane. A request may ask for a lower priority (a larger number), never for a
-    higher one."""
-    rate_per_s: float | msgspec.UnsetType | None = msgspec.UNSET
-    """Requests per second; left out: ``INFERBOX_KEY_DEFAULT_RATE_PER_S``; null: no limit."""
-    burst: int | None = None
-    max_concurrency: int | msgspec.UnsetType | None = msgspec.UNSET
-    """Calls in flight at most; left out: ``INFERBOX_KEY_DEFAULT_MAX_CONCURRENCY``; null: no
-    limit."""
-    expires_in_s: float | None = None
-    """Seconds until the key expires (None: never)."""
-
-
-def _limits(data: NewKey, settings) -> tuple[float | None, int | None]:
+def _limits(data: NewKey, settings: Settings) -> tuple[float | None, int | None]:
     """The new key's rate and concurrency limits: its creator's, else the defaults (a key is
     limited unless asked otherwise, so that no key can take the whole appliance by default)."""
     rate = data.rate_per_s
@@ -66,14 +46,21 @@ class KeysController(Controller):
     tags = ["admin"]
 
     @post("", status_code=201, opt=_ADMIN)
-    async def create_key(self, request: Request, state: State, data: NewKey) -> Response:
+    async def create_key(
+        self,
+        request: Request,
+        keystore: KeyStore,
+        key_cache: KeyCache | None,
+        settings: Settings,
+        data: NewKey,
+    ) -> CreatedKey:
         """Create a key; the answer's ``key`` is the only time its secret is shown."""
         if data.expires_in_s is not None and not 0 < data.expires_in_s <= _MAX_EXPIRY_S:
             raise BadRequest(f"expires_in_s must be > 0 and at most {_MAX_EXPIRY_S} (100 years)")
         expires_at = now_utc() + timedelta(seconds=data.expires_in_s) if data.expires_in_s else None
-        rate, concurrency = _limits(data, state.settings)
+        rate, concurrency = _limits(data, settings)
         async with audited(request, "key.create", data.name, scopes=data.scopes) as details:
-            record, full = await state.keystore.create(
+            record, full = await keystore.create(
                 name=data.name,
                 scopes=data.scopes,
                 allowed_models=data.allowed_models,
@@ -85,23 +72,25 @@ class KeysController(Controller):
                 created_by=actor(request),
             )
             details["key_id"] = record.id
-        if state.key_cache is not None:
-            await state.key_cache.created(record)
-        return _json({"key": full, **record.public()}, 201)
+        if key_cache is not None:
+            await key_cache.created(record)
+        return CreatedKey.with_secret(record, full)
 
     @get("", opt=_ADMIN)
-    async def list_keys(self, state: State) -> Response:
+    async def list_keys(self, keystore: KeyStore) -> KeyList:
         """Every key (without secrets), revoked and expired ones included."""
-        return _json({"keys": [k.public() for k in await state.keystore.list()]})
+        return KeyList(keys=[KeyView.of(k) for k in await keystore.list()])
 
     @delete("/{key_id:str}", status_code=200, opt=_ADMIN)
-    async def revoke_key(self, request: Request, state: State, key_id: str) -> Response:
+    async def revoke_key(
+        self, request: Request, keystore: KeyStore, key_cache: KeyCache | None, key_id: str
+    ) -> KeyView:
         """Revoke a key; every API process refuses it within a second."""
         async with audited(request, "key.revoke", key_id):
-            record = await state.keystore.revoke(key_id)
-        if state.key_cache is not None:
-            await state.key_cache.revoked(record)
-        return _json(record.public())
+            record = await keystore.revoke(key_id)
+        if key_cache is not None:
+            await key_cache.revoked(record)
+        return KeyView.of(record)
 
 
 _SINCE = Parameter(default=None, description="ISO 8601 time")
@@ -118,16 +107,16 @@ class AuditController(Controller):
     @get("", opt=_ADMIN)
     async def list_audit(
         self,
-        state: State,
+        audit: AuditLog,
         actor: str | None = None,
         action: str | None = None,
         since: datetime | None = _SINCE,
         before: int | None = _BEFORE,
         limit: int = _LIMIT,
-    ) -> Response:
+    ) -> AuditPage:
         """Rows filtered by actor, action and time; page with ``before=<next>``."""
-        entries = await state.audit.query(
+        entries = await audit.query(
             actor=actor, action=action, since=since, before=before, limit=limit
         )
         following = entries[-1].id if len(entries) == limit else None
-        return _json({"entries": [msgspec.to_builtins(e) for e in entries], "next": following})
+        return AuditPage(entries=entries, next=following)

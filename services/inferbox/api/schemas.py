@@ -1,6 +1,7 @@
-"""The ``/v1`` control plane's request and response bodies, as msgspec structs: Litestar
-decodes and validates the requests, encodes the answers and documents both in the OpenAPI
-description (``/docs/openapi.json``)."""
+"""The API's request and response bodies, as msgspec structs: Litestar decodes and validates
+the requests, encodes the answers and documents both in the OpenAPI description
+(``/docs/openapi.json``). The V2 protocol documents whose shape follows the model (metadata,
+Triton config, repository index) are built in ``inferbox.frontend.documents`` instead."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ from typing import Any
 
 import msgspec
 
+from inferbox.jobs.store import Job, JobInput
 from inferbox.models.spec import ModelConfig, TensorSpec
 from inferbox.registry.store import ModelVersion
+from inferbox.security.audit import AuditEntry
+from inferbox.security.keystore import KeyRecord
 
 
 class AliasTarget(msgspec.Struct):
@@ -104,3 +108,201 @@ class TrafficView(msgspec.Struct, kw_only=True):
 
     name: str
     weights: dict[int, int]
+
+
+# -- /v1/keys and /v1/audit -----------------------------------------------------------------
+
+
+class NewKey(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Body of ``POST /v1/keys``."""
+
+    name: str
+    scopes: list[str]
+    allowed_models: list[str] | None = None
+    """Models the key may use (None: all)."""
+    priority: int = 0
+    """The most urgent priority its calls may claim, and their default: 0 (none set) and 1 high
+    lane, >= 2 low lane. A request may ask for a lower priority (a larger number), never for a
+    higher one."""
+    rate_per_s: float | msgspec.UnsetType | None = msgspec.UNSET
+    """Requests per second; left out: ``INFERBOX_KEY_DEFAULT_RATE_PER_S``; null: no limit."""
+    burst: int | None = None
+    max_concurrency: int | msgspec.UnsetType | None = msgspec.UNSET
+    """Calls in flight at most; left out: ``INFERBOX_KEY_DEFAULT_MAX_CONCURRENCY``; null: no
+    limit."""
+    expires_in_s: float | None = None
+    """Seconds until the key expires (None: never)."""
+
+
+def _public(record: KeyRecord) -> dict[str, Any]:
+    # What the API shows of a key: every field but the secret's hash.
+    fields = msgspec.structs.asdict(record)
+    del fields["secret_hash"]
+    return fields
+
+
+class KeyView(msgspec.Struct, kw_only=True):
+    """An API key as the API shows it: its record without the secret's hash."""
+
+    id: str
+    name: str
+    scopes: list[str]
+    allowed_models: list[str] | None
+    """Models the key may use (None: all)."""
+    priority: int
+    rate_per_s: float | None
+    burst: int | None
+    max_concurrency: int | None
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    created_at: datetime
+    created_by: str | None
+    last_used_at: datetime | None
+
+    @classmethod
+    def of(cls, record: KeyRecord) -> KeyView:
+        """The view of ``record``."""
+        return cls(**_public(record))
+
+
+class CreatedKey(KeyView, kw_only=True):
+    """``POST /v1/keys``: the new key, with its secret (the only time it is shown)."""
+
+    key: str
+
+    @classmethod
+    def with_secret(cls, record: KeyRecord, key: str) -> CreatedKey:
+        """The view of the new ``record`` with its full ``key``."""
+        return cls(key=key, **_public(record))
+
+
+class KeyList(msgspec.Struct):
+    """``GET /v1/keys``."""
+
+    keys: list[KeyView]
+
+
+class AuditPage(msgspec.Struct, kw_only=True):
+    """A page of the audit log, newest first."""
+
+    entries: list[AuditEntry]
+    next: int | None
+    """The ``before`` cursor of the following page (null at the end)."""
+
+
+# -- jobs -----------------------------------------------------------------------------------
+
+
+class JobAccepted(msgspec.Struct, kw_only=True):
+    """``POST .../jobs`` (202): the job recorded, and where to follow it."""
+
+    job_id: str
+    state: str
+    status_url: str
+    result_url: str
+
+
+class WebhookView(msgspec.Struct, kw_only=True):
+    """Delivery of a job's webhook (its URL is not shown)."""
+
+    state: str | None
+    attempts: int
+    error: str | None
+
+
+class JobView(msgspec.Struct, kw_only=True):
+    """A job: its state, progress, attempts, timestamps and error (no storage keys)."""
+
+    id: str
+    model: str
+    version: int
+    state: str
+    kind: str
+    """``request`` (a V2 request body) or ``bulk`` (a job input file)."""
+    progress: float
+    rows_total: int | None
+    rows_done: int
+    attempts: int
+    max_attempts: int
+    error: str | None
+    input_id: str | None
+    result_size: int | None
+    idempotency_key: str | None
+    api_key_id: str | None
+    request_id: str | None
+    webhook: WebhookView | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    expires_at: datetime | None
+
+    @classmethod
+    def of(cls, job: Job) -> JobView:
+        """The view of ``job`` (``Job.view()``, typed)."""
+        return msgspec.convert(job.view(), cls)
+
+
+class JobList(msgspec.Struct, kw_only=True):
+    """``GET /v1/jobs``: a page of jobs, newest first."""
+
+    jobs: list[JobView]
+    next: str | None
+    """The cursor of the following page (null at the end)."""
+
+
+class InputView(msgspec.Struct, kw_only=True):
+    """An uploaded job input file."""
+
+    input_id: str
+    format: str
+    size: int
+    sha256: str
+    rows: int
+    arrays: dict[str, Any]
+    created_at: datetime
+    expires_at: datetime
+
+    @classmethod
+    def of(cls, row: JobInput) -> InputView:
+        """The view of ``row`` (``JobInput.view()``, typed)."""
+        return msgspec.convert(row.view(), cls)
+
+
+# -- /v2 ------------------------------------------------------------------------------------
+
+
+class ServerMetadata(msgspec.Struct, kw_only=True):
+    """``GET /v2``: server name, version and the protocol extensions implemented."""
+
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class Liveness(msgspec.Struct):
+    """``GET /v2/health/live``."""
+
+    live: bool
+
+
+class Readiness(msgspec.Struct, kw_only=True):
+    """``GET /v2/health/ready``: 200 when ready, else 503 with the reason."""
+
+    ready: bool
+    error: str | msgspec.UnsetType = msgspec.UNSET
+    """Why the server is not ready (left out when it is)."""
+
+
+class ModelReadiness(msgspec.Struct, kw_only=True):
+    """``GET /v2/models/{name}[/versions/{version}]/ready``: 200 when a worker serves the
+    version, else 503 with the reason."""
+
+    name: str
+    version: str
+    ready: bool
+    error: str | msgspec.UnsetType | None = msgspec.UNSET
+    """Why the version is not served (left out when it is)."""
+
+
+class Empty(msgspec.Struct):
+    """An empty JSON object: the answer to a repository load or unload."""

@@ -8,6 +8,7 @@ from redis.exceptions import RedisError
 
 import inferbox
 from inferbox.api.responses import json_response as _json
+from inferbox.api.schemas import Empty, Liveness, ModelReadiness, Readiness, ServerMetadata
 from inferbox.errors import Unavailable
 from inferbox.frontend.auditing import audited, visible
 from inferbox.frontend.documents import (
@@ -16,55 +17,61 @@ from inferbox.frontend.documents import (
     repository_index,
     triton_config,
 )
+from inferbox.frontend.health import Dependencies
 from inferbox.inference.directory import ModelDirectory
+from inferbox.registry.service import RegistryService
 from inferbox.security.access import OPEN, needs
 
-JSON = "application/json"
 _INFER = needs("infer", model="name")
 _WRITE = needs("models:write", model="name")
+_RETRY = {"Retry-After": "1"}
+
+
+def _not_ready(error: str) -> Response[Readiness]:
+    return Response(Readiness(ready=False, error=error), status_code=503, headers=_RETRY)
 
 
 class V2Controller(Controller):
-    """Health, server and model metadata, model config, and inference."""
+    """Health, server and model metadata, model config, and inference.
+
+    The model metadata and config are protocol documents whose shape follows the model: they
+    are built in ``inferbox.frontend.documents`` (shared with gRPC) and answered as they are.
+    """
 
     path = "/v2"
     tags = ["v2"]
 
     @get("", sync_to_thread=False, opt=OPEN)
-    def server_metadata(self) -> Response:
+    def server_metadata(self) -> ServerMetadata:
         """Server name, version and the protocol extensions implemented."""
-        return _json(
-            {"name": "inferbox", "version": inferbox.__version__, "extensions": EXTENSIONS}
-        )
+        return ServerMetadata(name="inferbox", version=inferbox.__version__, extensions=EXTENSIONS)
 
     @get("/health/live", sync_to_thread=False, opt=OPEN)
-    def live(self) -> Response:
+    def live(self) -> Liveness:
         """The process answers: ``{"live": true}``."""
-        return _json({"live": True})
+        return Liveness(live=True)
 
     @get("/health/ready", opt=OPEN)
-    async def ready(self, state: State) -> Response:
+    async def ready(
+        self, directory: ModelDirectory, readiness: Dependencies | None
+    ) -> Response[Readiness]:
         """Ready when Redis, PostgreSQL and the S3 store answer and a worker heartbeats."""
-        directory: ModelDirectory = state.directory
         try:
             workers = await directory.workers_alive()
         except RedisError:
-            return _json(
-                {"ready": False, "error": "redis is unreachable"}, 503, {"Retry-After": "1"}
-            )
+            return _not_ready("redis is unreachable")
         if workers == 0:
-            return _json(
-                {"ready": False, "error": "no worker is running"}, 503, {"Retry-After": "1"}
-            )
-        problem = await state.dependencies.problem() if state.dependencies else None
+            return _not_ready("no worker is running")
+        problem = await readiness.problem() if readiness else None
         if problem is not None:
-            return _json({"ready": False, "error": problem}, 503, {"Retry-After": "1"})
-        return _json({"ready": True})
+            return _not_ready(problem)
+        return Response(Readiness(ready=True))
 
     @get(["/models/{name:str}", "/models/{name:str}/versions/{version:str}"], opt=_INFER)
-    async def model_metadata(self, state: State, name: str, version: str | None = None) -> Response:
+    async def model_metadata(
+        self, directory: ModelDirectory, name: str, version: str | None = None
+    ) -> Response:
         """Name, versions, platform, inputs and outputs (``-1`` marks a dynamic dimension)."""
-        directory: ModelDirectory = state.directory
         spec = await directory.resolve(name, version)
         if spec.error:
             raise Unavailable(f"model {name!r} version {spec.version} is not usable: {spec.error}")
@@ -74,26 +81,31 @@ class V2Controller(Controller):
         ["/models/{name:str}/ready", "/models/{name:str}/versions/{version:str}/ready"],
         opt=_INFER,
     )
-    async def model_ready(self, state: State, name: str, version: str | None = None) -> Response:
+    async def model_ready(
+        self, directory: ModelDirectory, name: str, version: str | None = None
+    ) -> Response[ModelReadiness]:
         """200 ``{"ready": true}`` when a worker serves it, else 503 with the reason."""
-        directory: ModelDirectory = state.directory
         spec = await directory.resolve(name, version)
         available = await directory.availability(spec)
         if available.ready:
-            return _json({"name": name, "version": str(spec.version), "ready": True})
-        return _json(
-            {"name": name, "version": str(spec.version), "ready": False, "error": available.reason},
-            503,
-            {"Retry-After": "1"},
+            return Response(ModelReadiness(name=name, version=str(spec.version), ready=True))
+        return Response(
+            ModelReadiness(
+                name=name, version=str(spec.version), ready=False, error=available.reason
+            ),
+            status_code=503,
+            headers=_RETRY,
         )
 
     @get(
         ["/models/{name:str}/config", "/models/{name:str}/versions/{version:str}/config"],
         opt=_INFER,
     )
-    async def model_config(self, state: State, name: str, version: str | None = None) -> Response:
+    async def model_config(
+        self, directory: ModelDirectory, name: str, version: str | None = None
+    ) -> Response:
         """The serving config in Triton's JSON form."""
-        spec = await state.directory.resolve(name, version)
+        spec = await directory.resolve(name, version)
         if spec.error:
             raise Unavailable(f"model {name!r} version {spec.version} is not usable: {spec.error}")
         return _json(triton_config(spec))
@@ -123,18 +135,19 @@ class RepositoryController(Controller):
     async def index(self, request: Request, state: State) -> Response:
         """Every version with its state: READY, LOADING, UNLOADED or UNAVAILABLE (with reason);
         a key limited to some models sees those only."""
+        # The index reads the catalog and the directory from the state, as gRPC's does.
         return _json(await repository_index(state, lambda name: visible(request, name)))
 
     @post("/models/{name:str}/load", status_code=200, opt=_WRITE)
-    async def load(self, request: Request, state: State, name: str) -> Response:
+    async def load(self, request: Request, registry: RegistryService, name: str) -> Empty:
         """Mark every version of the model loaded; workers load it within a second."""
         async with audited(request, "model.load", name):
-            await state.registry.set_loaded(name, True)
-        return _json({})
+            await registry.set_loaded(name, True)
+        return Empty()
 
     @post("/models/{name:str}/unload", status_code=200, opt=_WRITE)
-    async def unload(self, request: Request, state: State, name: str) -> Response:
+    async def unload(self, request: Request, registry: RegistryService, name: str) -> Empty:
         """Mark every version of the model unloaded; workers drop it within a second."""
         async with audited(request, "model.unload", name):
-            await state.registry.set_loaded(name, False)
-        return _json({})
+            await registry.set_loaded(name, False)
+        return Empty()
