@@ -8,11 +8,9 @@ round) fails the suite, so no new route escapes the matrix.
 from __future__ import annotations
 
 import re
-import warnings
 
 import httpx
 import pytest
-from litestar.exceptions import LitestarDeprecationWarning
 
 from inferbox.api.app import create_app
 from inferbox.config import Settings
@@ -91,9 +89,7 @@ HAVING = {
 
 def routes() -> list[tuple[str, str]]:
     """(method, template) of every Litestar route and of the fast path's own routes."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", LitestarDeprecationWarning)  # existing routes' style
-        app = create_app(Settings())
+    app = create_app(Settings())
     found = {
         ("POST", "/v2/models/{name}/infer"),
         ("POST", "/v2/models/{name}/versions/{version}/infer"),

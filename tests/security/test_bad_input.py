@@ -132,5 +132,8 @@ def test_a_large_decode_does_not_stall_other_calls(appliance, http):
         thread.join()
     assert len(done) == 4
     # One such decode takes about a second of CPU; on the event loop it held every call of
-    # that process for as long.
-    assert worst < 0.5, (worst, done)
+    # that process for as long: with 4 bodies on 2 API processes, a probe then waits at least
+    # one whole decode, about half of the fastest body's time. Off the loop a probe waits for
+    # the machine only: 0.5 s, or a third of the fastest body's time on a machine so loaded
+    # that the bodies themselves take seconds longer.
+    assert worst < max(0.5, min(done) / 3), (worst, done)

@@ -15,7 +15,6 @@ import re
 import ssl
 import subprocess
 import uuid
-import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
@@ -23,7 +22,6 @@ from urllib.parse import urlsplit
 import httpx
 import psycopg
 import pytest
-from litestar.exceptions import LitestarDeprecationWarning
 
 from inferbox.api.app import create_app
 from inferbox.config import Settings
@@ -51,9 +49,7 @@ ROUTE_MISS = {"not found", "method not allowed"}
 def app_routes() -> list[tuple[str, str]]:
     """(method, concrete canonical path) of every route handler of the app but Litestar's own
     OPTIONS answers."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", LitestarDeprecationWarning)
-        app = create_app(Settings())
+    app = create_app(Settings())
     found = set()
     for route in app.routes:
         for handler in route.route_handlers:
@@ -203,9 +199,7 @@ def test_the_canonical_paths_the_api_serves_are_canonical():
 def test_every_handler_declares_its_access():
     """A handler without a declaration would need ``admin`` (fail closed); every real one
     says what it needs, so the decision is always the one its author meant."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", LitestarDeprecationWarning)
-        app = create_app(Settings())
+    app = create_app(Settings())
     missing = [
         (route.path, sorted(handler.http_methods))
         for route in app.routes

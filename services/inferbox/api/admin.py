@@ -7,10 +7,12 @@ in the answer to ``POST /v1/keys`` and nowhere else, ever.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Annotated
 
 import msgspec
 from litestar import Controller, Request, delete, get, post
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from inferbox.api.schemas import AuditPage, CreatedKey, KeyList, KeyView, NewKey
 from inferbox.config import Settings
@@ -49,10 +51,10 @@ class KeysController(Controller):
     async def create_key(
         self,
         request: Request,
-        keystore: KeyStore,
-        key_cache: KeyCache | None,
-        settings: Settings,
-        data: NewKey,
+        keystore: NamedDependency[KeyStore],
+        key_cache: NamedDependency[KeyCache | None],
+        settings: NamedDependency[Settings],
+        data: JSONBody[NewKey],
     ) -> CreatedKey:
         """Create a key; the answer's ``key`` is the only time its secret is shown."""
         if data.expires_in_s is not None and not 0 < data.expires_in_s <= _MAX_EXPIRY_S:
@@ -77,13 +79,17 @@ class KeysController(Controller):
         return CreatedKey.with_secret(record, full)
 
     @get("", opt=_ADMIN)
-    async def list_keys(self, keystore: KeyStore) -> KeyList:
+    async def list_keys(self, keystore: NamedDependency[KeyStore]) -> KeyList:
         """Every key (without secrets), revoked and expired ones included."""
         return KeyList(keys=[KeyView.of(k) for k in await keystore.list()])
 
     @delete("/{key_id:str}", status_code=200, opt=_ADMIN)
     async def revoke_key(
-        self, request: Request, keystore: KeyStore, key_cache: KeyCache | None, key_id: str
+        self,
+        request: Request,
+        keystore: NamedDependency[KeyStore],
+        key_cache: NamedDependency[KeyCache | None],
+        key_id: FromPath[str],
     ) -> KeyView:
         """Revoke a key; every API process refuses it within a second."""
         async with audited(request, "key.revoke", key_id):
@@ -93,9 +99,9 @@ class KeysController(Controller):
         return KeyView.of(record)
 
 
-_SINCE = Parameter(default=None, description="ISO 8601 time")
-_BEFORE = Parameter(default=None, description="cursor: the `next` of the previous page")
-_LIMIT = Parameter(default=100, ge=1, le=1000)
+_SINCE = QueryParameter(description="ISO 8601 time")
+_BEFORE = QueryParameter(description="cursor: the `next` of the previous page")
+_LIMIT = QueryParameter(ge=1, le=1000)
 
 
 class AuditController(Controller):
@@ -107,12 +113,12 @@ class AuditController(Controller):
     @get("", opt=_ADMIN)
     async def list_audit(
         self,
-        audit: AuditLog,
-        actor: str | None = None,
-        action: str | None = None,
-        since: datetime | None = _SINCE,
-        before: int | None = _BEFORE,
-        limit: int = _LIMIT,
+        audit: NamedDependency[AuditLog],
+        actor: FromQuery[str | None] = None,
+        action: FromQuery[str | None] = None,
+        since: Annotated[datetime | None, _SINCE] = None,
+        before: Annotated[int | None, _BEFORE] = None,
+        limit: Annotated[int, _LIMIT] = 100,
     ) -> AuditPage:
         """Rows filtered by actor, action and time; page with ``before=<next>``."""
         entries = await audit.query(

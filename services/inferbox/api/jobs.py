@@ -9,9 +9,11 @@ itself stays synchronous.
 from __future__ import annotations
 
 import uuid
+from typing import Annotated
 
 from litestar import Controller, Request, Response, delete, get, post
-from litestar.params import QueryParameter
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery, QueryParameter
 from litestar.response import Stream
 
 from inferbox.api.schemas import InputView, JobAccepted, JobList, JobView
@@ -84,7 +86,11 @@ class JobSubmitController(Controller):
 
     @post("/{name:str}/jobs", status_code=202, opt=needs("jobs", model="name"))
     async def submit(
-        self, request: Request, directory: ModelDirectory, jobs: JobService, name: str
+        self,
+        request: Request,
+        directory: NamedDependency[ModelDirectory],
+        jobs: NamedDependency[JobService],
+        name: FromPath[str],
     ) -> Response[JobAccepted]:
         """Queue a job for the model's default version; 202 once it is recorded."""
         return await _submit(request, directory, jobs, name, None)
@@ -97,10 +103,10 @@ class JobSubmitController(Controller):
     async def submit_version(
         self,
         request: Request,
-        directory: ModelDirectory,
-        jobs: JobService,
-        name: str,
-        version: str,
+        directory: NamedDependency[ModelDirectory],
+        jobs: NamedDependency[JobService],
+        name: FromPath[str],
+        version: FromPath[str],
     ) -> Response[JobAccepted]:
         """Queue a job for a version (number or alias); 202 once it is recorded."""
         return await _submit(request, directory, jobs, name, version)
@@ -116,11 +122,11 @@ class JobsController(Controller):
     async def list_jobs(
         self,
         request: Request,
-        jobs: JobService,
-        job_state: str | None = QueryParameter(name="state", default=None),
-        model: str | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
+        jobs: NamedDependency[JobService],
+        job_state: Annotated[str | None, QueryParameter(name="state")] = None,
+        model: FromQuery[str | None] = None,
+        limit: FromQuery[int] = 50,
+        cursor: FromQuery[str | None] = None,
     ) -> JobList:
         """Jobs newest first; ``next`` is the cursor of the following page (null at the end)."""
         page, after = await jobs.list(
@@ -133,9 +139,9 @@ class JobsController(Controller):
     async def upload_input(
         self,
         request: Request,
-        jobs: JobService,
-        input_format: str | None = QueryParameter(name="format", default=None),
-        filename: str | None = None,
+        jobs: NamedDependency[JobService],
+        input_format: Annotated[str | None, QueryParameter(name="format")] = None,
+        filename: FromQuery[str | None] = None,
     ) -> InputView:
         """Upload a job input file (``.npy``, ``.npz``, JSON lines; raw body or multipart)."""
         fmt = input_format or guess_format(filename, request.headers.get("content-type"))
@@ -145,22 +151,30 @@ class JobsController(Controller):
         return InputView.of(row)
 
     @get("/inputs/{input_id:str}", opt=_JOBS)
-    async def show_input(self, request: Request, jobs: JobService, input_id: str) -> InputView:
+    async def show_input(
+        self, request: Request, jobs: NamedDependency[JobService], input_id: FromPath[str]
+    ) -> InputView:
         """An uploaded input file's description."""
         return InputView.of(await jobs.get_input(input_id, _key(request)))
 
     @get("/{job_id:str}", opt=_JOBS)
-    async def show(self, request: Request, jobs: JobService, job_id: str) -> JobView:
+    async def show(
+        self, request: Request, jobs: NamedDependency[JobService], job_id: FromPath[str]
+    ) -> JobView:
         """A job's state, progress, attempts, timestamps and error."""
         return JobView.of(await jobs.get(job_id, _key(request)))
 
     @delete("/{job_id:str}", status_code=200, opt=_JOBS)
-    async def cancel(self, request: Request, jobs: JobService, job_id: str) -> JobView:
+    async def cancel(
+        self, request: Request, jobs: NamedDependency[JobService], job_id: FromPath[str]
+    ) -> JobView:
         """Cancel a queued or running job (409 when it has already finished)."""
         return JobView.of(await jobs.cancel(job_id, _key(request)))
 
     @get("/{job_id:str}/result", opt=_JOBS)
-    async def result(self, request: Request, jobs: JobService, job_id: str) -> Stream:
+    async def result(
+        self, request: Request, jobs: NamedDependency[JobService], job_id: FromPath[str]
+    ) -> Stream:
         """The V2 inference response, streamed from the object store (binary when asked)."""
         job = await jobs.result(job_id, _key(request))
         headers = {"Content-Length": str(job.result_size)}

@@ -7,6 +7,8 @@ import functools
 
 import redis.asyncio as aioredis
 from litestar import Controller, Request, Response, get
+from litestar.di import NamedDependency
+from litestar.params import FromPath
 
 from inferbox.api.responses import json_response
 from inferbox.frontend.auditing import visible
@@ -24,7 +26,11 @@ class StatisticsController(Controller):
 
     @get("/stats", opt=needs("infer"))
     async def every_model(
-        self, request: Request, redis: aioredis.Redis, redis_keys: Keys, directory: ModelDirectory
+        self,
+        request: Request,
+        redis: NamedDependency[aioredis.Redis],
+        redis_keys: NamedDependency[Keys],
+        directory: NamedDependency[ModelDirectory],
     ) -> Response:
         """Every version of every model this key may call."""
         shown = functools.partial(visible, request)
@@ -38,11 +44,11 @@ class StatisticsController(Controller):
     )
     async def one_model(
         self,
-        redis: aioredis.Redis,
-        redis_keys: Keys,
-        directory: ModelDirectory,
-        name: str,
-        version: str | None = None,
+        redis: NamedDependency[aioredis.Redis],
+        redis_keys: NamedDependency[Keys],
+        directory: NamedDependency[ModelDirectory],
+        name: FromPath[str],
+        version: FromPath[str | None] = None,
     ) -> Response:
         """Every version of the model, or the one named (a number or an alias)."""
         return json_response(

@@ -6,10 +6,13 @@ structs (``api.schemas``). Errors are RFC 9457 problem details (rendered in ``in
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 import redis.asyncio as aioredis
 from litestar import Controller, Request, Response, delete, get, patch, post, put
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from inferbox.api.schemas import (
     AliasTarget,
@@ -68,7 +71,9 @@ class ModelsController(Controller):
     tags = ["models"]
 
     @get("", opt=needs(None))
-    async def list_models(self, request: Request, registry: RegistryService) -> ModelList:
+    async def list_models(
+        self, request: Request, registry: NamedDependency[RegistryService]
+    ) -> ModelList:
         """Every model: versions, aliases and the newest ready version (a key limited to some
         models sees those only)."""
         models = []
@@ -89,7 +94,11 @@ class ModelsController(Controller):
 
     @get("/{name:str}", opt=_READ)
     async def show_model(
-        self, registry: RegistryService, redis: aioredis.Redis, redis_keys: Keys, name: str
+        self,
+        registry: NamedDependency[RegistryService],
+        redis: NamedDependency[aioredis.Redis],
+        redis_keys: NamedDependency[Keys],
+        name: FromPath[str],
     ) -> ModelView:
         """A model with every version, its state on each worker, aliases and traffic split."""
         model = await registry.store.get_model(name)
@@ -111,16 +120,18 @@ class ModelsController(Controller):
     async def push(
         self,
         request: Request,
-        registry: RegistryService,
-        name: str,
-        alias: str | None = None,
-        config: str | None = Parameter(
-            default=None, description="JSON object of serving config fields"
-        ),
-        triton_config: str | None = Parameter(
-            default=None,
-            description="text of the model's Triton config.pbtxt, applied before config",
-        ),
+        registry: NamedDependency[RegistryService],
+        name: FromPath[str],
+        alias: FromQuery[str | None] = None,
+        config: Annotated[
+            str | None, QueryParameter(description="JSON object of serving config fields")
+        ] = None,
+        triton_config: Annotated[
+            str | None,
+            QueryParameter(
+                description="text of the model's Triton config.pbtxt, applied before config"
+            ),
+        ] = None,
     ) -> Response[VersionView]:
         """Upload a new version (raw body, or multipart with a ``file`` part); 201 when stored."""
         overrides = None
@@ -150,11 +161,11 @@ class ModelsController(Controller):
     @get("/{name:str}/versions/{version:int}", opt=_READ)
     async def show_version(
         self,
-        registry: RegistryService,
-        redis: aioredis.Redis,
-        redis_keys: Keys,
-        name: str,
-        version: int,
+        registry: NamedDependency[RegistryService],
+        redis: NamedDependency[aioredis.Redis],
+        redis_keys: NamedDependency[Keys],
+        name: FromPath[str],
+        version: FromPath[int],
     ) -> VersionView:
         """One version with its state on each worker and its capacity card."""
         found = await registry.store.get_version(name, version)
@@ -167,12 +178,12 @@ class ModelsController(Controller):
     @get("/{name:str}/versions/{version:int}/capacity", opt=_READ)
     async def capacity(
         self,
-        registry: RegistryService,
-        redis: aioredis.Redis,
-        redis_keys: Keys,
-        name: str,
-        version: int,
-        latency_ms: float | None = Parameter(default=None, gt=0, le=600_000),
+        registry: NamedDependency[RegistryService],
+        redis: NamedDependency[aioredis.Redis],
+        redis_keys: NamedDependency[Keys],
+        name: FromPath[str],
+        version: FromPath[int],
+        latency_ms: Annotated[float | None, QueryParameter(gt=0, le=600_000)] = None,
     ) -> CapacityView:
         """The capacity card, and batching knobs proposed for ``latency_ms`` when given."""
         found = await registry.store.get_version(name, version)
@@ -188,12 +199,12 @@ class ModelsController(Controller):
     async def update_config(
         self,
         request: Request,
-        registry: RegistryService,
-        redis: aioredis.Redis,
-        redis_keys: Keys,
-        name: str,
-        version: int,
-        data: dict[str, object],
+        registry: NamedDependency[RegistryService],
+        redis: NamedDependency[aioredis.Redis],
+        redis_keys: NamedDependency[Keys],
+        name: FromPath[str],
+        version: FromPath[int],
+        data: JSONBody[dict[str, object]],
     ) -> VersionView:
         """Change serving config fields; workers reload the version with them."""
         async with audited(request, "model.config", f"{name}/{version}", fields=sorted(data)):
@@ -205,10 +216,10 @@ class ModelsController(Controller):
     async def delete_version(
         self,
         request: Request,
-        registry: RegistryService,
-        name: str,
-        version: int,
-        force: bool = False,
+        registry: NamedDependency[RegistryService],
+        name: FromPath[str],
+        version: FromPath[int],
+        force: FromQuery[bool] = False,
     ) -> None:
         """Delete a version; refused (409) while an alias or the split uses it, unless forced."""
         async with audited(request, "model.delete", f"{name}/{version}", force=force):
@@ -216,7 +227,12 @@ class ModelsController(Controller):
 
     @put("/{name:str}/aliases/{alias:str}", opt=_WRITE)
     async def set_alias(
-        self, request: Request, registry: RegistryService, name: str, alias: str, data: AliasTarget
+        self,
+        request: Request,
+        registry: NamedDependency[RegistryService],
+        name: FromPath[str],
+        alias: FromPath[str],
+        data: JSONBody[AliasTarget],
     ) -> AliasView:
         """Create or move an alias to a ready version."""
         async with audited(request, "alias.set", f"{name}:{alias}", version=data.version):
@@ -225,7 +241,11 @@ class ModelsController(Controller):
 
     @delete("/{name:str}/aliases/{alias:str}", status_code=204, opt=_WRITE)
     async def delete_alias(
-        self, request: Request, registry: RegistryService, name: str, alias: str
+        self,
+        request: Request,
+        registry: NamedDependency[RegistryService],
+        name: FromPath[str],
+        alias: FromPath[str],
     ) -> None:
         """Remove an alias."""
         async with audited(request, "alias.delete", f"{name}:{alias}"):
@@ -233,7 +253,11 @@ class ModelsController(Controller):
 
     @put("/{name:str}/traffic", opt=_WRITE)
     async def set_traffic(
-        self, request: Request, registry: RegistryService, name: str, data: TrafficSplit
+        self,
+        request: Request,
+        registry: NamedDependency[RegistryService],
+        name: FromPath[str],
+        data: JSONBody[TrafficSplit],
     ) -> TrafficView:
         """Share unversioned calls between versions by weight (a canary); ``{}`` clears it."""
         async with audited(request, "model.traffic", name, weights=data.weights):

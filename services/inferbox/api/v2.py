@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
+from litestar.di import NamedDependency
+from litestar.params import FromPath
 from redis.exceptions import RedisError
 
 import inferbox
@@ -53,7 +55,9 @@ class V2Controller(Controller):
 
     @get("/health/ready", opt=OPEN)
     async def ready(
-        self, directory: ModelDirectory, readiness: Dependencies | None
+        self,
+        directory: NamedDependency[ModelDirectory],
+        readiness: NamedDependency[Dependencies | None],
     ) -> Response[Readiness]:
         """Ready when Redis, PostgreSQL and the S3 store answer and a worker heartbeats."""
         try:
@@ -69,7 +73,10 @@ class V2Controller(Controller):
 
     @get(["/models/{name:str}", "/models/{name:str}/versions/{version:str}"], opt=_INFER)
     async def model_metadata(
-        self, directory: ModelDirectory, name: str, version: str | None = None
+        self,
+        directory: NamedDependency[ModelDirectory],
+        name: FromPath[str],
+        version: FromPath[str | None] = None,
     ) -> Response:
         """Name, versions, platform, inputs and outputs (``-1`` marks a dynamic dimension)."""
         spec = await directory.resolve(name, version)
@@ -82,7 +89,10 @@ class V2Controller(Controller):
         opt=_INFER,
     )
     async def model_ready(
-        self, directory: ModelDirectory, name: str, version: str | None = None
+        self,
+        directory: NamedDependency[ModelDirectory],
+        name: FromPath[str],
+        version: FromPath[str | None] = None,
     ) -> Response[ModelReadiness]:
         """200 ``{"ready": true}`` when a worker serves it, else 503 with the reason."""
         spec = await directory.resolve(name, version)
@@ -102,7 +112,10 @@ class V2Controller(Controller):
         opt=_INFER,
     )
     async def model_config(
-        self, directory: ModelDirectory, name: str, version: str | None = None
+        self,
+        directory: NamedDependency[ModelDirectory],
+        name: FromPath[str],
+        version: FromPath[str | None] = None,
     ) -> Response:
         """The serving config in Triton's JSON form."""
         spec = await directory.resolve(name, version)
@@ -115,7 +128,7 @@ class V2Controller(Controller):
         status_code=200,
         opt=_INFER,
     )
-    async def infer(self, name: str, version: str | None = None) -> Response:
+    async def infer(self, name: FromPath[str], version: FromPath[str | None] = None) -> Response:
         """Run the model on a V2 inference request (JSON, or binary tensors after an
         ``Inference-Header-Content-Length`` JSON header).
 
@@ -139,14 +152,18 @@ class RepositoryController(Controller):
         return _json(await repository_index(state, lambda name: visible(request, name)))
 
     @post("/models/{name:str}/load", status_code=200, opt=_WRITE)
-    async def load(self, request: Request, registry: RegistryService, name: str) -> Empty:
+    async def load(
+        self, request: Request, registry: NamedDependency[RegistryService], name: FromPath[str]
+    ) -> Empty:
         """Mark every version of the model loaded; workers load it within a second."""
         async with audited(request, "model.load", name):
             await registry.set_loaded(name, True)
         return Empty()
 
     @post("/models/{name:str}/unload", status_code=200, opt=_WRITE)
-    async def unload(self, request: Request, registry: RegistryService, name: str) -> Empty:
+    async def unload(
+        self, request: Request, registry: NamedDependency[RegistryService], name: FromPath[str]
+    ) -> Empty:
         """Mark every version of the model unloaded; workers drop it within a second."""
         async with audited(request, "model.unload", name):
             await registry.set_loaded(name, False)

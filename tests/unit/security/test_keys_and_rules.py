@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import warnings
 from datetime import UTC, datetime
 
 import click
 import pytest
-from litestar.exceptions import LitestarDeprecationWarning
 from litestar.utils import normalize_path
 
 from inferbox.api.app import create_app
@@ -57,9 +55,7 @@ def test_bearer_header_parsing():
 
 @pytest.fixture(scope="module")
 def app():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", LitestarDeprecationWarning)
-        return create_app(Settings())
+    return create_app(Settings())
 
 
 @pytest.mark.parametrize(
