@@ -20,8 +20,6 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
-import onnxruntime as ort
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -78,37 +76,28 @@ def main(argv: list[str]) -> int:
         tree = folder / "tree"
         _git("worktree", "add", "--detach", str(tree), base)
         try:
-            repo = folder / "repo"
-            rng = np.random.default_rng(0)
-            bodies, expected = {}, {}
-            for model in run.MODELS:
-                path = model.build(repo / model.name / "1" / "model.onnx")
-                row = rng.standard_normal((1, *model.row)).astype(np.float32)
-                session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-                expected[model.name] = session.run([model.output], {model.input: row})[0]
-                for encoding in run.ENCODINGS:
-                    bodies[model.name, encoding] = run.build_body(model, encoding, row, folder)
+            bodies, expected = run.model_inputs(folder / "repo", folder)
             points: list[run.Point] = []
             retries: list[str] = []
             for number in range(args.rounds):
                 for server in (
-                    run.InferboxServer(repo, client, args.redis_url, folder / f"cache-{number}"),
+                    run.InferboxServer(
+                        folder / "repo", client, args.redis_url, folder / f"cache-{number}"
+                    ),
                     RevisionServer(
-                        tree, base, repo, client, args.redis_url, folder / f"cache-rev-{number}"
+                        tree,
+                        base,
+                        folder / "repo",
+                        client,
+                        args.redis_url,
+                        folder / f"cache-rev-{number}",
                     ),
                 ):
                     if server.name == "inferbox":
                         server.name = f"inferbox@{here}"
-                    try:
-                        server.start()
-                        points += run.measure(
-                            retries, server, wrk, bodies, expected, concurrency, args
-                        )
-                    except BaseException:
-                        print(server.log_tail(), file=sys.stderr)
-                        raise
-                    finally:
-                        server.stop()
+                    points += run.measure_server(
+                        retries, server, wrk, bodies, expected, concurrency, args
+                    )
         finally:
             _git("worktree", "remove", "--force", str(tree))
     table = report(points, here, base, concurrency, args, run.machine(client, wrk), started)

@@ -187,16 +187,9 @@ def main(argv: list[str]) -> int:
                 ),
             ]
             for server in servers:
-                try:
-                    server.start()
-                    points += bench.measure(
-                        retries, server, wrk, bodies, expected, concurrency, args
-                    )
-                except BaseException:
-                    print(server.log_tail(), file=sys.stderr)
-                    raise
-                finally:
-                    server.stop()
+                points += bench.measure_server(
+                    retries, server, wrk, bodies, expected, concurrency, args
+                )
             compute = {}
             for model in bench.MODELS:
                 path = repo / model.name / "1" / "model.onnx"

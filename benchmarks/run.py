@@ -654,6 +654,43 @@ def measure(
     return points
 
 
+def measure_server(
+    retries: list[str],
+    server: Server,
+    wrk: str,
+    bodies: dict[tuple[str, str], Body],
+    expected: dict[str, np.ndarray],
+    concurrency: list[int],
+    args: argparse.Namespace,
+) -> list[Point]:
+    """Start ``server``, ``measure`` it, stop it (printing its log's tail if it failed)."""
+    try:
+        server.start()
+        return measure(retries, server, wrk, bodies, expected, concurrency, args)
+    except BaseException:
+        print(server.log_tail(), file=sys.stderr)
+        raise
+    finally:
+        server.stop()
+
+
+def model_inputs(
+    repo: Path, folder: Path, encodings: tuple[str, ...] = ENCODINGS
+) -> tuple[dict[tuple[str, str], Body], dict[str, np.ndarray]]:
+    """Each model built into ``repo``, a request body per encoding (files in ``folder``) and
+    ONNX Runtime's answer to it."""
+    rng = np.random.default_rng(0)
+    bodies, expected = {}, {}
+    for model in MODELS:
+        path = model.build(repo / model.name / "1" / "model.onnx")
+        row = rng.standard_normal((1, *model.row)).astype(np.float32)
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        expected[model.name] = session.run([model.output], {model.input: row})[0]
+        for encoding in encodings:
+            bodies[model.name, encoding] = build_body(model, encoding, row, folder)
+    return bodies, expected
+
+
 # --- the report -------------------------------------------------------------------------------
 
 
@@ -921,16 +958,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="inferbox-bench-") as tmp:
         folder = Path(tmp)
         repo = folder / "repo"
-        rng = np.random.default_rng(0)
-        bodies, expected, raw = {}, {}, {}
-        for model in MODELS:
-            path = model.build(repo / model.name / "1" / "model.onnx")
-            row = rng.standard_normal((1, *model.row)).astype(np.float32)
-            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-            expected[model.name] = session.run([model.output], {model.input: row})[0]
-            for encoding in ENCODINGS:
-                bodies[model.name, encoding] = build_body(model, encoding, row, folder)
-            raw[model.name] = measure_raw(path, model, args, None)
+        bodies, expected = model_inputs(repo, folder)
+        raw = {
+            model.name: measure_raw(repo / model.name / "1" / "model.onnx", model, args, None)
+            for model in MODELS
+        }
 
         points: list[Point] = []
         retries: list[str] = []
@@ -938,14 +970,7 @@ def main(argv: list[str] | None = None) -> int:
         inferbox.limited_key = args.limited_key
         servers: list[Server] = [PlainServer(repo), inferbox]
         for server in servers:
-            try:
-                server.start()
-                points += measure(retries, server, wrk, bodies, expected, concurrency, args)
-            except BaseException:
-                print(server.log_tail(), file=sys.stderr)
-                raise
-            finally:
-                server.stop()
+            points += measure_server(retries, server, wrk, bodies, expected, concurrency, args)
 
         # The ceiling is measured again at the end and the better run kept: on a shared machine a
         # burst of someone else's load during one of the two would otherwise set it too low.
