@@ -48,21 +48,7 @@ def worker(settings: Settings) -> None:
     except CudaUnavailable as exc:
         # Before the metrics port opens: the container exits and its healthcheck never passes.
         raise click.ClickException(str(exc)) from None
-    if settings.worker_metrics_port:
-        from prometheus_client import REGISTRY, start_http_server
-
-        from inferbox.observability.collectors import WorkerCollector
-        from inferbox.observability.gpu import gpu_collector
-
-        REGISTRY.register(WorkerCollector(running))
-        gpu = gpu_collector()
-        if gpu is not None:
-            REGISTRY.register(gpu)
-        if settings.cache_url:
-            from inferbox.observability.cache_metrics import CacheServerCollector
-
-            REGISTRY.register(CacheServerCollector(settings.cache_url))
-        start_http_server(settings.worker_metrics_port, addr=settings.worker_metrics_host)
+    _serve_metrics(settings, running, gpu=True)
     running.run()
 
 
@@ -84,11 +70,27 @@ def ray_worker(settings: Settings) -> None:
     ray_settings = RaySettings()
     driver.connect(ray_settings)
     running = driver.ray_worker(settings, ray_settings, objects=object_store(settings))
-    if settings.worker_metrics_port:
-        from prometheus_client import REGISTRY, start_http_server
-
-        from inferbox.observability.collectors import WorkerCollector
-
-        REGISTRY.register(WorkerCollector(running))
-        start_http_server(settings.worker_metrics_port, addr=settings.worker_metrics_host)
+    # The driver holds no GPU: its actors' GPUs are exported by the nodes' own workers.
+    _serve_metrics(settings, running, gpu=False)
     running.run()
+
+
+def _serve_metrics(settings: Settings, running, *, gpu: bool) -> None:
+    """A worker's metrics on ``worker_metrics_port`` (none when 0): its own, the GPUs' with
+    ``gpu``, and the response cache Redis's (memory, evictions) where there is one."""
+    if not settings.worker_metrics_port:
+        return
+    from prometheus_client import REGISTRY, start_http_server
+
+    from inferbox.observability.collectors import WorkerCollector
+    from inferbox.observability.gpu import gpu_collector
+
+    REGISTRY.register(WorkerCollector(running))
+    devices = gpu_collector() if gpu else None
+    if devices is not None:
+        REGISTRY.register(devices)
+    if settings.cache_url:
+        from inferbox.observability.cache_metrics import CacheServerCollector
+
+        REGISTRY.register(CacheServerCollector(settings.cache_url))
+    start_http_server(settings.worker_metrics_port, addr=settings.worker_metrics_host)
