@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import tritonclient.http as triton_http
 
-from tests.cache.conftest import MAX_ENTRY_BYTES, RETRY_S, TIMEOUT_MS
-from tests.conftest import wait_for
-from tests.jobs.conftest import wait_job
+from tests.support.cache import MAX_ENTRY_BYTES, RETRY_S, TIMEOUT_MS
+from tests.support.jobs import wait_job
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -18,9 +18,10 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import wait_for
-from tests.gateway.conftest import ROOT, auth_headers
 from tests.observability.test_log_fields import COMPATIBLE, MAPPING
+from tests.support.auth import auth_headers
+from tests.support.paths import ROOT
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from inferbox.errors import Unavailable
 from inferbox.inference.directory import ModelDirectory
 from inferbox.keys import Keys
-from tests.conftest import REDIS_URL
+from tests.support.redis import REDIS_URL
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,7 @@ from inferbox.models.spec import spec_from_onnx
 from inferbox.testing import onnx_models
 from inferbox.worker.runtime import load_model
 from inferbox.worker.serving import ModelServer
-from tests.conftest import REDIS_URL, delete_prefix
+from tests.support.redis import REDIS_URL, delete_prefix
 
 pytestmark = pytest.mark.integration
 

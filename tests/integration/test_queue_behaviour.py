@@ -11,7 +11,7 @@ import pytest
 
 from inferbox.keys import CONSUMER_GROUP
 from inferbox.lanes.wire import CallHeader, TensorMeta, encode_call
-from tests.conftest import wait_for
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

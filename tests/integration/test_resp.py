@@ -12,7 +12,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from inferbox.lanes.resp import BlockingRespConnection, RespConnection, pack
-from tests.conftest import REDIS_URL
+from tests.support.redis import REDIS_URL
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,10 @@ from inferbox.lanes.wire import CallHeader, TensorMeta, decode_reply, encode_cal
 from inferbox.models.catalog import put_specs
 from inferbox.models.repository import scan_repository
 from inferbox.testing import onnx_models
-from tests.conftest import INFERBOX, REDIS_URL, delete_prefix, stop_process, wait_for
+from tests.support.paths import INFERBOX
+from tests.support.processes import stop_process
+from tests.support.redis import REDIS_URL, delete_prefix
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -9,7 +9,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from tests.conftest import INFERBOX, run_cli
+from tests.support.paths import INFERBOX
+from tests.support.processes import run_cli
 
 pytestmark = pytest.mark.integration
 

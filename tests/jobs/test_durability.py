@@ -11,9 +11,11 @@ import httpx
 import psycopg
 import pytest
 
-from tests.conftest import _start, running_appliance, stop_process, wait_for
-from tests.jobs.conftest import JOB_ENV, SLOW_WIDTH, long_job_body, slow_body, wait_job
 from tests.jobs.test_lifecycle import X, _job_objects
+from tests.support.appliance import running_appliance
+from tests.support.jobs import JOB_ENV, SLOW_WIDTH, long_job_body, slow_body, wait_job
+from tests.support.processes import start_inferbox, stop_process
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -45,7 +47,7 @@ def _job_worker(appliance, name: str, tmp_path, **extra: str):
         "INFERBOX_WORKER_ID": name,
         "INFERBOX_WORKER_METRICS_PORT": "0",
     }
-    return _start(["worker"], env, tmp_path / f"{name}.log")
+    return start_inferbox(["worker"], env, tmp_path / f"{name}.log")
 
 
 def _ledger(appliance, job_ids: list[str]) -> dict[str, tuple]:

@@ -12,8 +12,8 @@ import pytest
 
 from inferbox.jobs.webhooks import signature
 from inferbox.registry.objects import ObjectStore
-from tests.conftest import wait_for
-from tests.jobs.conftest import WEBHOOK_SECRET, long_job_body, wait_job
+from tests.support.jobs import WEBHOOK_SECRET, long_job_body, wait_job
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 import tritonclient.http as triton_http
 
-from tests.jobs.conftest import wait_job
+from tests.support.jobs import wait_job
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,8 @@ import pytest
 
 from inferbox.client import InferboxClient
 from inferbox.testing import onnx_models
-from tests.conftest import running_appliance, wait_for
+from tests.support.appliance import running_appliance
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

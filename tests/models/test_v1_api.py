@@ -12,8 +12,9 @@ import pytest
 
 from inferbox.client import InferboxClient
 from inferbox.testing import onnx_models
-from tests.conftest import run_cli, wait_for
 from tests.registry.bad_models import CORPUS
+from tests.support.processes import run_cli
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
-from tests.conftest import free_port, stop_process, wait_for
-
-ROOT = Path(__file__).resolve().parents[2]
-PROMETHEUS_DIR = ROOT / "prometheus"
-
-
-def tool(name: str) -> str:
-    """Path of a Prometheus binary (Debian's ``prometheus`` package; scripts/test installs it)."""
-    path = shutil.which(name)
-    if path is None:
-        pytest.skip(f"{name} is not installed (apt-get install prometheus)")
-    return path
+from tests.support.processes import free_port, stop_process
+from tests.support.prometheus import PROMETHEUS_DIR, tool
+from tests.support.waiting import wait_for
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from inferbox.observability.certificate import expiry
-from tests.conftest import ROOT
+from tests.support.paths import ROOT
 
 pytestmark = pytest.mark.integration
 

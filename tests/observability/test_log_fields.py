@@ -9,8 +9,8 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import wait_for
-from tests.observability.conftest import ROOT
+from tests.support.paths import ROOT
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

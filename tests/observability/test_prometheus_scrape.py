@@ -12,8 +12,9 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import wait_for
-from tests.observability.conftest import PROMETHEUS_DIR, ROOT
+from tests.support.paths import ROOT
+from tests.support.prometheus import PROMETHEUS_DIR
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from tests.observability.conftest import PROMETHEUS_DIR, tool
+from tests.support.prometheus import PROMETHEUS_DIR, tool
 
 pytestmark = pytest.mark.unit
 

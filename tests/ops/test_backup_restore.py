@@ -11,7 +11,10 @@ import pytest
 
 from inferbox.client import InferboxClient
 from inferbox.testing import onnx_models
-from tests.conftest import INFERBOX, run_cli, running_appliance, wait_for
+from tests.support.appliance import running_appliance
+from tests.support.paths import INFERBOX
+from tests.support.processes import run_cli
+from tests.support.waiting import wait_for
 
 # A whole appliance backed up, wiped and restored: over a minute alone on 2 cores.
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]

@@ -12,7 +12,7 @@ from inferbox.keys import Keys
 from inferbox.registry.store import create_pool
 from inferbox.security.keys import hash_secret, split_key
 from inferbox.security.keystore import KeyCache, KeyStore
-from tests.conftest import REDIS_URL
+from tests.support.redis import REDIS_URL
 
 
 async def test_a_key_is_found_through_redis_and_without_it(registry_db):

@@ -16,7 +16,7 @@ import pytest
 from psycopg_pool import PoolTimeout
 
 from inferbox.registry.store import create_pool
-from tests.reliability.services import PostgresServer
+from tests.support.postgres import PostgresServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

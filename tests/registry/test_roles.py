@@ -15,7 +15,8 @@ from inferbox.registry.store import create_pool
 from inferbox.security.audit import AuditLog
 from inferbox.security.keystore import KeyStore
 from inferbox.testing import onnx_models
-from tests.conftest import running_appliance, wait_for
+from tests.support.appliance import running_appliance
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -19,8 +19,6 @@ import httpx
 import pytest
 
 from inferbox.testing import onnx_models
-from tests.conftest import wait_for
-from tests.reliability.conftest import HANG_S, SETTINGS, ChaosStack
 from tests.reliability.jobs import JobProbe
 from tests.reliability.load import (
     PLANNED,
@@ -31,6 +29,8 @@ from tests.reliability.load import (
     throughput,
 )
 from tests.reliability.report import record
+from tests.support.chaos import HANG_S, SETTINGS, ChaosStack
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(180)]
 

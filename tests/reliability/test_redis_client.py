@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from inferbox.frontend.wiring import redis_client
-from tests.reliability.services import RedisServer
+from tests.support.redis import RedisServer
 
 pytestmark = pytest.mark.integration
 

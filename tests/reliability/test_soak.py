@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.conftest import SETTINGS, children, rss_bytes
 from tests.reliability.load import Load, describe, latency_quantile, statuses, throughput
 from tests.reliability.report import record
+from tests.support.chaos import SETTINGS, children, rss_bytes
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.gateway.conftest import make_certs, running_gateway
+from tests.support.gateway import make_certs, running_gateway
 
 pytestmark = pytest.mark.integration
 

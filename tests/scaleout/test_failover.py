@@ -9,8 +9,8 @@ import pytest
 
 from inferbox.models.spec import spec_from_onnx
 from inferbox.testing import onnx_models
-from tests.conftest import wait_for
-from tests.scaleout.conftest import LaneClient, actors_of, kill_actor_process
+from tests.support.scaleout import LaneClient, actors_of, kill_actor_process
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 

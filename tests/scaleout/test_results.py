@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from inferbox.testing.onnx_models import IDENTITY_TYPES
-from tests.scaleout.conftest import LaneClient, running_worker
+from tests.support.scaleout import LaneClient, running_worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 

@@ -11,17 +11,11 @@ import pytest
 import tritonclient.http as triton_http
 
 from inferbox.testing import onnx_models
-from tests.conftest import (
-    BearerAuth,
-    _start,
-    appliance_env,
-    delete_prefix,
-    free_port,
-    run_cli,
-    stop_process,
-    wait_for,
-)
-from tests.scaleout.conftest import NAMESPACE
+from tests.support.appliance import BearerAuth, appliance_env
+from tests.support.processes import free_port, run_cli, start_inferbox, stop_process
+from tests.support.redis import delete_prefix
+from tests.support.scaleout import NAMESPACE
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
@@ -56,8 +50,8 @@ def test_tritonclient_answers_and_jobs_come_from_ray_actors(
     # it to the actor through Ray's object store.
     run_cli(["models", "import", str(repo)], env)
     procs = [
-        _start(["ray-worker"], env, logs / "ray-worker.log"),
-        _start(["api"], env, logs / "api.log"),
+        start_inferbox(["ray-worker"], env, logs / "ray-worker.log"),
+        start_inferbox(["api"], env, logs / "api.log"),
     ]
     url = f"http://127.0.0.1:{api_port}"
 

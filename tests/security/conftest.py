@@ -23,8 +23,3 @@ def make_key(admin):
         return created["key"], created["id"]
 
     return make
-
-
-def bearer(key: str) -> dict[str, str]:
-    """The ``Authorization`` header for ``key``."""
-    return {"Authorization": f"Bearer {key}"}

@@ -20,7 +20,8 @@ import boto3
 import httpx
 
 from inferbox.registry.s3_access import COMPONENTS, policy
-from tests.conftest import free_port, wait_for
+from tests.support.processes import free_port
+from tests.support.waiting import wait_for
 
 MOTO = Path(sys.executable).parent / "moto_server"
 

@@ -13,8 +13,8 @@ import pytest
 
 from inferbox.client import ApiError
 from inferbox.testing import onnx_models
-from tests.conftest import wait_for
-from tests.security.conftest import bearer
+from tests.support.auth import bearer
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ import pytest
 
 from inferbox.api.app import create_app
 from inferbox.config import Settings
-from tests.security.conftest import bearer
+from tests.support.auth import bearer
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ from rq.serializers import JSONSerializer
 
 from inferbox.jobs.lane import _ThreadWorker
 from inferbox.jobs.transport import FUNCTION
-from tests.conftest import REDIS_URL
+from tests.support.redis import REDIS_URL
 
 pytestmark = pytest.mark.integration
 

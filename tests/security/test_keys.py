@@ -14,8 +14,8 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import run_cli
-from tests.security.conftest import bearer
+from tests.support.auth import bearer
+from tests.support.processes import run_cli
 
 pytestmark = pytest.mark.integration
 

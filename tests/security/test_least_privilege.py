@@ -26,8 +26,10 @@ import tritonclient.grpc as grpcclient
 from inferbox.client import InferboxClient
 from inferbox.testing import onnx_models
 from tests.compose.test_compose import ROOT, _resolve
-from tests.conftest import _start, free_port, run_cli, running_appliance, stop_process, wait_for
 from tests.security.s3_iam import s3_with_policies
+from tests.support.appliance import running_appliance
+from tests.support.processes import free_port, run_cli, start_inferbox, stop_process
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -175,7 +177,7 @@ def _parts(config, prefix, acl_redis, make_database, tmp_path_factory, model_rep
             "INFERBOX_GRPC_BIND": f"127.0.0.1:{grpc_port}",
             "INFERBOX_GRPC_PROCESSES": "1",
         }
-        grpc = _start(["grpc"], grpc_env, appliance.logs / "grpc.log")
+        grpc = start_inferbox(["grpc"], grpc_env, appliance.logs / "grpc.log")
         try:
             wait_for(lambda: grpc.poll() is None and _answers(grpc_port), 60, "the gRPC server")
             yield Parts(appliance, admin, urls, roles, f"127.0.0.1:{grpc_port}", prefix)

@@ -10,8 +10,8 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import wait_for
-from tests.security.conftest import bearer
+from tests.support.auth import bearer
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -144,7 +144,7 @@ async def test_limits_on_the_hot_path_connection_survive_a_script_flush():
     from inferbox.lanes.resp import RespConnection
     from inferbox.security.keystore import KeyRecord, now_utc
     from inferbox.security.limits import Limiter
-    from tests.conftest import REDIS_URL
+    from tests.support.redis import REDIS_URL
 
     client = aioredis.Redis.from_url(REDIS_URL)
     connection = RespConnection(REDIS_URL)

@@ -26,8 +26,8 @@ import pytest
 from inferbox.api.app import create_app
 from inferbox.config import Settings
 from inferbox.security.access import ACCESS, access_of, canonical
-from tests.conftest import INFERBOX
-from tests.gateway.conftest import make_certs, running_gateway
+from tests.support.gateway import make_certs, running_gateway
+from tests.support.paths import INFERBOX
 
 pytestmark = pytest.mark.integration
 

@@ -4,34 +4,23 @@ Triton user would (``inferbox models import``), with the gRPC server beside the 
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import (
-    Appliance,
-    _start,
-    free_port,
-    run_cli,
-    running_appliance,
-    stop_process,
-    wait_for,
-)
-from tests.gateway.conftest import gateway_certs  # noqa: F401 (the gateway's certificates)
+from tests.support.appliance import running_appliance
+from tests.support.gateway import make_certs
+from tests.support.processes import free_port, run_cli, start_inferbox, stop_process
+from tests.support.triton import SERVED, TritonAppliance
+from tests.support.waiting import wait_for
 from tests.triton.repository import write_triton_repository
 
-SERVED = ("rows", "batched", "dynamic", "reshaped", "declared", "alltypes", "typed")
 
-
-@dataclass
-class TritonAppliance:
-    appliance: Appliance
-    grpc_url: str
-    import_report: str
-    repo: Path
-    grpc_metrics_url: str
+@pytest.fixture(scope="session")
+def gateway_certs(tmp_path_factory) -> Path:
+    """Certificates for nginx in front of the Triton appliance (as ``tests/gateway`` makes)."""
+    return make_certs(tmp_path_factory.mktemp("certs"))
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +49,7 @@ def triton_appliance(
             # Two server processes on one port, their metrics merged (as in the appliance).
             "INFERBOX_GRPC_PROCESSES": "2",
         }
-        grpc_proc = _start(["grpc"], env, appliance.logs / "grpc.log")
+        grpc_proc = start_inferbox(["grpc"], env, appliance.logs / "grpc.log")
         auth = appliance.headers
 
         def ready():

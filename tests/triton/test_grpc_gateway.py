@@ -11,7 +11,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
-from tests.gateway.conftest import running_gateway
+from tests.support.gateway import running_gateway
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from tests.gateway.conftest import running_gateway
+from tests.support.gateway import running_gateway
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 

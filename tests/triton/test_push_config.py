@@ -8,7 +8,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from inferbox.testing import onnx_models
-from tests.conftest import run_cli, wait_for
+from tests.support.processes import run_cli
+from tests.support.waiting import wait_for
 from tests.triton.repository import CONFIGS
 
 pytestmark = pytest.mark.integration

@@ -1,0 +1,72 @@
+"""An S3 server of the tests' own: moto's, as its own process on a free port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from tests.support.processes import free_port, stop_process
+from tests.support.waiting import wait_for
+
+MOTO = str(Path(sys.executable).with_name("moto_server"))
+
+
+class S3Server:
+    """moto's S3 server as its own process, so it can be made unreachable and brought back.
+
+    ``freeze`` stops the process (SIGSTOP): connections are accepted by the kernel but never
+    answered, the harshest kind of unreachable (clients must time out on their own); ``thaw``
+    continues it with every object intact.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        self.frozen = False
+
+    @property
+    def endpoint(self) -> str:
+        """``host:port`` of the S3 API."""
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Start the server and wait until it answers."""
+        log = (self.folder / "s3.log").open("ab")
+        self.proc = subprocess.Popen(
+            [MOTO, "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+
+        def answers():
+            try:
+                return httpx.get(f"http://{self.endpoint}/", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(answers, 30, "the S3 server to answer", interval=0.1)
+
+    def freeze(self) -> None:
+        """Make the server unreachable (it stops answering)."""
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        self.frozen = True
+
+    def thaw(self) -> None:
+        """Bring it back."""
+        os.kill(self.proc.pid, signal.SIGCONT)
+        self.frozen = False
+
+    def stop(self) -> None:
+        """Stop for good."""
+        if self.proc is not None:
+            if self.frozen:
+                self.thaw()
+            stop_process(self.proc, 10)
