@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 from pathlib import Path
@@ -44,3 +46,29 @@ def run_cli(args: list[str], env: dict[str, str]) -> str:
     done = subprocess.run([INFERBOX, *args], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
+
+
+class Freezable:
+    """A server process (``proc``) the tests can make unreachable and bring back: ``freeze``
+    (SIGSTOP: connections are accepted by the kernel, never answered), ``thaw`` (SIGCONT, with
+    everything intact) and ``stop`` for good."""
+
+    proc: subprocess.Popen | None = None
+    frozen = False
+
+    def freeze(self) -> None:
+        """Stop answering; connections are still accepted."""
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        self.frozen = True
+
+    def thaw(self) -> None:
+        """Answer again."""
+        os.kill(self.proc.pid, signal.SIGCONT)
+        self.frozen = False
+
+    def stop(self) -> None:
+        """Stop for good."""
+        if self.proc is not None:
+            if self.frozen:
+                self.thaw()
+            stop_process(self.proc, 10)

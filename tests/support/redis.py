@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 from pathlib import Path
 
 import redis
 
-from tests.support.processes import free_port, stop_process
+from tests.support.processes import Freezable, free_port
 from tests.support.waiting import wait_for
 
 REDIS_URL = os.environ.get("INFERBOX_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -25,7 +24,7 @@ def delete_prefix(client: redis.Redis, prefix: str) -> None:
         client.delete(*keys)
 
 
-class RedisProcess:
+class RedisProcess(Freezable):
     """A ``redis-server`` of the tests' own on a free port, with its data folder.
 
     ``kill`` (SIGKILL) and ``start`` again on the same port, ``freeze`` (SIGSTOP: connections
@@ -87,23 +86,6 @@ class RedisProcess:
                 self.thaw()
             self.proc.kill()
             self.proc.wait()
-
-    def freeze(self) -> None:
-        """Stop answering (SIGSTOP), connections still accepted by the kernel."""
-        os.kill(self.proc.pid, signal.SIGSTOP)
-        self.frozen = True
-
-    def thaw(self) -> None:
-        """Answer again (SIGCONT), with everything intact."""
-        os.kill(self.proc.pid, signal.SIGCONT)
-        self.frozen = False
-
-    def stop(self) -> None:
-        """Stop for good."""
-        if self.proc is not None:
-            if self.frozen:
-                self.thaw()
-            stop_process(self.proc, 10)
 
 
 class RedisServer(RedisProcess):

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
 
-from tests.support.processes import free_port, stop_process
+from tests.support.processes import Freezable, free_port
 from tests.support.waiting import wait_for
 
 MOTO = str(Path(sys.executable).with_name("moto_server"))
 
 
-class S3Server:
+class S3Server(Freezable):
     """moto's S3 server as its own process, so it can be made unreachable and brought back.
 
     ``freeze`` stops the process (SIGSTOP): connections are accepted by the kernel but never
@@ -53,20 +51,3 @@ class S3Server:
                 return False
 
         wait_for(answers, 30, "the S3 server to answer", interval=0.1)
-
-    def freeze(self) -> None:
-        """Make the server unreachable (it stops answering)."""
-        os.kill(self.proc.pid, signal.SIGSTOP)
-        self.frozen = True
-
-    def thaw(self) -> None:
-        """Bring it back."""
-        os.kill(self.proc.pid, signal.SIGCONT)
-        self.frozen = False
-
-    def stop(self) -> None:
-        """Stop for good."""
-        if self.proc is not None:
-            if self.frozen:
-                self.thaw()
-            stop_process(self.proc, 10)

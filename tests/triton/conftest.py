@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.support.appliance import running_appliance
-from tests.support.gateway import make_certs
+from tests.support.gateway import make_certs, running_gateway
 from tests.support.processes import free_port, run_cli, start_inferbox, stop_process
 from tests.support.triton import SERVED, TritonAppliance
 from tests.support.waiting import wait_for
@@ -21,6 +21,19 @@ from tests.triton.repository import write_triton_repository
 def gateway_certs(tmp_path_factory) -> Path:
     """Certificates for nginx in front of the Triton appliance (as ``tests/gateway`` makes)."""
     return make_certs(tmp_path_factory.mktemp("certs"))
+
+
+@pytest.fixture(scope="session")
+def triton_gateway(triton_appliance, tmp_path_factory, gateway_certs):
+    """nginx in front of the Triton appliance: HTTPS and gRPC (HTTP/2) on one TLS port."""
+    upstream = triton_appliance.appliance.url.removeprefix("http://")
+    with running_gateway(
+        upstream,
+        tmp_path_factory.mktemp("grpc-gateway"),
+        gateway_certs,
+        grpc_upstream=triton_appliance.grpc_url,
+    ) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")

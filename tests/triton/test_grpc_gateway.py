@@ -11,21 +11,12 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
-from tests.support.gateway import running_gateway
-
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def gateway(triton_appliance, tmp_path_factory, gateway_certs):
-    upstream = triton_appliance.appliance.url.removeprefix("http://")
-    with running_gateway(
-        upstream,
-        tmp_path_factory.mktemp("grpc-gateway"),
-        gateway_certs,
-        grpc_upstream=triton_appliance.grpc_url,
-    ) as running:
-        yield running
+def gateway(triton_gateway):
+    return triton_gateway
 
 
 @pytest.fixture(scope="module")

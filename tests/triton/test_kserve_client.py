@@ -18,8 +18,6 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from tests.support.gateway import running_gateway
-
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 KSERVE = "kserve==0.21.0"
@@ -44,15 +42,8 @@ def _kserve_python() -> Path:
 
 
 @pytest.fixture(scope="module")
-def gateway(triton_appliance, tmp_path_factory, gateway_certs):
-    upstream = triton_appliance.appliance.url.removeprefix("http://")
-    with running_gateway(
-        upstream,
-        tmp_path_factory.mktemp("kserve-gateway"),
-        gateway_certs,
-        grpc_upstream=triton_appliance.grpc_url,
-    ) as running:
-        yield running
+def gateway(triton_gateway):
+    return triton_gateway
 
 
 def test_kserve_grpc_client_through_nginx(gateway, triton_appliance):
