@@ -51,10 +51,14 @@ def run_cli(args: list[str], env: dict[str, str]) -> str:
 class Freezable:
     """A server process (``proc``) the tests can make unreachable and bring back: ``freeze``
     (SIGSTOP: connections are accepted by the kernel, never answered), ``thaw`` (SIGCONT, with
-    everything intact) and ``stop`` for good."""
+    everything intact) and ``stop`` for good. It keeps its files in ``folder`` and listens on
+    a free ``port``."""
 
-    proc: subprocess.Popen | None = None
-    frozen = False
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        self.frozen = False
 
     def freeze(self) -> None:
         """Stop answering; connections are still accepted."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import redis
 
-from tests.support.processes import Freezable, free_port
+from tests.support.processes import Freezable
 from tests.support.waiting import wait_for
 
 REDIS_URL = os.environ.get("INFERBOX_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -35,12 +35,6 @@ class RedisProcess(Freezable):
     """File in ``folder`` the server writes its output to."""
     what = "redis-server"
     """What a timeout waiting for it says."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-        self.frozen = False
 
     @property
     def url(self) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.processes import Freezable, free_port
+from tests.support.processes import Freezable
 from tests.support.waiting import wait_for
 
 MOTO = str(Path(sys.executable).with_name("moto_server"))
@@ -21,12 +21,6 @@ class S3Server(Freezable):
     answered, the harshest kind of unreachable (clients must time out on their own); ``thaw``
     continues it with every object intact.
     """
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-        self.frozen = False
 
     @property
     def endpoint(self) -> str:
