@@ -35,9 +35,50 @@ def auth(served):
     return {"authorization": f"Bearer {served.appliance.api_key}"}
 
 
+class Endpoint:
+    """Where a gRPC client connects: ``inferbox grpc`` itself (every RPC), or nginx over TLS,
+    which relays ``ModelInfer`` to the API's fast path and every other RPC to ``inferbox grpc``."""
+
+    def __init__(self, served, gateway=None) -> None:
+        self.served = served
+        self.gateway = gateway
+        if gateway is None:
+            self.target = served.grpc_url
+        else:
+            self.target = f"127.0.0.1:{gateway.https_port}"
+
+    def client(self, module=grpcclient):
+        """A ``tritonclient`` client (``tritonclient.grpc`` or its ``aio``) of this endpoint."""
+        if self.gateway is None:
+            return module.InferenceServerClient(self.target)
+        return module.InferenceServerClient(
+            self.target, ssl=True, root_certificates=str(self.gateway.ca)
+        )
+
+    def channel(self) -> grpc.Channel:
+        """A plain grpcio channel to this endpoint."""
+        if self.gateway is None:
+            return grpc.insecure_channel(self.target)
+        credentials = grpc.ssl_channel_credentials(self.gateway.ca.read_bytes())
+        return grpc.secure_channel(self.target, credentials)
+
+    def metrics_url(self) -> str:
+        """The metrics of the process that serves ``ModelInfer`` here."""
+        if self.gateway is None:
+            return self.served.grpc_metrics_url
+        return f"{self.served.appliance.url}/metrics"
+
+
+@pytest.fixture(scope="module", params=["grpc-server", "nginx"])
+def endpoint(request, served):
+    if request.param == "grpc-server":
+        return Endpoint(served)
+    return Endpoint(served, request.getfixturevalue("triton_gateway"))
+
+
 @pytest.fixture(scope="module")
-def client(served):
-    with grpcclient.InferenceServerClient(served.grpc_url) as c:
+def client(endpoint):
+    with endpoint.client() as c:
         yield c
 
 
@@ -177,7 +218,7 @@ def test_every_datatype_raw(client, auth):
     _check_identity(values, result.as_numpy)
 
 
-def test_every_datatype_typed_contents(served, auth):
+def test_every_datatype_typed_contents(endpoint, auth):
     """Typed ``contents`` (what KServe's gRPC clients send) for every datatype they can carry."""
     values = {t: _numpy(t, (2, 3)) for t in IDENTITY_TYPES if t != "FP16"}
     request = service_pb2.ModelInferRequest(model_name="typed", id="typed")
@@ -187,7 +228,7 @@ def test_every_datatype_typed_contents(served, auth):
         if datatype == "BYTES":
             flat = [v.encode() for v in flat]
         getattr(tensor.contents, _FIELDS[datatype]).extend(flat)
-    with grpc.insecure_channel(served.grpc_url) as channel:
+    with endpoint.channel() as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         response = stub.ModelInfer(request, metadata=list(auth.items()))
         result = grpcclient.InferResult(response)
@@ -204,14 +245,14 @@ def test_every_datatype_typed_contents(served, auth):
     )
 
 
-def test_config_pbtxt_response_cache_answers_grpc_and_http(auth, served):
+def test_config_pbtxt_response_cache_answers_grpc_and_http(auth, served, endpoint):
     """``response_cache { enable: true }`` in config.pbtxt: a repeated call is a hit, over gRPC
     (``x-inferbox-cache`` initial metadata) and HTTP alike, with its own id."""
     x = np.random.default_rng(uuid.uuid4().int).standard_normal((2, 16)).astype(np.float32)
     request = service_pb2.ModelInferRequest(model_name="batched", id="first")
     request.inputs.add(name="x", datatype="FP32", shape=[2, 16])
     request.raw_input_contents.append(x.tobytes())
-    with grpc.insecure_channel(served.grpc_url) as channel:
+    with endpoint.channel() as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         first, call = stub.ModelInfer.with_call(request, metadata=list(auth.items()))
         assert dict(call.initial_metadata())["x-inferbox-cache"] == "miss"
@@ -289,12 +330,12 @@ def test_repository_index_unload_and_load(client, auth):
     wait_for(lambda: state("reshaped") == "READY", 30, "reshaped to be loaded again")
 
 
-def test_aio_concurrency(served, auth):
+def test_aio_concurrency(served, endpoint, auth):
     rng = np.random.default_rng(3)
     rows = [rng.standard_normal((1, 16)).astype(np.float32) for _ in range(64)]
 
     async def run():
-        async with grpcaio.InferenceServerClient(served.grpc_url) as aio:
+        async with endpoint.client(grpcaio) as aio:
 
             async def one(x):
                 item = grpcaio.InferInput("x", [1, 16], "FP32")
@@ -330,19 +371,32 @@ def test_stream_infer_answers_in_order_and_survives_an_error(served, auth):
     assert third[1] is None and third[0].get_response().id == "2"
 
 
-def test_calls_are_counted_like_http_ones(served, client, auth):
-    item = grpcclient.InferInput("x", [1, 16], "FP32")
-    item.set_data_from_numpy(np.zeros((1, 16), np.float32))
-    client.infer("batched", [item], headers=auth)
-    text = httpx.get(served.grpc_metrics_url).text
-    lines = [
-        line
+def _served_calls(url: str) -> float:
+    """``inferbox_requests_total`` of the model ``batched`` answered 200, from a metrics page."""
+    text = httpx.get(url).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
         if line.startswith("inferbox_requests_total{")
         and 'model="batched"' in line
         and 'status="200"' in line
-    ]
-    assert lines and float(lines[0].rsplit(" ", 1)[1]) >= 1
+    )
+
+
+def test_calls_are_counted_like_http_ones(endpoint, client, auth):
+    """Counted by the process that served them: ``inferbox grpc``, or through nginx the API
+    (the relay), and not ``inferbox grpc``."""
+    grpc_server = endpoint.served.grpc_metrics_url
+    before, grpc_before = _served_calls(endpoint.metrics_url()), _served_calls(grpc_server)
+    item = grpcclient.InferInput("x", [1, 16], "FP32")
+    item.set_data_from_numpy(np.zeros((1, 16), np.float32))
+    for _ in range(3):
+        client.infer("batched", [item], headers=auth)
+    wait_for(
+        lambda: _served_calls(endpoint.metrics_url()) >= before + 3, 10, "the calls to be counted"
+    )
+    if endpoint.gateway is not None:
+        assert _served_calls(grpc_server) == grpc_before
 
 
 def _counted(document: dict) -> tuple[int, int, int]:

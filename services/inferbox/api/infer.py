@@ -30,6 +30,7 @@ import structlog
 from litestar import Litestar
 from litestar.types import Receive, Scope, Send
 
+from inferbox.api import grpc_infer
 from inferbox.cache.client import HIT, MISS
 from inferbox.errors import (
     PROBLEM_JSON,
@@ -126,8 +127,11 @@ class InferenceFastPath:
             if path.endswith("/infer"):
                 match = INFER_PATH.fullmatch(path)
                 if match is not None:
-                    await self._serve(scope, receive, send, match["name"], match["version"])
+                    await self._serve(scope, receive, send, HTTP, match["name"], match["version"])
                     return
+            elif path == grpc_infer.PATH:
+                await self._serve(scope, receive, send, grpc_infer.GRPC)
+                return
             elif path == "/metrics":
                 await _send_metrics(send)
                 return
@@ -166,44 +170,42 @@ class InferenceFastPath:
         problem_path = path if path.startswith("/v1") else None
         await send_error(send, BadRequest(NON_CANONICAL_MESSAGE), request_id, problem_path)
 
-    async def _serve(self, scope, receive, send, name: str, version: str | None) -> None:
+    async def _serve(self, scope, receive, send, protocol, name: str = "", version=None) -> None:
+        """One inference call in ``protocol`` (``HTTP`` or ``GRPC``): admitted, run, answered,
+        counted and logged the same way whichever protocol carried it."""
         started = time.perf_counter()
         self.in_flight += 1
         headers = dict(scope["headers"])
         request_id = headers.get(b"x-request-id")
         request_id = request_id.decode("latin-1") if request_id else new_request_id()
-        state = self.app.state
-        gate = state.gate
-        spec = key = slot = None
+        call = Call(self, headers, send, name)
         status = 500
         try:
             if scope["method"] != "POST":
                 error = InferboxError("use POST for inference")
                 error.status = 405
                 raise error
-            if gate is not None:
-                need = self.infer_access.need({"name": name})
-                key, slot = await gate.admit(headers.get(b"authorization"), need)
-                if slot is not None:
-                    send = SlotReleasingSend(send, lambda: gate.release(key, slot))
-            spec = await state.directory.resolve(name, version)
-            status = await infer(state, spec, headers, request_id, receive, send, key)
+            status = await protocol.run(call, request_id, receive, version)
         except InferboxError as exc:
             status = exc.status
-            key_id = key.id if key is not None else getattr(exc, "key_id", None)
-            log_failed_call(exc, spec, name, request_id, time.perf_counter() - started, key_id)
+            key_id = call.key.id if call.key is not None else getattr(exc, "key_id", None)
+            log_failed_call(
+                exc, call.spec, call.name, request_id, time.perf_counter() - started, key_id
+            )
+            gate = self.app.state.gate
             if gate is not None and status in (401, 403):
                 await gate.audit_refusal(exc, scope, headers, request_id)
-            await send_error(send, exc, request_id)
+            await protocol.send_error(call.send, exc, request_id)
         except Exception:
             with structlog.contextvars.bound_contextvars(request_id=request_id):
                 log.exception("unhandled error", path=scope["path"])
-            await send_error(send, InferboxError("internal error"), request_id)
+            await protocol.send_error(call.send, InferboxError("internal error"), request_id)
         finally:
-            if slot is not None:
-                await send.release()
+            if call.slot is not None:
+                await call.send.release()
             self.in_flight -= 1
             elapsed = time.perf_counter() - started
+            spec = call.spec
             if spec is None:
                 self.metrics.record("", "", status, elapsed)
             else:
@@ -216,8 +218,66 @@ class InferenceFastPath:
                     version=spec.version,
                     status=status,
                     duration_ms=round(elapsed * 1000, 3),
-                    api_key_id=key.id if key is not None else None,
+                    api_key_id=call.key.id if call.key is not None else None,
                 )
+
+
+class Call:
+    """One inference call on the fast path: what is known of it so far (its model's name and
+    spec, its key and concurrency slot) and the ``send`` its answer goes to."""
+
+    __slots__ = ("fast_path", "headers", "key", "name", "send", "slot", "spec")
+
+    def __init__(self, fast_path: InferenceFastPath, headers: dict[bytes, bytes], send, name: str):
+        self.fast_path = fast_path
+        self.headers = headers
+        self.send = send
+        self.name = name
+        self.spec = self.key = self.slot = None
+
+    @property
+    def state(self):
+        """The Litestar app's state: settings, limits, the directory, the inference service."""
+        return self.fast_path.app.state
+
+    async def admit(self) -> None:
+        """The key gate for the model ``name``, as the ``infer`` route declares; a slot taken
+        is given back before the answer's last byte."""
+        gate = self.state.gate
+        if gate is None:
+            return
+        need = self.fast_path.infer_access.need({"name": self.name})
+        self.key, self.slot = await gate.admit(self.headers.get(b"authorization"), need)
+        if self.slot is not None:
+            key, slot = self.key, self.slot
+            self.send = SlotReleasingSend(self.send, lambda: gate.release(key, slot))
+
+    async def resolve(self, version: str | None):
+        """The model version the call runs on (``version``: a number, an alias, or None for
+        the latest)."""
+        self.spec = await self.state.directory.resolve(self.name, version)
+        return self.spec
+
+    async def read_body(self, receive: Receive) -> bytes:
+        """The request body, at most ``max_request_bytes`` (413 past it)."""
+        limit = self.state.settings.max_request_bytes
+        return await _read_body(receive, limit, self.headers.get(b"content-length"))
+
+
+class HTTP:
+    """``POST /v2/models/{name}[/versions/{version}]/infer``: JSON or binary tensors."""
+
+    @staticmethod
+    async def run(call: Call, request_id: str, receive: Receive, version: str | None) -> int:
+        """Admit, resolve and run the call; the status answered."""
+        await call.admit()
+        spec = await call.resolve(version)
+        return await infer(call.state, spec, call.headers, request_id, receive, call.send, call.key)
+
+    @staticmethod
+    async def send_error(send: Send, exc: InferboxError, request_id: str) -> None:
+        """``{"error": ...}`` with the error's status."""
+        await send_error(send, exc, request_id)
 
 
 async def _send_metrics(send: Send) -> None:

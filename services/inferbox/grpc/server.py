@@ -7,7 +7,7 @@ and each RPC needs what its HTTP route's handler declares, read from that handle
 RPC's model name as the path parameter: ``security.access``), the same ``InferenceService``
 (lanes, batching, deadlines, priorities, queue limits, the response cache), the same metrics and
 logs. Errors are the HTTP errors with their messages,
-mapped to the protocol's status codes (``STATUS``).
+mapped to the protocol's status codes (``protocol.grpc_messages.STATUS_CODE``).
 
 It runs as its own process (``inferbox grpc``) on ``INFERBOX_GRPC_BIND``; nginx terminates TLS
 and passes ``/inference.GRPCInferenceService/`` to it over HTTP/2 on the same port as HTTPS.
@@ -41,31 +41,17 @@ from inferbox.frontend.documents import (
 )
 from inferbox.frontend.statistics import model_statistics
 from inferbox.frontend.wiring import open_serving
-from inferbox.grpc.tensors import decode_request, encode_response
 from inferbox.inference.directory import ModelDirectory
 from inferbox.models.triton_config import from_json as config_message
 from inferbox.observability import api_metrics
+from inferbox.protocol.grpc_messages import decode_request, encode_response, status_code
 from inferbox.security.access import access_of
 
 log = structlog.get_logger(__name__)
 
 SERVICE = "inference.GRPCInferenceService"
 
-STATUS = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    401: grpc.StatusCode.UNAUTHENTICATED,
-    403: grpc.StatusCode.PERMISSION_DENIED,
-    404: grpc.StatusCode.NOT_FOUND,
-    405: grpc.StatusCode.UNIMPLEMENTED,
-    409: grpc.StatusCode.FAILED_PRECONDITION,
-    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    499: grpc.StatusCode.CANCELLED,
-    500: grpc.StatusCode.INTERNAL,
-    503: grpc.StatusCode.UNAVAILABLE,
-    504: grpc.StatusCode.DEADLINE_EXCEEDED,
-}
-"""The gRPC status of each HTTP status an ``InferboxError`` carries."""
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 def _model_route(version: str, tail: str, method: str) -> tuple[str, str]:
@@ -82,7 +68,7 @@ def _concrete(template: str, name: str, version: str = "") -> str:
 
 def grpc_status(http_status: int) -> grpc.StatusCode:
     """The gRPC status code answering what HTTP answers with ``http_status``."""
-    return STATUS.get(http_status, grpc.StatusCode.UNKNOWN)
+    return _CODES[status_code(http_status)]
 
 
 class _Call:

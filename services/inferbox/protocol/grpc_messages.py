@@ -1,13 +1,21 @@
-"""``ModelInferRequest``/``ModelInferResponse`` to and from inferbox's decoded tensors.
+"""The Open Inference Protocol's gRPC binding as bytes: messages, framing, status codes.
 
-Inputs arrive either as ``raw_input_contents`` (what ``tritonclient.grpc`` sends: one bytes
+``ModelInferRequest``/``ModelInferResponse`` to and from inferbox's decoded tensors. Inputs arrive either as ``raw_input_contents`` (what ``tritonclient.grpc`` sends: one bytes
 entry per input, little-endian, BYTES in Triton's length-prefixed form) or as typed
 ``contents``; both become the same ``InferRequest`` the HTTP codec produces, checked against
 the same limits with the same messages. Outputs always go back as ``raw_output_contents``, as
 Triton answers.
+
+Two servers speak it: ``inferbox grpc`` (grpcio, every RPC) and the API's ``ModelInfer`` relay
+(``inferbox.api.grpc_infer``: nginx passes the RPC as HTTP/1.1 and turns the API's
+``X-Grpc-Status``/``X-Grpc-Message`` headers into the trailers gRPC ends a call with). The
+framing, the ``grpc-timeout`` header and the status codes they both need are here.
 """
 
 from __future__ import annotations
+
+import struct
+import urllib.parse
 
 import numpy as np
 from tritonclient.grpc import service_pb2
@@ -119,3 +127,78 @@ def encode_response(
         response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
         response.raw_output_contents.append(bytes(tensor.raw))
     return response
+
+
+# --- the wire: gRPC's length-prefixed messages, deadlines and status codes --------------------
+
+STATUS_CODE = {
+    400: 3,  # INVALID_ARGUMENT
+    401: 16,  # UNAUTHENTICATED
+    403: 7,  # PERMISSION_DENIED
+    404: 5,  # NOT_FOUND
+    405: 12,  # UNIMPLEMENTED
+    409: 9,  # FAILED_PRECONDITION
+    413: 8,  # RESOURCE_EXHAUSTED
+    429: 8,  # RESOURCE_EXHAUSTED
+    499: 1,  # CANCELLED
+    500: 13,  # INTERNAL
+    503: 14,  # UNAVAILABLE
+    504: 4,  # DEADLINE_EXCEEDED
+}
+"""The gRPC status code (its number) of each HTTP status an ``InferboxError`` carries."""
+
+UNKNOWN = 2
+UNIMPLEMENTED = 12
+
+
+def status_code(http_status: int) -> int:
+    """The gRPC status code for an HTTP status (``UNKNOWN`` for one without a mapping)."""
+    return STATUS_CODE.get(http_status, UNKNOWN)
+
+
+_PREFIX = struct.Struct(">BI")
+
+
+def frame(message: bytes) -> bytes:
+    """``message`` as one gRPC length-prefixed message (uncompressed)."""
+    return _PREFIX.pack(0, len(message)) + message
+
+
+class Compressed(BadRequest):
+    """A compressed message: the relay accepts identity encoding only."""
+
+    status = 405  # UNIMPLEMENTED, what gRPC answers for an encoding it does not support
+
+
+def unframe(body: bytes) -> bytes:
+    """The one message of a unary call's body; ``BadRequest`` when the body is not exactly one
+    length-prefixed message, ``Compressed`` when it is compressed."""
+    if len(body) < _PREFIX.size:
+        raise BadRequest("the request is not a gRPC message (shorter than its 5-byte prefix)")
+    compressed, length = _PREFIX.unpack_from(body)
+    if length != len(body) - _PREFIX.size:
+        raise BadRequest(
+            f"the gRPC message says {length} bytes but {len(body) - _PREFIX.size} arrived"
+        )
+    if compressed:
+        raise Compressed("compressed gRPC messages are not supported; send them uncompressed")
+    return body[_PREFIX.size :]
+
+
+_TIMEOUT_UNIT = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
+
+
+def timeout_s(value: bytes) -> float:
+    """The seconds a ``grpc-timeout`` header gives (1 to 8 digits and a unit:
+    ``H M S m u n``); ``BadRequest`` for anything else."""
+    unit = _TIMEOUT_UNIT.get(value[-1:])
+    digits = value[:-1]
+    if unit is None or not (0 < len(digits) <= 8) or not digits.isdigit():
+        raise BadRequest(f"grpc-timeout {value[:20].decode('latin-1')!r} is not a gRPC timeout")
+    return int(digits) * unit
+
+
+def status_message(message: str) -> bytes:
+    """``grpc-message``'s value: the text percent-encoded as the gRPC spec says (UTF-8, every
+    byte outside printable ASCII and ``%`` itself escaped)."""
+    return urllib.parse.quote(message, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~").encode("ascii")
