@@ -30,7 +30,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from inferbox.cache.entry import GENERATION_BYTES, decode_entry, encode_entry
-from inferbox.cache.key import entry_digest, version_tag
+from inferbox.cache.key import admission_token, entry_digest, version_identity, version_tag
 from inferbox.keys import Keys
 from inferbox.lanes.resp import RespConnection, pack
 from inferbox.lanes.wire import TensorMeta
@@ -74,7 +74,7 @@ class Probe:
 class _Version:
     """What the hot path needs of one spec object, made once: its key names and its tag."""
 
-    __slots__ = ("entry_prefix", "generation_key", "get_generation", "spec", "tag")
+    __slots__ = ("entry_prefix", "generation_key", "get_generation", "identity", "spec", "tag")
 
     def __init__(self, spec: ModelSpec, keys: Keys) -> None:
         self.spec = spec
@@ -85,6 +85,7 @@ class _Version:
             self.generation_key,
         )
         self.tag = version_tag(spec)
+        self.identity = hash(version_identity(spec))
 
 
 class ResponseCache:
@@ -227,16 +228,24 @@ class ResponseCache:
         """Look a call up; ``probe.outputs`` holds the stored answer on a hit. Never raises for
         the cache's own trouble (that is a miss, counted as ``error``)."""
         namespace = self.namespace(spec, key_id)
-        if sum(len(raw) for raw in raws) < OFF_LOOP_BYTES:
-            digest = entry_digest(spec, metas, raws, outputs, namespace)
-        else:
-            digest = await asyncio.to_thread(entry_digest, spec, metas, raws, outputs, namespace)
         version = self._version(spec)
+        small = sum(len(raw) for raw in raws) < OFF_LOOP_BYTES
+        digest = None
+        if not small:  # hashed off the loop (hashlib lets go of the GIL)
+            digest = await asyncio.to_thread(entry_digest, spec, metas, raws, outputs, namespace)
+        if spec.config.response_cache_admit == "repeated":
+            # A new input costs a cheap hash and a set lookup: no SHA-256, no round trip.
+            if small:
+                token = admission_token(version.identity, namespace, raws)
+            else:
+                token = int(digest[:16], 16)
+            if not self._seen.check(token):
+                self.metrics.lookup(spec.name, spec.version, "new")
+                return Probe(spec, version, b"")
+        if digest is None:
+            digest = entry_digest(spec, metas, raws, outputs, namespace)
         key = version.entry_prefix + digest.encode()
         probe = Probe(spec, version, key)
-        if spec.config.response_cache_admit == "repeated" and not self._seen.check(digest):
-            self.metrics.lookup(spec.name, spec.version, "new")
-            return probe
         if not self._usable():
             self.metrics.lookup(spec.name, spec.version, "error")
             return probe
@@ -361,17 +370,16 @@ class ResponseCache:
 
 
 class _Seen:
-    """The keys a process has seen lately, for ``response_cache_admit: repeated``: two sets of
-    up to ``size`` 64-bit key prefixes, the older dropped when the newer fills (a few MB)."""
+    """The inputs a process has seen lately, for ``response_cache_admit: repeated``: two sets
+    of up to ``size`` 64-bit tokens, the older dropped when the newer fills (a few MB)."""
 
     def __init__(self, size: int) -> None:
         self.size = size
         self.new: set[int] = set()
         self.old: set[int] = set()
 
-    def check(self, digest: str) -> bool:
-        """Whether ``digest`` was seen before; remembers it either way."""
-        token = int(digest[:16], 16)
+    def check(self, token: int) -> bool:
+        """Whether ``token`` (``admission_token``) was seen before; remembers it either way."""
         if token in self.new:
             return True
         seen = token in self.old

@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from inferbox.cache.key import entry_digest, version_identity
+from inferbox.cache.key import admission_token, entry_digest, version_identity
 from inferbox.lanes.wire import TensorMeta
 from inferbox.models.spec import ModelConfig, ModelSpec, TensorSpec
 
@@ -102,3 +102,15 @@ def test_a_process_remembers_keys_for_two_generations():
     seen.check(keys[3])
     seen.check(keys[4])  # and again: keys[0] and [1] are forgotten
     assert seen.check(keys[0]) is False
+
+
+def test_the_admission_token_follows_the_bytes_the_namespace_and_the_version():
+    identity = hash(version_identity(SPEC))
+    base = admission_token(identity, "", RAWS)
+    assert admission_token(identity, "", [bytes(r) for r in RAWS]) == base
+    assert admission_token(identity, "", [memoryview(r) for r in RAWS]) == base
+    assert admission_token(identity, "", [bytearray(r) for r in RAWS]) == base  # writable
+    assert admission_token(identity, "", [RAWS[0], b"\x01" * 15 + b"\x02"]) != base
+    assert admission_token(identity, "ibk_other", RAWS) != base
+    other = hash(version_identity(_replace(SPEC, sha256="b" * 64)))
+    assert admission_token(other, "", RAWS) != base
