@@ -286,13 +286,48 @@ def test_services_with_published_ports_are_on_a_network_with_a_way_out(every_pro
         assert any(not networks[n].get("internal") for n in attached), name
 
 
-def test_workers_reach_webhook_receivers(every_profile):
-    # Job webhooks are delivered by the workers; `backend` has no route out.
+# Containers on a network with a way out: the gateway, the ports published on 127.0.0.1 (Docker
+# binds none on internal networks only), and the webhook sender.
+WAY_OUT = {"nginx", "prometheus", "logstash", "ray-relay", "webhooks"}
+
+
+def test_only_the_webhook_sender_and_the_edges_have_a_way_out(every_profile):
+    # The workers run uploaded models: no route out; the API and gRPC server neither.
     networks = every_profile["networks"]
-    for name in ("worker", "worker-cpu"):
-        attached = set(every_profile["services"][name]["networks"])
-        assert any(not networks[n].get("internal") for n in attached), name
-    assert "egress" not in every_profile["services"]["api"]["networks"]
+    for name, service in every_profile["services"].items():
+        attached = set(service.get("networks", {}))
+        outward = {n for n in attached if not networks[n].get("internal")}
+        assert not outward or name in WAY_OUT, (name, outward)
+    assert set(every_profile["services"]["webhooks"]["networks"]) == {"backend", "egress"}
+    assert not networks["egress"].get("internal")
+
+
+def test_webhooks_go_out_from_the_sender_alone_which_holds_nothing_else(every_profile):
+    services = every_profile["services"]
+    sender = services["webhooks"]
+    assert sender["command"] == ["inferbox", "webhooks"]
+    assert sender["image"] == services["api"]["image"] and sender["read_only"] is True
+    env = sender["environment"]
+    # Its own database role (jobs' webhook columns); no Redis, no MinIO credentials.
+    assert env["INFERBOX_DATABASE_URL"].startswith("postgresql://inferbox_webhooks:")
+    assert not {v for v in env if "REDIS" in v or "S3" in v or "CACHE" in v}, env
+    assert (
+        env["INFERBOX_JOBS_WEBHOOK_SECRET"]
+        == services["api"]["environment"]["INFERBOX_JOBS_WEBHOOK_SECRET"]
+    )
+    assert "9403" in " ".join(sender["healthcheck"]["test"])
+    assert env["INFERBOX_WORKER_METRICS_PORT"] == "9403"
+    assert sender["depends_on"]["setup"]["condition"] == "service_completed_successfully"
+    # Every process that runs jobs leaves webhooks to it (the Ray worker too: host network).
+    for name in ("worker", "worker-cpu", "ray-worker"):
+        assert services[name]["environment"]["INFERBOX_JOBS_WEBHOOK_SENDER"] == "separate", name
+
+
+def test_prometheus_scrapes_the_webhook_sender():
+    config = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    sd = jobs["inferbox-webhooks"]["dns_sd_configs"]
+    assert [(c["names"], c["port"]) for c in sd] == [(["webhooks"], 9403)]
 
 
 def test_each_image_has_one_builder(every_profile):
@@ -350,7 +385,12 @@ def test_the_response_cache_has_its_own_evicting_redis(every_profile):
             assert services[name]["depends_on"]["cache"]["condition"] == "service_started"
 
 
-ROLES = {"api": "inferbox_app", "grpc": "inferbox_grpc", "worker": "inferbox_worker"}
+ROLES = {
+    "api": "inferbox_app",
+    "grpc": "inferbox_grpc",
+    "worker": "inferbox_worker",
+    "webhooks": "inferbox_webhooks",
+}
 
 
 def _component(name: str) -> str:

@@ -9,6 +9,7 @@ import psycopg
 import pytest
 
 from inferbox.client import InferboxClient
+from inferbox.jobs.store import JobStore, NewJob
 from inferbox.registry.migrate import migrate_sync
 from inferbox.registry.roles import apply_app_role
 from inferbox.registry.store import create_pool
@@ -108,7 +109,7 @@ def component_roles(make_database):
     owner = make_database()
     migrate_sync(owner)
     made = {}
-    for component in ("grpc", "worker"):
+    for component in ("grpc", "worker", "webhooks"):
         role = f"ib{component}_{uuid.uuid4().hex[:8]}"
         password = uuid.uuid4().hex
         apply_app_role(owner, role, password, component)
@@ -141,6 +142,17 @@ def component_roles(make_database):
         ("grpc", "SELECT * FROM jobs"),
         ("grpc", "DELETE FROM audit_log"),
         ("grpc", "UPDATE instance_secrets SET value = value"),
+        # The webhook sender, the one part with a way out: its jobs' webhook columns only.
+        ("webhooks", "UPDATE jobs SET webhook_url = 'http://elsewhere.example/'"),
+        ("webhooks", "UPDATE jobs SET state = 'succeeded'"),
+        ("webhooks", "UPDATE jobs SET result_key = 'x'"),
+        ("webhooks", "DELETE FROM jobs"),
+        ("webhooks", "INSERT INTO jobs (id) VALUES (gen_random_uuid())"),
+        ("webhooks", "SELECT * FROM job_inputs"),
+        ("webhooks", "SELECT * FROM api_keys"),
+        ("webhooks", "SELECT * FROM audit_log"),
+        ("webhooks", "SELECT * FROM models"),
+        ("webhooks", "SELECT * FROM instance_secrets"),
     ],
 )
 def test_each_component_reaches_only_its_own_tables(component_roles, component, statement):
@@ -164,3 +176,30 @@ async def test_the_grpc_role_reads_keys_marks_them_used_and_audits(component_rol
         await AuditLog(pool, None, None).record(
             actor="anonymous", action="auth.failure", target=None, outcome="denied"
         )
+
+
+async def test_the_webhooks_role_claims_deliveries_and_records_them(component_roles):
+    owner, urls = component_roles
+    async with create_pool(owner, max_size=1) as pool:
+        store = JobStore(pool)
+        job, _ = await store.create(
+            NewJob(
+                id=uuid.uuid4(),
+                model="m",
+                version=1,
+                kind="request",
+                input_key="k",
+                max_attempts=1,
+                webhook_url="https://hooks.example/",
+                retention_s=60,
+            )
+        )
+        assert await store.fail(job.id, None, "given up")
+    async with create_pool(urls["webhooks"], max_size=2) as pool:
+        store = JobStore(pool)
+        assert [j.id for j in await store.due_webhooks(8, hold_s=60)] == [job.id]
+        assert await store.due_webhooks(8) == []  # claimed: no other sender takes it
+        await store.webhook_outcome(job.id, delivered=False, error="answered 500", retry_in_s=0)
+        assert [j.webhook_attempts for j in await store.due_webhooks(8)] == [1]
+        await store.webhook_outcome(job.id, delivered=True, error=None, retry_in_s=None)
+        assert (await store.get(job.id)).webhook_state == "delivered"

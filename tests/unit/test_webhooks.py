@@ -1,4 +1,5 @@
-"""Webhook signatures, the refusal of internal addresses, and calls pinned to the checked address."""
+"""Webhook signatures, the refusal of internal addresses (IPv4 ones inside IPv6 too), calls pinned
+to the checked address, and the sender's bounded pool of concurrent deliveries."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import datetime
 import hashlib
 import hmac
 import http.server
+import ipaddress
 import ssl
 import threading
 import time
@@ -20,8 +22,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from inferbox.jobs.sender import WebhookSender
 from inferbox.jobs.store import Job
-from inferbox.jobs.webhooks import backoff_s, deliver, pinned_request, refusal, signature
+from inferbox.jobs.webhooks import (
+    backoff_s,
+    deliver,
+    is_public,
+    pinned_request,
+    refusal,
+    signature,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -55,8 +65,53 @@ async def test_internal_addresses_are_refused(url):
     assert httpx.URL(url).host in reason and reason.count(".") <= httpx.URL(url).host.count(".")
 
 
+@pytest.mark.parametrize(
+    "address",
+    [
+        "64:ff9b::a00:5",  # NAT64 (well-known prefix) to 10.0.0.5
+        "64:ff9b::7f00:1",  # ... to 127.0.0.1
+        "64:ff9b::a9fe:a9fe",  # ... to 169.254.169.254
+        "64:ff9b:1::808:808",  # local-use NAT64: where the IPv4 address sits is unknown
+        "2002:a00:5::1",  # 6to4 of 10.0.0.5
+        "2002:c0a8:1::",  # 6to4 of 192.168.0.1
+        "2001:0:4136:e378:8000:63bf:3fff:fdd2",  # Teredo
+        "::ffff:10.0.0.5",  # IPv4-mapped
+        "::ffff:127.0.0.1",
+        "::a00:5",  # IPv4-compatible (deprecated)
+        "::808:808",
+        "fec0::1",  # site-local (deprecated)
+        "fe80::1",
+        "fd00::1",
+        "ff02::1",
+        "10.0.0.5",
+        "100.64.0.1",
+        "224.0.0.1",
+    ],
+)
+def test_ipv4_addresses_inside_ipv6_are_judged_by_the_ipv4_address(address):
+    assert not is_public(ipaddress.ip_address(address))
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["64:ff9b::808:808", "2002:808:808::1", "::ffff:8.8.8.8", "2606:4700:4700::1111", "8.8.8.8"],
+)
+def test_public_addresses_pass_in_every_form(address):
+    assert is_public(ipaddress.ip_address(address))
+
+
+@pytest.mark.parametrize(
+    "url", ["http://[64:ff9b::a00:5]/hook", "https://[2002:a00:5::1]/", "http://[::ffff:a00:5]/"]
+)
+async def test_nat64_and_other_ipv4_embeddings_of_internal_addresses_are_refused(url):
+    # CPython (3.11) counts 64:ff9b::a00:5 as global; on a NAT64 network it reaches 10.0.0.5.
+    assert ipaddress.ip_address("64:ff9b::a00:5").is_global
+    assert "does not resolve to a public address" in await refusal(url)
+
+
 async def test_public_addresses_pass_and_unresolvable_names_are_refused():
     assert await refusal("https://8.8.8.8/hook") is None
+    assert await refusal("https://[64:ff9b::808:808]/hook") is None  # 8.8.8.8 through NAT64
     assert "does not resolve" in await refusal("https://no-such-host.invalid/hook")
 
 
@@ -211,3 +266,104 @@ async def test_a_delivery_reads_no_body_and_a_slow_receiver_cannot_hold_it(tarpi
             reason = await deliver(slow, _job(url), "s", allow_private=True, deadline_s=0.5)
             assert reason == "no answer within 0.5 s"
             assert time.perf_counter() - started < 2
+
+
+@pytest.fixture
+def receivers():
+    """Two receivers on 127.0.0.1, ``fast`` (answers at once) and ``slow`` (after 3 s); yields
+    their ports and each request's (path, monotonic time answered), and the most requests
+    either had in hand at once."""
+    answered: list[tuple[str, float]] = []
+    in_hand = {"now": 0, "most": 0}
+    lock = threading.Lock()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        delay = 0.0
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            with lock:
+                in_hand["now"] += 1
+                in_hand["most"] = max(in_hand["most"], in_hand["now"])
+            time.sleep(self.delay)
+            with lock:
+                in_hand["now"] -= 1
+                answered.append((self.path, time.monotonic()))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    servers = {}
+    for name, delay in (("fast", 0.0), ("slow", 3.0)):
+        handler = type(f"{name.title()}Handler", (Handler,), {"delay": delay})
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers[name] = server
+    try:
+        yield {n: s.server_address[1] for n, s in servers.items()}, answered, in_hand
+    finally:
+        for server in servers.values():
+            server.shutdown()
+            server.server_close()
+
+
+async def test_a_slow_receiver_does_not_hold_up_the_others(receivers):
+    ports, answered, in_hand = receivers
+    due = [_job(f"http://127.0.0.1:{ports['slow']}/slow{i}") for i in range(2)]
+    due += [_job(f"http://127.0.0.1:{ports['fast']}/fast{i}") for i in range(6)]
+    outcomes: dict[uuid.UUID, str | None] = {}
+    all_done = asyncio.Event()
+    asked: list[int] = []
+
+    async def claim(limit: int) -> list[Job]:
+        asked.append(limit)
+        taken, due[:limit] = due[:limit], []
+        return taken
+
+    async with httpx.AsyncClient(timeout=10) as client:
+
+        async def send(job: Job) -> None:
+            outcomes[job.id] = await deliver(client, job, "s", allow_private=True)
+            if len(outcomes) == 8:
+                all_done.set()
+
+        sender = WebhookSender(claim, send, size=3, poll_s=0.1)
+        stopping = asyncio.Event()
+        started = time.monotonic()
+        running = asyncio.create_task(sender.run(stopping))
+        await asyncio.wait_for(all_done.wait(), timeout=10)
+        stopping.set()
+        await running
+    assert len(outcomes) == 8 and set(outcomes.values()) == {None}
+    # The two slow deliveries took two of the three slots; the six fast ones went through the
+    # third, one after another, long before the slow receiver answered.
+    fast = [at - started for path, at in answered if path.startswith("/fast")]
+    slow = [at - started for path, at in answered if path.startswith("/slow")]
+    assert len(fast) == 6 and max(fast) < 2.0 and min(slow) > 2.9, (fast, slow)
+    # Never more in flight than the pool's size, and never more claimed than free slots.
+    assert in_hand["most"] <= 3 and max(asked) <= 3
+    assert asked[0] == 3
+
+
+async def test_a_stopping_sender_lets_deliveries_finish_then_ends(receivers):
+    ports, answered, _ = receivers
+    due = [_job(f"http://127.0.0.1:{ports['slow']}/slow")]
+    done: list[str | None] = []
+
+    async def claim(limit: int) -> list[Job]:
+        taken, due[:limit] = due[:limit], []
+        return taken
+
+    async with httpx.AsyncClient(timeout=10) as client:
+
+        async def send(job: Job) -> None:
+            done.append(await deliver(client, job, "s", allow_private=True))
+
+        stopping = asyncio.Event()
+        running = asyncio.create_task(WebhookSender(claim, send, size=2, poll_s=0.1).run(stopping))
+        await asyncio.sleep(0.5)  # the delivery is in flight
+        stopping.set()
+        await asyncio.wait_for(running, timeout=10)
+    assert done == [None] and len(answered) == 1

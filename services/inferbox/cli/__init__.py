@@ -15,7 +15,7 @@ from inferbox.cli.infer import infer
 from inferbox.cli.jobs import jobs
 from inferbox.cli.keys import keys
 from inferbox.cli.models import models
-from inferbox.cli.serve import api, grpc_server, ray_worker, worker
+from inferbox.cli.serve import api, grpc_server, ray_worker, webhooks, worker
 from inferbox.cli.storage import s3
 from inferbox.config import Settings
 
@@ -33,6 +33,7 @@ main.add_command(api)
 main.add_command(grpc_server)
 main.add_command(worker)
 main.add_command(ray_worker)
+main.add_command(webhooks)
 main.add_command(migrate)
 main.add_command(db)
 main.add_command(s3)

@@ -33,11 +33,11 @@ def db() -> None:
 @click.option("--role", default="inferbox_app", show_default=True, help="the role to make")
 @click.option(
     "--component",
-    type=click.Choice(["api", "grpc", "worker"]),
+    type=click.Choice(["api", "grpc", "worker", "webhooks"]),
     default="api",
     show_default=True,
-    help="whose grants it gets: the API's (everything the app needs), the gRPC server's or a "
-    "worker's (jobs only)",
+    help="whose grants it gets: the API's (everything the app needs), the gRPC server's, a "
+    "worker's (jobs only) or the webhook sender's (jobs' webhook columns only)",
 )
 @click.option(
     "--password-env",

@@ -1,4 +1,5 @@
-"""The serving processes: ``inferbox api``, ``grpc``, ``worker`` and ``ray-worker``."""
+"""The serving processes: ``inferbox api``, ``grpc``, ``worker``, ``ray-worker`` and
+``webhooks``."""
 
 from __future__ import annotations
 
@@ -73,6 +74,29 @@ def ray_worker(settings: Settings) -> None:
     # The driver holds no GPU: its actors' GPUs are exported by the nodes' own workers.
     _serve_metrics(settings, running, gpu=False)
     running.run()
+
+
+@click.command("webhooks")
+@click.pass_obj
+def webhooks(settings: Settings) -> None:
+    """Deliver async jobs' completion webhooks, apart from the workers.
+
+    Run it where webhooks may go out, with INFERBOX_JOBS_WEBHOOK_SENDER=separate on the workers
+    (which then deliver none). Needs only INFERBOX_DATABASE_URL (a role made with ``inferbox db
+    app-role --component webhooks``) and the webhook settings; its metrics are on
+    INFERBOX_WORKER_METRICS_PORT (0: none).
+    """
+    import asyncio
+
+    from inferbox.jobs.sender import serve
+
+    configure_logging("webhooks", settings.log_level, settings.log_format)
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    if settings.worker_metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.worker_metrics_port, addr=settings.worker_metrics_host)
+    asyncio.run(serve(settings))
 
 
 def _serve_metrics(settings: Settings, running, *, gpu: bool) -> None:

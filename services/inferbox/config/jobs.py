@@ -30,7 +30,8 @@ class JobsSettings(SettingsGroup):
     loses the job after this long, and the reconciler queues it again."""
 
     jobs_reconcile_s: float = Field(default=5.0, gt=0)
-    """How often each worker's reconciler looks for lost, expired and undelivered jobs."""
+    """How often each worker's reconciler looks for lost, expired and undelivered jobs, and a
+    webhook sender with free slots for webhooks that came due."""
 
     jobs_requeue_after_s: float = Field(default=15.0, gt=0)
     """A queued job whose RQ entry is gone (Redis restarted empty, flushed) for this long is

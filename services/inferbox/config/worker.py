@@ -35,7 +35,8 @@ class WorkerSettings(SettingsGroup):
     """Where a worker keeps local copies of model files."""
 
     worker_metrics_port: int = Field(default=0, ge=0)
-    """Port of the worker's Prometheus ``/metrics`` endpoint (0 turns it off)."""
+    """Port of the worker's Prometheus ``/metrics`` endpoint (0 turns it off); ``inferbox
+    webhooks`` serves its own metrics on it too."""
 
     worker_metrics_host: str = "127.0.0.1"
     """Address the worker's ``/metrics`` endpoint listens on (``0.0.0.0`` inside a container)."""

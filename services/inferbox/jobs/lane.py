@@ -4,7 +4,9 @@
 loop with the PostgreSQL pool, the Redis clients (for the chunks sent on the low lane), the
 runner and the reconciler. ``Settings.jobs_threads`` RQ ``SimpleWorker`` threads block on the
 queue; each hands the job it takes to the loop and waits for it, so a worker runs at most that
-many jobs at once. RQ never forks here: the process holds the GPU's sessions.
+many jobs at once. RQ never forks here: the process holds the GPU's sessions. The loop also runs
+the webhook sender, in a task of its own, unless ``jobs_webhook_sender`` says a separate
+``inferbox webhooks`` process delivers them.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from inferbox.inference.service import InferenceService
 from inferbox.jobs import execution
 from inferbox.jobs.reconciler import Reconciler
 from inferbox.jobs.runner import JobRunner
+from inferbox.jobs.sender import STOP_GRACE_S, WebhookSender
 from inferbox.jobs.store import JobStore
 from inferbox.jobs.transport import FUNCTION, JobTransport
 from inferbox.keys import Keys
@@ -194,7 +197,7 @@ class JobLane:
         await pool.open(wait=False)
         store = JobStore(pool)
         async with httpx.AsyncClient(timeout=settings.jobs_webhook_timeout_s) as http:
-            reconciler = Reconciler(settings, store, self.transport, objects, http)
+            reconciler = Reconciler(settings, store, self.transport, objects)
             self._runner = JobRunner(
                 settings,
                 store,
@@ -209,13 +212,16 @@ class JobLane:
                 self.owner,
                 requeue=reconciler.enqueue,
             )
-            sweeping = asyncio.create_task(reconciler.run(self._stop))
+            sweeping = [asyncio.create_task(reconciler.run(self._stop))]
+            if settings.jobs_webhook_sender == "worker":
+                sender = WebhookSender.for_store(settings, store, http)
+                sweeping.append(asyncio.create_task(sender.run(self._stop)))
             self._ready.set()
             try:
                 await self._stop.wait()
             finally:
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(sweeping, timeout=5)
+                    await asyncio.wait_for(asyncio.gather(*sweeping), timeout=STOP_GRACE_S + 1)
                 # Jobs still running hand themselves back before the clients close.
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._runner.idle.wait(), timeout=10)

@@ -9,8 +9,10 @@ sweep:
   or a worker died between taking a delivery and claiming the job);
 - expires finished jobs past their retention and deletes their data from the object store,
   and deletes expired input files;
-- delivers due completion webhooks;
 - refreshes the ``inferbox_jobs`` gauge.
+
+Completion webhooks are not its duty: the webhook sender (``sender.py``) delivers them in a task
+of its own, several at once, so a slow receiver never holds up these sweeps.
 """
 
 from __future__ import annotations
@@ -19,11 +21,9 @@ import asyncio
 import contextlib
 import uuid
 
-import httpx
 import structlog
 
 from inferbox.config import Settings
-from inferbox.jobs import webhooks
 from inferbox.jobs.runner import job_prefix
 from inferbox.jobs.store import FAILED, STATES, JobStore
 from inferbox.jobs.transport import JobTransport
@@ -42,13 +42,11 @@ class Reconciler:
         store: JobStore,
         transport: JobTransport,
         objects: ObjectStore,
-        http: httpx.AsyncClient,
     ):
         self.settings = settings
         self.store = store
         self.transport = transport
         self.objects = objects
-        self.http = http
         self._seen_models: set[str] = set()
 
     async def enqueue(self, job_id: uuid.UUID) -> None:
@@ -76,7 +74,6 @@ class Reconciler:
         await self._requeue_lost()
         await self._redeliver()
         await self._expire()
-        await self._webhooks()
         await self._count()
 
     async def _requeue_lost(self) -> None:
@@ -110,30 +107,6 @@ class Reconciler:
             log.info("expired job data deleted", count=len(keys) - len(failed))
             if failed:
                 log.warning("some expired job objects could not be deleted", count=len(failed))
-
-    async def _webhooks(self) -> None:
-        for job in await self.store.due_webhooks():
-            error = await webhooks.deliver(
-                self.http,
-                job,
-                self.settings.jobs_webhook_secret,
-                allow_private=self.settings.jobs_webhook_allow_private,
-            )
-            if error is None:
-                metrics.WEBHOOKS.labels("delivered").inc()
-                await self.store.webhook_outcome(
-                    job.id, delivered=True, error=None, retry_in_s=None
-                )
-                continue
-            attempts = job.webhook_attempts + 1
-            retry = (
-                webhooks.backoff_s(attempts)
-                if attempts < self.settings.jobs_webhook_max_attempts
-                else None
-            )
-            metrics.WEBHOOKS.labels("retry" if retry is not None else "failed").inc()
-            log.info("job webhook not delivered", job_id=str(job.id), error=error, attempt=attempts)
-            await self.store.webhook_outcome(job.id, delivered=False, error=error, retry_in_s=retry)
 
     async def _count(self) -> None:
         counts = await self.store.counts()

@@ -391,14 +391,17 @@ class JobStore:
             (limit,),
         )
 
-    async def due_webhooks(self, limit: int = 50) -> list[Job]:
-        """Finished jobs whose webhook delivery is due, pushed 60 s into the future so that
-        only one reconciler delivers each (it records the outcome right after)."""
+    async def due_webhooks(self, limit: int = 50, hold_s: float = 60.0) -> list[Job]:
+        """Claim up to ``limit`` finished jobs whose webhook delivery is due: their next try is
+        pushed ``hold_s`` into the future, so no other sender (``FOR UPDATE SKIP LOCKED``, then
+        the new time) takes them while this one delivers and records the outcome; a sender
+        that dies leaves them due again after ``hold_s``."""
         return await self._many(
-            "UPDATE jobs SET webhook_next_at = now() + interval '60 seconds'"
+            "UPDATE jobs SET webhook_next_at = now() + make_interval(secs => %s)"
             " WHERE id IN (SELECT id FROM jobs WHERE webhook_state = 'pending'"
-            " AND webhook_next_at <= now() LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING *",
-            (limit,),
+            " AND webhook_next_at <= now() ORDER BY webhook_next_at LIMIT %s"
+            " FOR UPDATE SKIP LOCKED) RETURNING *",
+            (hold_s, limit),
         )
 
     async def webhook_outcome(

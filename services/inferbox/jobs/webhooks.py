@@ -7,8 +7,9 @@ compares in constant time, and rejects old timestamps to stop replays.
 
 Unless ``Settings.jobs_webhook_allow_private`` is set, a URL whose host resolves to a private,
 loopback or link-local address is refused, so a job cannot make the appliance call its own
-internal services. The request then goes to the address that was checked (the URL's host stays
-in ``Host`` and in TLS's SNI and certificate check): a name that resolves to another address a
+internal services (``is_public`` says which addresses pass, IPv6 forms that carry an IPv4 address
+included). The request then goes to the address that was checked (the URL's host stays in
+``Host`` and in TLS's SNI and certificate check): a name that resolves to another address a
 moment later (DNS rebinding) cannot slip past the check.
 """
 
@@ -59,6 +60,45 @@ class Refused(Exception):
     """The webhook URL may not be called; the message says why."""
 
 
+_EMBEDDED_IPV4_NETWORKS = (
+    ipaddress.IPv6Network("::ffff:0:0/96"),  # IPv4-mapped: the socket speaks IPv4 to it
+    ipaddress.IPv6Network("64:ff9b::/96"),  # NAT64's well-known prefix (RFC 6052)
+    ipaddress.IPv6Network("2002::/16"),  # 6to4 (RFC 3056): bits 16-47
+)
+"""IPv6 ranges whose addresses carry an IPv4 address at a known place: what they reach is that
+IPv4 address (a NAT64 gateway turns ``64:ff9b::a00:5`` into 10.0.0.5)."""
+
+_REFUSED_V6 = (
+    # Local-use NAT64 (RFC 8215): where the IPv4 address sits depends on the prefix length the
+    # network chose, so it cannot be checked.
+    ipaddress.IPv6Network("64:ff9b:1::/48"),
+    ipaddress.IPv6Network("2001::/32"),  # Teredo: the client's IPv4 address is obfuscated
+    ipaddress.IPv6Network("::/96"),  # IPv4-compatible (deprecated), unspecified, loopback
+    ipaddress.IPv6Network("fec0::/10"),  # site-local (deprecated)
+)
+"""IPv6 ranges refused outright, whatever CPython's ``is_global`` says of them."""
+
+
+def is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether a webhook may be sent to ``address``: a global unicast address, neither private,
+    loopback, link-local nor reserved.
+
+    An IPv6 address that embeds an IPv4 one at a known place (IPv4-mapped ``::ffff:0:0/96``,
+    NAT64's well-known ``64:ff9b::/96``, 6to4 ``2002::/16``) passes only when that IPv4
+    address itself passes: ``64:ff9b::808:808`` (8.8.8.8 through NAT64) does, ``64:ff9b::a00:5``
+    (10.0.0.5) does not, although CPython counts both as global. The forms whose IPv4 address
+    cannot be checked are refused outright: local-use NAT64 (``64:ff9b:1::/48``), Teredo
+    (``2001::/32``), IPv4-compatible (``::/96``) and site-local (``fec0::/10``) addresses."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if any(address in network for network in _REFUSED_V6):
+            return False
+        for network in _EMBEDDED_IPV4_NETWORKS:
+            if address in network:
+                embedded = address.sixtofour or ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+                return is_public(embedded)
+    return address.is_global and not address.is_multicast
+
+
 async def public_address(url: str) -> str:
     """The address to call for ``url``'s host, once every address it resolves to is public;
     raises ``Refused`` for a private, loopback, link-local or otherwise internal one."""
@@ -71,7 +111,7 @@ async def public_address(url: str) -> str:
         raise Refused(f"{host!r} does not resolve to a public address") from None
     addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
     for address in addresses:
-        if not address.is_global or address.is_multicast:
+        if not is_public(address):
             raise Refused(f"{host!r} does not resolve to a public address")
     return str(addresses[0])
 

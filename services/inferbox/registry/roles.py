@@ -10,7 +10,9 @@ the grants that component's code needs and nothing more (``COMPONENTS``):
 - ``grpc`` (the Open Inference Protocol over gRPC): reads the registry and the keys, marks keys
   used, adds auth failures to the audit log;
 - ``worker`` (model serving and the job lane): reads and updates jobs, reads and deletes expired
-  job inputs, and nothing else: no keys, no registry, no audit log.
+  job inputs, and nothing else: no keys, no registry, no audit log;
+- ``webhooks`` (``inferbox webhooks``, the one part that reaches outside): reads jobs and
+  writes only their webhook columns (when the next try is due, its outcome), nothing else.
 
 None of them can ``COPY ... PROGRAM`` (superuser only) or change the schema. Run ``inferbox db
 app-role`` as the owner after every migration (grants cover the tables that exist then); point
@@ -53,6 +55,13 @@ COMPONENTS: dict[str, dict[str, tuple[str, ...]] | None] = {
     "worker": {
         "jobs": ("SELECT", "UPDATE"),
         "job_inputs": ("SELECT", "DELETE"),
+    },
+    "webhooks": {
+        # Reads a finished job to announce it; claims and records deliveries, nothing else.
+        "jobs": (
+            "SELECT",
+            "UPDATE (webhook_state, webhook_attempts, webhook_error, webhook_next_at)",
+        ),
     },
 }
 """Grants of each component's role, table by table (a table not named: no access). ``None``:
