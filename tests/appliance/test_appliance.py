@@ -172,6 +172,36 @@ def test_push_a_model_and_call_it_with_tritonclient(env):
             np.testing.assert_allclose(result.as_numpy("y"), expected(), rtol=1e-5)
 
 
+def test_call_it_with_tritonclient_grpc_on_the_same_port(env):
+    """gRPC over TLS on the HTTPS port: ``ModelInfer`` answered by the API's fast path (nginx's
+    relay), metadata and the repository by the ``grpc`` service, errors as gRPC statuses."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    headers = {"authorization": key_header(env)["Authorization"]}
+    with grpcclient.InferenceServerClient(
+        env["INFERBOX_URL"].removeprefix("https://"),
+        ssl=True,
+        root_certificates=env["INFERBOX_CA_CERT"],
+    ) as client:
+        assert client.is_server_live(headers=headers)
+        assert client.is_model_ready(MODEL, headers=headers)
+        assert client.get_model_metadata(MODEL, headers=headers).inputs[0].name == "x"
+        tensor = grpcclient.InferInput("x", [1, 64], "FP32")
+        tensor.set_data_from_numpy(X)
+        for _ in range(4):  # every API replica and process in turn
+            result = client.infer(MODEL, [tensor], headers=headers)
+            np.testing.assert_allclose(result.as_numpy("y"), expected(), rtol=1e-5)
+        wrong = grpcclient.InferInput("x", [1, 63], "FP32")
+        wrong.set_data_from_numpy(X[:, :63].copy())
+        with pytest.raises(InferenceServerException) as refused:
+            client.infer(MODEL, [wrong], headers=headers)
+        assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"
+        with pytest.raises(InferenceServerException) as anonymous:
+            client.infer(MODEL, [tensor])
+        assert anonymous.value.status() == "StatusCode.UNAUTHENTICATED"
+
+
 def test_a_large_call_travels_through_the_shared_tensor_volume(env, tmp_path):
     """Inputs of 256 KiB and more go from an API container to the worker's through the tmpfs
     volume ``tensors`` (mounted in both, owned by inferbox's user), and come back right."""

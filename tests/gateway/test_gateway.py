@@ -154,6 +154,35 @@ def test_plain_http_redirects_to_https(gateway):
     assert response.headers["location"] == f"{gateway.url}/v2/models/mlp?x=1"
 
 
+def test_plain_http_redirects_only_for_the_certificates_names(gateway):
+    """Host comes from the client: a redirect to any Host would send a client wherever that
+    Host says. Only the names the certificate was made for (scripts/certs: localhost,
+    127.0.0.1, ::1) are redirected; any other name gets 421."""
+    names = (gateway.certs / "tls.crt.names.conf").read_text()
+    assert "server_name localhost 127.0.0.1 [::1];" in names
+    port = gateway.https_port
+    for host, location in (
+        ("localhost", f"https://localhost:{port}/v2?x=1"),
+        ("LocalHost:80", f"https://localhost:{port}/v2?x=1"),
+        ("[::1]", f"https://[::1]:{port}/v2?x=1"),
+        ("127.0.0.1", f"https://127.0.0.1:{port}/v2?x=1"),
+    ):
+        response = httpx.get(f"{gateway.http_url}/v2?x=1", headers={"Host": host})
+        assert (response.status_code, response.headers.get("location")) == (301, location), host
+    for host in ("evil.example", "localhost.evil.example", "127.0.0.2", "[::2]"):
+        response = httpx.get(f"{gateway.http_url}/v2?x=1", headers={"Host": host})
+        assert response.status_code == 421, host
+        assert "location" not in response.headers
+        assert response.headers["content-type"] == "application/json"
+        assert "certificate" in response.json()["error"]
+    # A host in the request line counts, not the Host header beside it.
+    address = gateway.http_url.removeprefix("http://").split(":")
+    with socket.create_connection((address[0], int(address[1])), timeout=10) as sock:
+        sock.sendall(b"GET http://evil.example/v2 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        head = sock.recv(4096).decode("latin-1")
+    assert head.startswith("HTTP/1.1 421 ") and "Location" not in head, head
+
+
 def test_hsts_and_health_pass_through(gateway):
     with gateway.client() as http:
         for path, status in (("/v2/health/live", 200), ("/v2/health/ready", 200), ("/x", 404)):

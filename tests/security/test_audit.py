@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import psycopg
 import pytest
+from psycopg import sql
 
 from inferbox.client import ApiError
 from inferbox.testing import onnx_models
@@ -58,6 +61,67 @@ def test_upload_alias_moves_and_deletion_are_audited(appliance, admin, tmp_path)
     assert refused.value.status == 409
     failed = [r for r in _rows(admin, action="model.delete") if r["target"] == f"{name}/2"]
     assert [r["outcome"] for r in failed] == ["failed"]
+
+
+@contextmanager
+def _audit_rows_refused(appliance, action: str, target: str):
+    """While the block runs, PostgreSQL refuses the ``ok`` audit row of ``action`` on
+    ``target`` (as a full disk or a lost connection would refuse it)."""
+    function = sql.Identifier(f"refuse_{uuid.uuid4().hex[:12]}")
+    with psycopg.connect(appliance.env["INFERBOX_DATABASE_URL"], autocommit=True) as conn:
+        conn.execute(
+            sql.SQL(
+                "CREATE FUNCTION {f}() RETURNS trigger LANGUAGE plpgsql AS"
+                " $$BEGIN RAISE EXCEPTION 'audit row refused'; END$$"
+            ).format(f=function)
+        )
+        conn.execute(
+            sql.SQL(
+                "CREATE TRIGGER {f} BEFORE INSERT ON audit_log FOR EACH ROW"
+                " WHEN (NEW.action = {a} AND NEW.target = {t} AND NEW.outcome = 'ok')"
+                " EXECUTE FUNCTION {f}()"
+            ).format(f=function, a=sql.Literal(action), t=sql.Literal(target))
+        )
+        try:
+            yield conn
+        finally:
+            conn.execute(sql.SQL("DROP TRIGGER {f} ON audit_log").format(f=function))
+            conn.execute(sql.SQL("DROP FUNCTION {f}()").format(f=function))
+
+
+def test_a_key_whose_audit_row_cannot_be_written_does_not_exist(appliance, admin):
+    name = f"unaudited-{uuid.uuid4().hex[:8]}"
+    with _audit_rows_refused(appliance, "key.create", name) as conn:
+        with pytest.raises(ApiError) as refused:
+            admin.create_key(name, ["admin"])
+        assert refused.value.status == 500
+        count = conn.execute("SELECT count(*) FROM api_keys WHERE name = %s", (name,)).fetchone()
+        assert count == (0,)
+    assert name not in {k["name"] for k in admin.list_keys()}
+    rows = [r for r in _rows(admin, action="key.create") if r["target"] == name]
+    assert [(r["outcome"], r["details"]["status"]) for r in rows] == [("failed", 500)]
+    # The same request once the row can be written: the key and its row, together.
+    key_id = admin.create_key(name, ["infer"])["id"]
+    rows = [r for r in _rows(admin, action="key.create") if r["target"] == name]
+    assert [r["outcome"] for r in rows] == ["ok", "failed"]
+    assert rows[0]["details"]["key_id"] == key_id
+
+
+def test_a_revocation_whose_audit_row_cannot_be_written_leaves_the_key_usable(
+    appliance, admin, make_key
+):
+    key, key_id = make_key("infer")
+    with _audit_rows_refused(appliance, "key.revoke", key_id):
+        with pytest.raises(ApiError) as refused:
+            admin.revoke_key(key_id)
+        assert refused.value.status == 500
+    time.sleep(1.1)  # past every API process's cached copy
+    assert httpx.get(f"{appliance.url}/v2/models/mlp", headers=bearer(key)).status_code == 200
+    rows = [r for r in _rows(admin, action="key.revoke") if r["target"] == key_id]
+    assert [r["outcome"] for r in rows] == ["failed"]
+    admin.revoke_key(key_id)
+    rows = [r for r in _rows(admin, action="key.revoke") if r["target"] == key_id]
+    assert [r["outcome"] for r in rows] == ["ok", "failed"]
 
 
 def test_auth_failures_are_audited_once_per_address_and_window(appliance, admin):

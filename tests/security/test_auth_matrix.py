@@ -173,3 +173,19 @@ def test_scope_and_model(appliance, matrix_keys, method, template):
 
 def test_docs_are_open(appliance):
     assert httpx.get(f"{appliance.url}/docs/openapi.json").status_code == 200
+
+
+def test_docs_describe_the_protocol_and_nothing_the_appliance_holds(appliance):
+    """Why ``/docs`` may stay open (docs/security.md): the description is the same for every
+    inferbox, built from the routes' templates and schemas; no model, key, worker or address of
+    this one is in it."""
+    response = httpx.get(f"{appliance.url}/docs/openapi.json")
+    described = response.json()
+    assert described["servers"] == [{"url": "/"}]
+    # Its paths are the routes' templates (with parameters, never a model's name).
+    paths = {path for path in described["paths"] if not path.startswith("/docs")}
+    assert paths and paths <= {template for _, template in ROUTES}
+    workers = {worker.decode() for worker in appliance.redis.hkeys(appliance.keys.workers)}
+    assert workers
+    for held in (*workers, appliance.api_key.partition(".")[0], appliance.url.split("//")[1]):
+        assert held not in response.text, held

@@ -28,7 +28,12 @@ def _verifies(ca: Path, cert: Path) -> bool:
 def test_the_ca_key_lives_in_its_own_folder_and_the_public_one_has_no_key(tmp_path):
     gateway, ca, public = tmp_path / "certs", tmp_path / "ca", tmp_path / "public"
     _certs("--ca-dir", ca, "--public-dir", public, gateway, "box.example")
-    assert sorted(p.name for p in gateway.iterdir()) == ["ca.crt", "tls.crt", "tls.key"]
+    assert sorted(p.name for p in gateway.iterdir()) == [
+        "ca.crt",
+        "tls.crt",
+        "tls.crt.names.conf",  # nginx's server_name line (tests/security/test_redirect_names.py)
+        "tls.key",
+    ]
     assert sorted(p.name for p in ca.iterdir()) == ["ca.key"]
     assert sorted(p.name for p in public.iterdir()) == ["ca.crt", "tls.crt"]
     assert (ca / "ca.key").stat().st_mode & 0o077 == 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import stat
 import time
+import uuid
 
 import httpx
 import numpy as np
@@ -14,8 +15,10 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
+from inferbox.testing import onnx_models
 from tests.support.auth import bearer
 from tests.support.processes import run_cli
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -37,6 +40,12 @@ def test_bootstrap_is_idempotent_and_private(appliance, tmp_path):
     assert "already" in again and path.read_text().strip() == key
     assert key.partition(".")[2] not in first + again  # the secret is never printed
     assert httpx.get(f"{appliance.url}/v1/keys", headers=bearer(key)).status_code == 200
+    # Audited like any key, by the setup ("system").
+    rows = httpx.get(
+        f"{appliance.url}/v1/audit", params={"action": "key.create"}, headers=bearer(key)
+    ).json()["entries"]
+    made = [r for r in rows if r["details"].get("key_id") == key.partition(".")[0]]
+    assert [(r["actor"], r["outcome"]) for r in made] == [("system", "ok")]
 
 
 def test_cli_create_ls_revoke(appliance):
@@ -142,6 +151,40 @@ def test_a_key_limited_to_some_models_lists_only_those(appliance, make_key):
     assert [model["name"] for model in listed.json()["models"]] == ["mlp"]
     everything = httpx.post(f"{appliance.url}/v2/repository/index", headers=appliance.headers)
     assert len({entry["name"] for entry in everything.json()}) > 1
+
+
+def test_only_keys_that_may_change_a_model_see_who_made_it_and_where_it_runs(
+    appliance, admin, make_key, tmp_path
+):
+    """Key ids (``created_by``) and worker ids (host and process) in version views go to
+    admin keys and to ``models:write`` keys allowed the model; callers and readers get null."""
+    name = f"who-{uuid.uuid4().hex[:8]}"
+    admin.push(onnx_models.mlp(tmp_path / "m.onnx"), name)
+    version_url = f"{appliance.url}/v1/models/{name}/versions/1"
+    urls = (version_url, f"{appliance.url}/v1/models/{name}")
+
+    def reported() -> dict | None:
+        view = httpx.get(version_url, headers=appliance.headers).json()
+        return view if view["workers"] else None
+
+    shown = wait_for(reported, 60, "a worker's report of the new version")
+    assert shown["created_by"] == appliance.api_key.partition(".")[0]
+    workers = set(shown["workers"])
+
+    def views(key: str, url: str) -> list[dict]:
+        response = httpx.get(url, headers=bearer(key))
+        assert response.status_code == 200, response.text
+        return response.json().get("versions", [response.json()])
+
+    writer = make_key("models:write", allowed_models=[name])[0]
+    for url in urls:
+        (view,) = views(writer, url)
+        assert view["created_by"] == shown["created_by"] and set(view["workers"]) == workers
+    for key in (make_key("infer")[0], make_key("infer", "jobs", allowed_models=[name])[0]):
+        for url in urls:
+            (view,) = views(key, url)
+            assert (view["created_by"], view["workers"]) == (None, None)
+            assert view["state"] == "ready"
 
 
 def test_an_operators_default_rate_applies_to_keys_made_without_one():

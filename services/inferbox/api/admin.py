@@ -10,9 +10,11 @@ from datetime import datetime, timedelta
 from typing import Annotated
 
 import msgspec
+import structlog
 from litestar import Controller, Request, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from redis.exceptions import RedisError
 
 from inferbox.api.schemas import AuditPage, CreatedKey, KeyList, KeyView, NewKey
 from inferbox.config import Settings
@@ -20,7 +22,9 @@ from inferbox.errors import BadRequest
 from inferbox.frontend.auditing import actor, audited
 from inferbox.security.access import needs
 from inferbox.security.audit import AuditLog
-from inferbox.security.keystore import KeyCache, KeyStore, now_utc
+from inferbox.security.keystore import KeyCache, KeyRecord, KeyStore, now_utc
+
+log = structlog.get_logger(__name__)
 
 _ADMIN = needs("admin")
 
@@ -39,6 +43,16 @@ def _limits(data: NewKey, settings: Settings) -> tuple[float | None, int | None]
     if concurrency is msgspec.UNSET:
         concurrency = settings.key_default_max_concurrency or None
     return rate, concurrency
+
+
+async def _forget_unknown(key_cache: KeyCache, record: KeyRecord) -> None:
+    """Drop any cached memory of the new key's id being unknown. The key exists from here on,
+    so its creator must get it: a failure here only delays its first use by the few seconds
+    an unknown id is remembered."""
+    try:
+        await key_cache.created(record)
+    except RedisError as exc:
+        log.warning("new key not announced to the key cache", api_key_id=record.id, error=str(exc))
 
 
 class KeysController(Controller):
@@ -61,7 +75,9 @@ class KeysController(Controller):
             raise BadRequest(f"expires_in_s must be > 0 and at most {_MAX_EXPIRY_S} (100 years)")
         expires_at = now_utc() + timedelta(seconds=data.expires_in_s) if data.expires_in_s else None
         rate, concurrency = _limits(data, settings)
-        async with audited(request, "key.create", data.name, scopes=data.scopes) as details:
+        async with audited(request, "key.create", data.name, scopes=data.scopes) as change:
+            # The key and its audit row commit together: no key exists unaudited, and none is
+            # left behind when its row cannot be written (the client then gets the error).
             record, full = await keystore.create(
                 name=data.name,
                 scopes=data.scopes,
@@ -72,10 +88,10 @@ class KeysController(Controller):
                 max_concurrency=concurrency,
                 expires_at=expires_at,
                 created_by=actor(request),
+                audit=lambda conn, record: change.write(conn, key_id=record.id),
             )
-            details["key_id"] = record.id
         if key_cache is not None:
-            await key_cache.created(record)
+            await _forget_unknown(key_cache, record)
         return CreatedKey.with_secret(record, full)
 
     @get("", opt=_ADMIN)
@@ -92,8 +108,8 @@ class KeysController(Controller):
         key_id: FromPath[str],
     ) -> KeyView:
         """Revoke a key; every API process refuses it within a second."""
-        async with audited(request, "key.revoke", key_id):
-            record = await keystore.revoke(key_id)
+        async with audited(request, "key.revoke", key_id) as change:
+            record = await keystore.revoke(key_id, audit=lambda conn, _: change.write(conn))
         if key_cache is not None:
             await key_cache.revoked(record)
         return KeyView.of(record)

@@ -47,17 +47,28 @@ class VersionView(msgspec.Struct, kw_only=True):
     capacity: dict[str, Any] | None
     created_at: datetime
     created_by: str | None
-    workers: dict[str, dict[str, Any]]
-    """Each worker's report for this version (``state``, ...), by worker id."""
+    """The id of the key that uploaded it (``system``: the setup); null for a caller that may
+    not change the model (only ``admin`` and ``models:write`` keys allowed it see who)."""
+    workers: dict[str, dict[str, Any]] | None
+    """Each worker's report for this version (``state``, ...), by worker id (its host and
+    process); null for a caller that may not change the model, as for ``created_by``."""
 
     @classmethod
     def of(
-        cls, version: ModelVersion, workers: dict[int, dict], capacity: dict | None
+        cls,
+        version: ModelVersion,
+        workers: dict[int, dict],
+        capacity: dict | None,
+        *,
+        operator: bool,
     ) -> VersionView:
-        """The view of ``version`` with the worker reports of its model (by version)."""
+        """The view of ``version`` with the worker reports of its model (by version); key and
+        worker ids only for an ``operator`` (a caller that may change the model)."""
         fields = msgspec.structs.asdict(version)
         fields["name"] = fields.pop("model")
         fields.update(workers=workers.get(version.version, {}), capacity=capacity)
+        if not operator:
+            fields.update(created_by=None, workers=None)
         return cls(**fields)
 
 

@@ -27,7 +27,7 @@ from inferbox.api.schemas import (
 )
 from inferbox.api.uploads import upload_chunks
 from inferbox.errors import BadRequest
-from inferbox.frontend.auditing import actor, audited, visible
+from inferbox.frontend.auditing import actor, audited, operates, visible
 from inferbox.keys import Keys
 from inferbox.models.capacity import CapacityCard, propose
 from inferbox.models.catalog import decode_status
@@ -95,6 +95,7 @@ class ModelsController(Controller):
     @get("/{name:str}", opt=_READ)
     async def show_model(
         self,
+        request: Request,
         registry: NamedDependency[RegistryService],
         redis: NamedDependency[aioredis.Redis],
         redis_keys: NamedDependency[Keys],
@@ -102,14 +103,15 @@ class ModelsController(Controller):
     ) -> ModelView:
         """A model with every version, its state on each worker, aliases and traffic split."""
         model = await registry.store.get_model(name)
-        workers = await _workers(redis, redis_keys, name)
+        operator = operates(request, name)
+        workers = await _workers(redis, redis_keys, name) if operator else {}
         return ModelView(
             name=model.name,
             created_at=model.created_at.isoformat(),
             aliases={a.name: a.version for a in model.aliases},
             traffic={t.version: t.weight for t in model.traffic},
             versions=[
-                VersionView.of(v, workers, v.capacity)
+                VersionView.of(v, workers, v.capacity, operator=operator)
                 for v in model.versions
                 if v.state != "deleted"
             ],
@@ -142,7 +144,7 @@ class ModelsController(Controller):
                 raise BadRequest(f"config is not JSON: {exc}") from None
             if not isinstance(overrides, dict):
                 raise BadRequest("config must be a JSON object")
-        async with audited(request, "model.upload", name, alias=alias) as details:
+        async with audited(request, "model.upload", name, alias=alias) as change:
             version = await registry.push(
                 name,
                 upload_chunks(request),
@@ -151,9 +153,9 @@ class ModelsController(Controller):
                 triton_config=triton_config,
                 created_by=actor(request),
             )
-            details.update(version=version.version, sha256=version.sha256, size=version.size)
+            change.details.update(version=version.version, sha256=version.sha256, size=version.size)
         return Response(
-            VersionView.of(version, {}, None),
+            VersionView.of(version, {}, None, operator=operates(request, name)),
             status_code=201,
             headers={"Location": f"/v1/models/{name}/versions/{version.version}"},
         )
@@ -161,6 +163,7 @@ class ModelsController(Controller):
     @get("/{name:str}/versions/{version:int}", opt=_READ)
     async def show_version(
         self,
+        request: Request,
         registry: NamedDependency[RegistryService],
         redis: NamedDependency[aioredis.Redis],
         redis_keys: NamedDependency[Keys],
@@ -169,10 +172,12 @@ class ModelsController(Controller):
     ) -> VersionView:
         """One version with its state on each worker and its capacity card."""
         found = await registry.store.get_version(name, version)
+        operator = operates(request, name)
         return VersionView.of(
             found,
-            await _workers(redis, redis_keys, name),
+            await _workers(redis, redis_keys, name) if operator else {},
             await _capacity(redis, redis_keys, registry, found),
+            operator=operator,
         )
 
     @get("/{name:str}/versions/{version:int}/capacity", opt=_READ)
@@ -210,7 +215,7 @@ class ModelsController(Controller):
         async with audited(request, "model.config", f"{name}/{version}", fields=sorted(data)):
             updated = await registry.update_config(name, version, data)
         workers = await _workers(redis, redis_keys, name)
-        return VersionView.of(updated, workers, updated.capacity)
+        return VersionView.of(updated, workers, updated.capacity, operator=operates(request, name))
 
     @delete("/{name:str}/versions/{version:int}", status_code=204, opt=_WRITE)
     async def delete_version(

@@ -44,6 +44,7 @@ from inferbox.protocol.codec import (
     decode_infer_request,
     encode_infer_response,
 )
+from inferbox.redaction import redact
 from inferbox.registry.objects import ObjectStore
 
 log = structlog.get_logger(__name__)
@@ -210,9 +211,15 @@ class JobRunner:
     async def _attempt_failed(self, job: Job, exc: Exception) -> str | None:
         """Transient trouble (S3, Redis, PostgreSQL unreachable) or a bug: the job is tried
         again later while attempts remain, then fails."""
+        # The job's owner reads the error: the backend's names and addresses are left out of it
+        # (the log keeps them).
+        log.warning("job attempt failed", attempt=job.attempts, error=str(exc)[:2000])
         if job.attempts >= job.max_attempts:
-            return await self._fail(job, f"gave up after {job.attempts} attempts: {exc}")
-        if await self.store.release(job.id, self.owner, f"attempt failed: {exc}", refund=False):
+            return await self._fail(
+                job, f"gave up after {job.attempts} attempts: {redact(str(exc))}"
+            )
+        reason = f"attempt failed: {redact(str(exc))}"
+        if await self.store.release(job.id, self.owner, reason, refund=False):
             metrics.JOBS_REQUEUED.labels("released").inc()
         return None
 

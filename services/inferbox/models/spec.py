@@ -13,6 +13,7 @@ from typing import Literal
 import msgspec
 
 from inferbox.config import DEFAULT_PROVIDERS
+from inferbox.redaction import redact
 
 PLATFORM = "onnx_onnxv1"
 """The platform name the V2 metadata reports (KServe's name for ONNX)."""
@@ -240,7 +241,8 @@ def spec_from_onnx(
         if not inputs or not outputs:
             raise ValueError("the graph declares no inputs or no outputs")
     except Exception as exc:  # onnx raises many types for a hostile or truncated file
-        return msgspec.structs.replace(base, error=f"not a valid ONNX model: {exc}")
+        # Shown to callers (503s, readiness): onnx's text without the server's paths.
+        return msgspec.structs.replace(base, error=f"not a valid ONNX model: {redact(str(exc))}")
     config = config or default_config(
         inputs, outputs, max_batch_size=max_batch_size, max_queue_size=max_queue_size
     )

@@ -12,12 +12,14 @@ window is, and the metric ``inferbox_rejections_total{reason="auth"}`` counts ev
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
 import structlog
+from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
@@ -28,6 +30,8 @@ log = structlog.get_logger("inferbox.audit")
 
 ANONYMOUS = "anonymous"
 SYSTEM = "system"
+_COLUMNS = ("actor", "action", "target", "outcome", "remote_addr", "request_id")
+"""The text columns of a row, in the order of the ``INSERT``."""
 
 
 def _dumps(value: object) -> str:
@@ -60,6 +64,34 @@ class AuditEntry(msgspec.Struct, frozen=True, kw_only=True):
     details: dict[str, Any] = {}
 
 
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    """One row to append: who, what, how it ended, from where."""
+
+    actor: str
+    action: str
+    target: str | None = None
+    outcome: str = "ok"
+    remote_addr: str | None = None
+    request_id: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def storable(self) -> dict[str, Any]:
+        """The row's columns as PostgreSQL takes them."""
+        # Targets and details echo what a client sent, and PostgreSQL refuses NUL characters
+        # and unpaired surrogates in text and jsonb: a request naming one must still be
+        # audited (and answered with its own error, not a 500).
+        return {
+            "actor": self.actor,
+            "action": self.action,
+            "target": _storable(self.target),
+            "outcome": self.outcome,
+            "remote_addr": self.remote_addr,
+            "request_id": _storable(self.request_id),
+            "details": _storable(self.details or {}),
+        }
+
+
 class AuditLog:
     """Writes and reads the audit log."""
 
@@ -87,27 +119,46 @@ class AuditLog:
         details: dict[str, Any] | None = None,
     ) -> None:
         """Append one row and emit the matching ``audit`` log event."""
-        # Targets and details echo what a client sent, and PostgreSQL refuses NUL characters
-        # and unpaired surrogates in text and jsonb: a request naming one must still be
-        # audited (and answered with its own error, not a 500).
-        details = _storable(details or {})
-        fields = {
-            "actor": actor,
-            "action": action,
-            "target": _storable(target),
-            "outcome": outcome,
-            "remote_addr": remote_addr,
-            "request_id": _storable(request_id),
-        }
-        async with self._pool.connection() as conn:
-            await conn.execute(
-                "INSERT INTO audit_log (actor, action, target, outcome, remote_addr,"
-                " request_id, details) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                (*fields.values(), Jsonb(details, dumps=_dumps)),
+        await self.append(
+            AuditRow(
+                actor=actor,
+                action=action,
+                target=target,
+                outcome=outcome,
+                remote_addr=remote_addr,
+                request_id=request_id,
+                details=details or {},
             )
-        key_id = actor if actor not in (ANONYMOUS, SYSTEM) else None
+        )
+
+    async def append(self, row: AuditRow) -> None:
+        """Append ``row`` in a transaction of its own and emit its ``audit`` log event."""
+        async with self._pool.connection() as conn:
+            await self.insert(conn, row)
+        self.emit(row)
+
+    @staticmethod
+    async def insert(conn: AsyncConnection, row: AuditRow) -> None:
+        """Append ``row`` on ``conn``, inside the caller's transaction: a change written in the
+        same transaction commits with its row or not at all. ``emit`` once it has committed."""
+        columns = row.storable()
+        await conn.execute(
+            "INSERT INTO audit_log (actor, action, target, outcome, remote_addr,"
+            " request_id, details) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            (
+                *(columns[name] for name in _COLUMNS),
+                Jsonb(columns["details"], dumps=_dumps),
+            ),
+        )
+
+    @staticmethod
+    def emit(row: AuditRow) -> None:
+        """The ``audit`` log event of a written row."""
+        columns = row.storable()
+        details = columns.pop("details")
+        key_id = row.actor if row.actor not in (ANONYMOUS, SYSTEM) else None
         # ``details`` goes to the log as one JSON string (a text field in Elasticsearch).
-        log.info("audit", api_key_id=key_id, details=json.dumps(details, default=str), **fields)
+        log.info("audit", api_key_id=key_id, details=json.dumps(details, default=str), **columns)
 
     async def auth_failure(
         self,

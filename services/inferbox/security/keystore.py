@@ -25,7 +25,7 @@ import hmac
 import os
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -33,6 +33,7 @@ import msgspec
 import psycopg
 import redis.asyncio as aioredis
 import structlog
+from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 from redis.exceptions import RedisError
@@ -40,6 +41,7 @@ from redis.exceptions import RedisError
 from inferbox.errors import BadRequest, NotFound
 from inferbox.keys import Keys
 from inferbox.registry.store import MODEL_NAME
+from inferbox.security.audit import SYSTEM, AuditLog, AuditRow
 from inferbox.security.keys import SCOPES, hash_secret, new_key, secret_matches, split_key
 
 log = structlog.get_logger(__name__)
@@ -140,14 +142,22 @@ class KeyStore:
         max_concurrency: int | None = None,
         expires_at: datetime | None = None,
         created_by: str | None = None,
+        audit: Callable[[AsyncConnection, KeyRecord], Awaitable[None]] | None = None,
     ) -> tuple[KeyRecord, str]:
-        """Store a new key; returns its record and the full key (to show once, never again)."""
+        """Store a new key; returns its record and the full key (to show once, never again).
+
+        ``audit`` writes the key's audit row on the same connection, in the same transaction:
+        a key never exists without its row, and a failed row leaves no key behind."""
         scopes = sorted(set(scopes), key=SCOPES.index) if set(scopes) <= set(SCOPES) else scopes
         _check(name, scopes, allowed_models, priority, rate_per_s, burst, max_concurrency)
         if rate_per_s is not None and burst is None:
             burst = max(1, round(rate_per_s))
         key_id, secret, full = new_key()
-        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        async with (
+            self._pool.connection() as conn,
+            conn.transaction(),
+            conn.cursor(row_factory=dict_row) as cur,
+        ):
             await cur.execute(
                 f"INSERT INTO api_keys (id, secret_hash, name, scopes, allowed_models, priority,"
                 f" rate_per_s, burst, max_concurrency, expires_at, created_by)"
@@ -166,8 +176,10 @@ class KeyStore:
                     created_by,
                 ),
             )
-            row = await cur.fetchone()
-        return msgspec.convert(row, KeyRecord), full
+            record = msgspec.convert(await cur.fetchone(), KeyRecord)
+            if audit is not None:
+                await audit(conn, record)
+        return record, full
 
     async def cache_secret(self) -> bytes:
         """The appliance's key-cache MAC secret, made (32 random bytes) at first use."""
@@ -196,18 +208,30 @@ class KeyStore:
             rows = await cur.fetchall()
         return [msgspec.convert(row, KeyRecord) for row in rows]
 
-    async def revoke(self, key_id: str) -> KeyRecord:
-        """Mark a key revoked (the first revocation time is kept); 404 if unknown."""
-        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+    async def revoke(
+        self,
+        key_id: str,
+        audit: Callable[[AsyncConnection, KeyRecord], Awaitable[None]] | None = None,
+    ) -> KeyRecord:
+        """Mark a key revoked (the first revocation time is kept); 404 if unknown. ``audit``
+        writes its audit row in the same transaction, as for ``create``."""
+        async with (
+            self._pool.connection() as conn,
+            conn.transaction(),
+            conn.cursor(row_factory=dict_row) as cur,
+        ):
             await cur.execute(
                 f"UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())"
                 f" WHERE id = %s RETURNING {_COLUMNS}",
                 (key_id,),
             )
             row = await cur.fetchone()
-        if row is None:
-            raise NotFound(f"no API key {key_id!r}")
-        return msgspec.convert(row, KeyRecord)
+            if row is None:
+                raise NotFound(f"no API key {key_id!r}")
+            record = msgspec.convert(row, KeyRecord)
+            if audit is not None:
+                await audit(conn, record)
+        return record
 
     async def touch(self, key_ids: Iterable[str]) -> None:
         """Record that these keys were used just now (``last_used_at``)."""
@@ -236,7 +260,23 @@ async def bootstrap_admin(store: KeyStore, path: Path) -> str:
             and secret_matches(parts[1], record.secret_hash)
         ):
             return f"admin key {record.id} already in {path}"
-    record, full = await store.create(name="bootstrap admin", scopes=["admin"], created_by="system")
+    written: list[AuditRow] = []
+
+    async def audit(conn: AsyncConnection, record: KeyRecord) -> None:
+        # Audited like a key made over the API, in the key's own transaction.
+        row = AuditRow(
+            actor=SYSTEM,
+            action="key.create",
+            target=record.name,
+            details={"key_id": record.id, "scopes": record.scopes, "bootstrap": True},
+        )
+        await AuditLog.insert(conn, row)
+        written.append(row)
+
+    record, full = await store.create(
+        name="bootstrap admin", scopes=["admin"], created_by=SYSTEM, audit=audit
+    )
+    AuditLog.emit(written[0])
     write_secret_file(path, full)
     return f"created admin key {record.id} in {path}"
 

@@ -10,6 +10,7 @@ from inferbox.config import Settings
 from inferbox.models.catalog import FAILED, LOADING, READY
 from inferbox.models.spec import ModelSpec
 from inferbox.observability import worker_metrics as metrics
+from inferbox.redaction import redact
 from inferbox.worker import memory
 from inferbox.worker.capacity import sweep
 from inferbox.worker.follower import Key, VersionBook
@@ -132,7 +133,9 @@ class LocalHost:
             reason = str(exc).strip().splitlines()[0][:500] if str(exc).strip() else repr(exc)
             log.error("model failed to load", model=spec.name, version=spec.version, error=reason)
             book.failed[key] = spec
-            book.set_state(key, FAILED, reason)
+            # Published to callers (readiness, the repository index): without the cache's
+            # paths and the like, which the log above keeps.
+            book.set_state(key, FAILED, redact(reason))
             return
         book.failed.pop(key, None)
         size = max(memory.usage(self.device) - before, spec.size)

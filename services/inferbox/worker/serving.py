@@ -17,6 +17,7 @@ from inferbox.keys import Keys
 from inferbox.lanes.consumer import Call, LaneConsumer
 from inferbox.lanes.wire import ReplyHeader, encode_reply
 from inferbox.observability import worker_metrics as metrics
+from inferbox.redaction import redact
 from inferbox.worker.batcher import Batch, assemble, split
 from inferbox.worker.runtime import LoadedModel
 from inferbox.worker.statistics import VersionStatistics
@@ -182,7 +183,7 @@ class ModelServer:
                 try:
                     batches.extend(assemble([call], self.spec))
                 except Exception as exc:
-                    self._reply_error(consumer, [call], f"invalid input: {exc}", 400)
+                    self._reply_error(consumer, [call], "invalid input", 400, exc)
         for batch in batches:
             self._run(consumer, batch)
 
@@ -228,10 +229,12 @@ class ModelServer:
                     batch.calls,
                     "inference failed for a call batched with this one; retry",
                     503,
+                    exc,
+                    shown=False,  # another call's input failed: its text is not this caller's
                 )
                 return
             status = 400 if isinstance(exc, InvalidArgument) else 500
-            self._reply_error(consumer, batch.calls, f"inference failed: {exc}", status)
+            self._reply_error(consumer, batch.calls, "inference failed", status, exc)
             return
         elapsed = time.perf_counter() - started
         self.on_batch()
@@ -276,10 +279,27 @@ class ModelServer:
             wanted.update(call.header.outputs)
         return [name for name in self.model.output_names if name in wanted]
 
-    def _reply_error(self, consumer: LaneConsumer, calls: list[Call], message: str, status: int):
+    def _reply_error(
+        self,
+        consumer: LaneConsumer,
+        calls: list[Call],
+        message: str,
+        status: int,
+        cause: Exception | None = None,
+        *,
+        shown: bool = True,
+    ):
+        """Answer ``calls`` with ``status`` and ``message``; with a ``cause``, the callers get
+        ``"{message}: {its text}"`` without what describes the server (``redact``) when
+        ``shown``, and the log has the whole text for the operator."""
         metrics.CALLS.labels(*self.labels, "error").inc(len(calls))
         error_class = "invalid_input" if status == 400 else "inference_failed"
         metrics.ERRORS.labels(*self.labels, error_class).inc(len(calls))
+        logged = message
+        if cause is not None:
+            logged = f"{message}: {cause}"
+            if shown:
+                message = f"{message}: {redact(str(cause))}"
         for call in calls:
             log.warning(
                 "call failed",
@@ -287,7 +307,7 @@ class ModelServer:
                 model=self.spec.name,
                 version=self.spec.version,
                 status=status,
-                error=message,
+                error=logged,
             )
         consumer.finish(
             [
