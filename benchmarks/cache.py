@@ -162,10 +162,13 @@ def _named(model: run.Model, name: str) -> run.Model:
 
 
 def verify(server: CachedInferbox, model: run.Model, body: run.Body, expected) -> None:
-    """Uncached and cached answers equal ONNX Runtime's, and each other bit for bit (the second
-    cached call is a hit)."""
+    """Uncached and cached answers equal ONNX Runtime's, and each other bit for bit (a cached
+    call soon becomes a hit)."""
     answers, states = [], []
-    for name in (model.name, f"{model.name}-cached", f"{model.name}-cached"):
+    cached = f"{model.name}-cached"
+    for name in (model.name, cached, cached, cached, cached):
+        if states[2:] and states[-1] == "hit":
+            break  # the insert is not waited for: a call right after may still miss
         status, headers, payload = run.post(server.port, _named(model, name), body, server.auth)
         if status != 200:
             raise run.BenchError(f"{name}: HTTP {status}: {payload[:300]!r}")
@@ -175,8 +178,8 @@ def verify(server: CachedInferbox, model: run.Model, body: run.Body, expected) -
             raise run.BenchError(f"{name}: wrong answer {answers[-1]} != {expected}")
     if not all(a.tobytes() == answers[0].tobytes() for a in answers):
         raise run.BenchError(f"{model.name}: cached and uncached answers differ")
-    if states[0] is not None or states[2] != "hit":
-        raise run.BenchError(f"{model.name}: X-Inferbox-Cache {states}, expected None, -, hit")
+    if states[0] is not None or states[-1] != "hit":
+        raise run.BenchError(f"{model.name}: X-Inferbox-Cache {states}, expected None, then a hit")
 
 
 def measure(wrk, server, model, body, admit, hit_rate, round_, args) -> Point:
@@ -205,9 +208,29 @@ def measure(wrk, server, model, body, admit, hit_rate, round_, args) -> Point:
     return Point(model.name, admit, hit_rate, round_, result, measured, cpu_us)
 
 
-POINTS = ((None, 0), *(("always", r) for r in HIT_RATES), *(("repeated", r) for r in HIT_RATES))
-"""(admission, hit rate) of every point of a round; the cache turned off gets the stream of
-new bodies that 0 % gets."""
+POINTS = (
+    (None, 0),
+    ("always", 0),
+    ("repeated", 0),
+    (None, 0),
+    *(("always", r) for r in HIT_RATES if r),
+    *(("repeated", r) for r in HIT_RATES if r),
+)
+"""(admission, hit rate) of every point of a round. The cache turned off gets the stream of new
+bodies that 0 % gets, and runs just before and just after the two 0 % points: the cost of a
+0 % hit rate is read from neighbours in time, which the load of others moves alike."""
+
+
+def zero_hit_costs(points: list[Point], model: str, admit: str) -> list[float]:
+    """Per round: what a 0 % hit rate costs against the mean of that round's two runs with
+    the cache turned off (1 - rps / off rps)."""
+    costs = []
+    for round_ in sorted({p.round for p in points}):
+        mine = [p for p in points if p.model == model and p.round == round_]
+        off = statistics.mean(p.wrk.rps for p in mine if p.admit is None)
+        (zero,) = (p.wrk.rps for p in mine if (p.admit, p.hit_rate) == (admit, 0))
+        costs.append(1 - zero / off)
+    return costs
 
 
 def mean_rps(points: list[Point], model: str, admit: str | None, hit_rate: int = 0) -> float:
@@ -229,11 +252,14 @@ def targets(points: list[Point]) -> list[str]:
                 f"({model.name}), admit {admit}, 100 % hits: {full:.0f} req/s = "
                 f"{full / off:.2f}x the cache turned off ({off:.0f}; target >= {want:g}x)"
             )
-            cost = 1 - none / off
+            costs = zero_hit_costs(points, model.name, admit)
+            cost = statistics.median(costs)
             lines.append(
                 f"- **{'PASS' if cost < MAX_ZERO_HIT_COST else 'FAIL'}** {model.kind} model "
                 f"({model.name}), admit {admit}, 0 % hits: {none:.0f} req/s, costs {cost:.1%} "
-                f"against the cache turned off (target < {MAX_ZERO_HIT_COST:.0%})"
+                f"against the cache turned off (median over the rounds of the cost against the "
+                f"same round's runs without the cache: "
+                f"{', '.join(f'{c:.1%}' for c in costs)}; target < {MAX_ZERO_HIT_COST:.0%})"
             )
     return lines
 
@@ -242,9 +268,9 @@ def report(points: list[Point], args, started: datetime, about: list[str], load:
     out = [
         f"Measured {started:%Y-%m-%d %H:%M} UTC by `{' '.join(['scripts/bench', '--cache', *args.argv])}`"
         f": binary tensors, one row per request, c=64 (wrk `-t1 -c64`), {args.duration:g} s "
-        f"per point after {args.warmup:g} s of warmup, {args.rounds} rounds (each: off, then "
-        "0, 50 and 100 % hits with admit always, then with admit repeated); req/s is the mean "
-        "over the rounds.",
+        f"per point after {args.warmup:g} s of warmup, {args.rounds} rounds (each: off, 0 % "
+        "hits with admit always and with admit repeated, off again, then 50 and 100 % with "
+        "each); req/s is the mean over the rounds.",
         "",
         "### Machine",
         "",
@@ -267,7 +293,7 @@ def report(points: list[Point], args, started: datetime, about: list[str], load:
     ]
     for model in run.MODELS:
         off = mean_rps(points, model.name, None)
-        for admit, hit_rate in POINTS:
+        for admit, hit_rate in dict.fromkeys(POINTS):
             mine = [
                 p for p in points if (p.model, p.admit, p.hit_rate) == (model.name, admit, hit_rate)
             ]
