@@ -9,27 +9,14 @@ import re
 import numpy as np
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper
 
 from inferbox import redaction
 from inferbox.redaction import redact
+from tests.support.onnx_sessions import reshaping_session
 
 pytestmark = pytest.mark.unit
 
 _SOURCE_PATH = re.compile(r"/[\w./-]+\.(?:h|cc|cpp|cu):\d+")
-
-
-def _reshaping_session() -> ort.InferenceSession:
-    """x [n, 3] reshaped to [2, 2] by a node named '/encoder/Reshape': only 4 elements fit."""
-    graph = helper.make_graph(
-        [helper.make_node("Reshape", ["x", "shape"], ["y"], name="/encoder/Reshape")],
-        "reshape",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        [helper.make_tensor("shape", TensorProto.INT64, [2], [2, 2])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
 def _error_of(call) -> str:
@@ -39,7 +26,7 @@ def _error_of(call) -> str:
 
 
 def test_onnx_runtimes_messages_about_the_input_pass_unchanged():
-    session = _reshaping_session()
+    session = reshaping_session()
     for feed in (np.zeros((1, 4), np.float32), np.zeros((1, 3)), np.zeros(3, np.float32)):
         message = _error_of(lambda feed=feed: session.run(None, {"x": feed}))
         assert "INVALID_ARGUMENT" in message
@@ -47,7 +34,7 @@ def test_onnx_runtimes_messages_about_the_input_pass_unchanged():
 
 
 def test_a_runtime_failure_keeps_the_shapes_and_the_node_and_loses_the_source_location():
-    session = _reshaping_session()
+    session = reshaping_session()
     message = _error_of(lambda: session.run(None, {"x": np.zeros((1, 3), np.float32)}))
     assert _SOURCE_PATH.search(message), message  # what ONNX Runtime says, server side
     shown = redact(message)

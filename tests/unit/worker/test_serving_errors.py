@@ -8,30 +8,17 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import structlog
-from onnx import TensorProto, helper
 
 from inferbox.lanes.consumer import Call
 from inferbox.lanes.wire import CallHeader, TensorMeta, decode_reply
 from inferbox.models.spec import ModelConfig, ModelSpec, TensorSpec
 from inferbox.worker.batcher import assemble
 from inferbox.worker.serving import ModelServer
+from tests.support.onnx_sessions import reshaping_session
 
 pytestmark = pytest.mark.unit
 
 _SOURCE_PATH = re.compile(r"/[\w./-]+\.(?:h|cc|cpp|cu):\d+")
-
-
-def _reshaping_session() -> ort.InferenceSession:
-    """x [n, 3] reshaped to [2, 2] by a node named '/encoder/Reshape': only 4 elements fit."""
-    graph = helper.make_graph(
-        [helper.make_node("Reshape", ["x", "shape"], ["y"], name="/encoder/Reshape")],
-        "reshape",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        [helper.make_tensor("shape", TensorProto.INT64, [2], [2, 2])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
 class _SessionModel:
@@ -64,7 +51,7 @@ def test_the_caller_gets_the_redacted_message_and_the_log_the_whole_one(new_cons
         [np.zeros((1, 3), np.float32).tobytes()],
     )
     server = ModelServer(
-        _SessionModel(spec, _reshaping_session()), None, None, "w", block_ms=1, claim_idle_ms=1
+        _SessionModel(spec, reshaping_session()), None, None, "w", block_ms=1, claim_idle_ms=1
     )
     consumer = new_consumer()
     (batch,) = assemble([call], spec)
