@@ -47,6 +47,8 @@ def test_backup_wipe_restore_serves_the_same_answers(
             client.push(onnx_models.mlp(tmp_path / "b1.onnx", seed=52), "beta")
             client.push(onnx_models.mlp(tmp_path / "b2.onnx", seed=53), "beta", alias="production")
         before = _answers(first.url, first.headers, ["alpha", "beta"])
+        with InferboxClient(first.url, api_key=first.api_key) as client:
+            before_audit = client.audit(limit=100)["entries"]
         secret = tmp_path / "admin-key"
         secret.write_text(first.api_key)
         out = run_cli(["backup", str(archive), "--secret", str(secret)], first.env)
@@ -97,6 +99,13 @@ def test_backup_wipe_restore_serves_the_same_answers(
         assert after == before
         with InferboxClient(second.url, api_key=first.api_key) as client:
             assert client.model("beta")["aliases"] == {"production": 2}
+            # The restored history keeps its ids; the new appliance's own setup (its bootstrap
+            # key's creation) comes after it.
+            audit = client.audit(limit=100)["entries"]
+        assert before_audit and [e["id"] for e in audit[-len(before_audit) :]] == [
+            e["id"] for e in before_audit
+        ]
+        assert audit[0]["action"] == "key.create" and audit[0]["id"] > before_audit[0]["id"]
         # Restoring over a database that holds models is refused.
         done = subprocess.run(
             [INFERBOX, "restore", str(archive)],

@@ -10,6 +10,7 @@ objects, and finally the Redis catalog rebuilt from the restored database.
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import tarfile
@@ -94,6 +95,8 @@ def restore(
             conn.execute("SET session_replication_role = replica")
             for table in manifest["tables"]:
                 data = archive.extractfile(f"db/{table}.csv").read()
+                if table == "audit_log":
+                    _make_room_for_history(conn, data)
                 query = sql.SQL("COPY {} FROM STDIN WITH (FORMAT csv, HEADER)")
                 with conn.cursor().copy(query.format(sql.Identifier(table))) as copy:
                     copy.write(data)
@@ -111,6 +114,19 @@ def restore(
                 target.write_bytes(archive.extractfile(f"secrets/{name}").read())
                 target.chmod(0o600)
     return manifest
+
+
+def _make_room_for_history(conn: psycopg.Connection, data: bytes) -> None:
+    """Move the empty appliance's own audit rows (its setup's: the bootstrap admin key's
+    creation) after the archive's, so that the restored history keeps its ids and the log its
+    order (ids are the order it is read and paged in). The append-only trigger is off for this
+    session (``session_replication_role = replica``), as for the COPY itself."""
+    ids = [int(row["id"]) for row in csv.DictReader(io.StringIO(data.decode()))]
+    if not ids:
+        return
+    existing = conn.execute("SELECT coalesce(max(id), 0) FROM audit_log").fetchone()[0]
+    # Past every id on either side: no row moves onto another's id on the way.
+    conn.execute("UPDATE audit_log SET id = id + %s", (max(max(ids), existing),))
 
 
 def _check_names(manifest: dict) -> None:
