@@ -14,9 +14,10 @@ process, the same ``InferenceService``, key gate, limits, metrics and logs, with
 place of the binary-tensor codec, and none of grpcio's per-call cost. ``inferbox grpc`` keeps
 serving every other RPC, and ``ModelInfer`` too for clients that reach it without nginx.
 
-The model's name is inside the message, so the key is checked twice: before the body is read
+The model's name is inside the message, so the key is authenticated before the body is read
 (it must be valid and have the ``infer`` scope; an anonymous client cannot make the API parse
-anything) and, once the message names the model, as the ``infer`` route declares.
+anything), and the same record is checked again, with its limits taken, once the message names
+the model, as the ``infer`` route declares.
 """
 
 from __future__ import annotations
@@ -52,16 +53,17 @@ class GRPC:
     async def run(call, request_id: str, receive: Receive, version: str | None) -> int:
         """Read, admit, resolve and run the call; the status answered (as HTTP would)."""
         gate = call.state.gate
+        key = None
         if gate is not None:  # a valid key with the scope, before anything is read
             scope = call.fast_path.infer_access.scope
-            await gate.authenticate(call.headers.get(b"authorization"), Need(scope))
+            key = await gate.authenticate(call.headers.get(b"authorization"), Need(scope))
         try:
             body = await call.read_body(receive)
         except ClientGone:
             return 499
         request = _parse(body)
         call.name = request.model_name
-        await call.admit()
+        await call.admit(key)  # the same key, now checked for the model it names
         spec = await call.resolve(request.model_version or None)
         state = call.state
         await state.directory.admit(spec)

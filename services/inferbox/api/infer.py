@@ -240,14 +240,15 @@ class Call:
         """The Litestar app's state: settings, limits, the directory, the inference service."""
         return self.fast_path.app.state
 
-    async def admit(self) -> None:
-        """The key gate for the model ``name``, as the ``infer`` route declares; a slot taken
-        is given back before the answer's last byte."""
+    async def admit(self, known: KeyRecord | None = None) -> None:
+        """The key gate for the model ``name``, as the ``infer`` route declares (``known``: the
+        key this call already authenticated); a slot taken is given back before the answer's
+        last byte."""
         gate = self.state.gate
         if gate is None:
             return
         need = self.fast_path.infer_access.need({"name": self.name})
-        self.key, self.slot = await gate.admit(self.headers.get(b"authorization"), need)
+        self.key, self.slot = await gate.admit(self.headers.get(b"authorization"), need, known)
         if self.slot is not None:
             key, slot = self.key, self.slot
             self.send = SlotReleasingSend(self.send, lambda: gate.release(key, slot))

@@ -157,12 +157,19 @@ class Gate:
         self.cache.used.add(key_id)
         return key
 
-    async def admit(self, authorization: bytes | None, need: Need) -> tuple[KeyRecord, str | None]:
-        """Authenticate, then take a rate token and a concurrency slot (429 without).
+    async def admit(
+        self, authorization: bytes | None, need: Need, known: KeyRecord | None = None
+    ) -> tuple[KeyRecord, str | None]:
+        """Authenticate (or, for ``known``, the key this request already authenticated for a
+        lesser need, check ``need`` only), then take a rate token and a concurrency slot (429
+        without).
 
         Returns the key and the slot to hand to ``release`` when the request ends.
         """
-        key = await self.authenticate(authorization, need)
+        if known is not None:
+            key = self._check(known, need)
+        else:
+            key = await self.authenticate(authorization, need)
         try:
             return key, await self.limiter.acquire(key)
         except RedisError as exc:
