@@ -67,7 +67,8 @@ class RedisProcess(Freezable):
             if self.proc.poll() is not None:
                 raise AssertionError(f"redis-server exited; see {self.folder}/{self.log_name}")
             try:
-                return self.client().ping()
+                with self.client() as client:
+                    return client.ping()
             except redis.RedisError:
                 return False
 

@@ -118,6 +118,7 @@ class ResponseCache:
         self._paused_until = 0.0
         self._timeouts = 0
         self._connecting: asyncio.Task | None = None
+        self._retry: asyncio.TimerHandle | None = None
         self._flusher: asyncio.Task | None = None
         self._closed = False
         # Lookups waiting for an answer, oldest first (they all have the same timeout), and
@@ -152,6 +153,8 @@ class ResponseCache:
     async def close(self) -> None:
         """Close the connection (later lookups miss) and flush the metrics."""
         self._closed = True
+        if self._retry is not None:
+            self._retry.cancel()
         for task in (self._connecting, self._flusher):
             if task is not None:
                 task.cancel()
@@ -183,6 +186,7 @@ class ResponseCache:
             self._pause(f"cannot connect: {exc}")
         else:
             self._timeouts = 0
+            self.conn.lost.add_done_callback(self._reconnect)
             if self._paused_until:
                 log.info("response cache reachable again", source=self.source)
             self._paused_until = 0.0
@@ -200,6 +204,16 @@ class ResponseCache:
             )
         self._paused_until = time.monotonic() + self.retry_s
         self.conn.close()
+        if self._retry is not None:
+            self._retry.cancel()
+        self._retry = asyncio.get_running_loop().call_later(self.retry_s + 0.01, self._reconnect)
+
+    def _reconnect(self, _lost=None) -> None:
+        """Connect again in the background once a connection is lost or a pause ends, without
+        waiting for a call to do it: a process that saw no call during an outage must not make
+        its first call after it miss."""
+        if not self._closed:
+            self._usable()
 
     # --- lookups and inserts -------------------------------------------------------------------
 
