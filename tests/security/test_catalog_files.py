@@ -4,31 +4,22 @@ the catalog in Redis cannot make it load a job input (never validated) or a file
 from __future__ import annotations
 
 import hashlib
-import uuid
 
 import msgspec
 import pytest
 
 from inferbox.models.spec import spec_from_onnx
-from inferbox.registry.objects import ObjectStore, object_key
+from inferbox.registry.objects import object_key
 from inferbox.testing import onnx_models
 from inferbox.worker.model_cache import ModelCache, UntrustedModelFile
+from tests.support.s3 import new_bucket
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def store(s3_endpoint):
-    store = ObjectStore(
-        s3_endpoint,
-        "test-access",
-        "test-secret",
-        f"ibtest-{uuid.uuid4().hex[:8]}",
-        secure=False,
-        region="us-east-1",
-    )
-    store.ensure_bucket()
-    return store
+    return new_bucket(s3_endpoint)
 
 
 def test_only_the_stored_model_file_of_the_digest_is_loaded(store, tmp_path):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import httpx
 
+from inferbox.registry.objects import ObjectStore
 from tests.support.processes import Freezable
 from tests.support.waiting import wait_for
 
@@ -45,3 +47,17 @@ class S3Server(Freezable):
                 return False
 
         wait_for(answers, 30, "the S3 server to answer", interval=0.1)
+
+
+def new_bucket(endpoint: str) -> ObjectStore:
+    """An ``ObjectStore`` on a bucket of its own (created) at the tests' S3 ``endpoint``."""
+    store = ObjectStore(
+        endpoint,
+        "test-access",
+        "test-secret",
+        f"ibtest-{uuid.uuid4().hex[:8]}",
+        secure=False,
+        region="us-east-1",
+    )
+    store.ensure_bucket()
+    return store

@@ -12,6 +12,7 @@ its own disk unless told to (``local_paths``, for tests and development).
 
 from __future__ import annotations
 
+import tempfile
 import threading
 from pathlib import Path
 from typing import Protocol
@@ -29,6 +30,13 @@ class Fetcher(Protocol):
 
     def fetch(self, key: str, dest_path: Path, expected_sha256: str) -> None:
         """Download ``key`` to ``dest_path`` atomically, raising if its sha256 differs."""
+
+
+def fp16_copies(path: Path, sha256: str) -> list[Path]:
+    """Where the FP16 copy of the model file at ``path`` is kept (``runtime.fp16_copy``): beside
+    it, else in the temporary folder (where its folder is read-only)."""
+    name = f"{sha256[:16] or path.stem}.fp16.onnx"
+    return [path.parent / name, Path(tempfile.gettempdir()) / name]
 
 
 class UntrustedModelFile(ValueError):
@@ -73,8 +81,12 @@ class ModelCache:
         return target
 
     def discard(self, spec: ModelSpec) -> None:
-        """Remove a local copy believed corrupt, so the next ``path_for`` fetches it again."""
+        """Remove a local copy believed corrupt, and the FP16 copy made from it, so the next
+        ``path_for`` fetches it again (and the next FP16 load converts it again)."""
         if spec.object_key is None:
             return
+        target = self.root / f"{spec.sha256}.onnx"
         with self._lock:
-            (self.root / f"{spec.sha256}.onnx").unlink(missing_ok=True)
+            target.unlink(missing_ok=True)
+            for copy in fp16_copies(target, spec.sha256):
+                copy.unlink(missing_ok=True)

@@ -17,6 +17,7 @@ import structlog
 from inferbox.models.spec import ModelConfig, ModelSpec, TensorSpec, WarmupSample
 from inferbox.protocol.datatypes import V2_TO_NUMPY
 from inferbox.worker.batcher import batch_buckets, padded
+from inferbox.worker.model_cache import fp16_copies
 
 log = structlog.get_logger(__name__)
 
@@ -380,13 +381,10 @@ def probe_device(preferred: list[str], require_cuda: bool = False) -> str:
 def fp16_copy(path: Path, sha256: str) -> Path:
     """An FP16 copy of the model at ``path`` (FP32 inputs and outputs kept), made once: beside
     it, or in the temporary folder where its folder is read-only."""
-    import tempfile
-
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    for folder in (path.parent, Path(tempfile.gettempdir())):
-        target = folder / f"{sha256[:16] or path.stem}.fp16.onnx"
+    for target in fp16_copies(path, sha256):
         if target.exists():
             return target
         converted = convert_float_to_float16(onnx.load(str(path)), keep_io_types=True)
