@@ -14,6 +14,7 @@ import pytest
 from inferbox.registry.migrate import migrate_sync
 from inferbox.registry.objects import ObjectStore
 from inferbox.registry.store import RegistryStore, create_pool
+from tests.support.s3 import new_bucket
 
 
 @pytest.fixture(scope="session")
@@ -32,15 +33,7 @@ async def store(registry_db):
 
 @pytest.fixture(scope="session")
 def objects(s3_endpoint) -> ObjectStore:
-    store = ObjectStore(
-        s3_endpoint,
-        "test-access",
-        "test-secret",
-        f"ibtest-{uuid.uuid4().hex[:8]}",
-        secure=False,
-        region="us-east-1",
-    )
-    store.ensure_bucket()
+    store = new_bucket(s3_endpoint)
     store.ensure_bucket()  # idempotent
     return store
 

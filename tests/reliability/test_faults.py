@@ -172,10 +172,13 @@ def test_an_api_process_killed(healthy):
         down_s=0,
         takes_readiness=False,
         # Calls in flight inside the killed process lose their connection: nginx answers 502
-        # for those (the POST cannot be safely retried); every other call is served.
-        allowed=frozenset(PLANNED | {502}),
+        # for those (the POST cannot be safely retried), or, for a call whose answer's head
+        # the process had already written, closes the client's connection (nginx cannot answer
+        # twice). Every other call is served.
+        allowed=frozenset(PLANNED | {502, "RemoteProtocolError"}),
     )
-    assert int(figures["statuses"].get("502", 0)) <= 4  # at most the calls in flight
+    lost = [int(figures["statuses"].get(k, 0)) for k in ("502", "RemoteProtocolError")]
+    assert sum(lost) <= 4  # at most the calls in flight (the load's concurrency)
 
 
 def _upload(stack: ChaosStack, tmp_path, name: str) -> httpx.Response:
